@@ -1,0 +1,715 @@
+"""AptenClient: Apten's public REST API over one pooled httpx client.
+
+Plain Python (no Dagster). Pagination, retries, the process-wide rate limit and the bounded
+fan-out live here so every caller gets the same behaviour. Returns raw JSON dicts; parsing into
+models is `apten_assets.lib.models`' job.
+
+The API key is sent only as the `x-api-key` header to the configured base URL. It never appears
+in a log line, an exception, a repr or the stats: redirects are refused rather than followed,
+exceptions are built from our own strings (never from httpx request objects), and any text echoed
+from the server is redacted before it is shown.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from apten_assets.lib.config import AptenSettings
+
+logger = logging.getLogger("apten_assets.client")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+MAX_PAGE_SIZE = 1000
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=10.0, pool=30.0)
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Transport failures worth another try: the request may never have reached Apten, or the
+# answer was cut off on the way back.
+_RETRYABLE_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class AptenError(Exception):
+    """Base of every error this client raises. Messages never contain the API key."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str | None = None,
+        resource_id: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.resource_id = resource_id
+        self.status = status
+
+
+class AptenHTTPError(AptenError):
+    """Apten answered with a status that retrying will not fix (an unexpected 4xx or 5xx)."""
+
+
+class AptenAuthError(AptenHTTPError):
+    """401/403: the key is missing, wrong or lacks access. Never retried."""
+
+
+class AptenBadRequest(AptenHTTPError):
+    """400: Apten rejected the request parameters; the message carries Apten's own `message`."""
+
+
+class AptenRetriesExhausted(AptenError):
+    """Every attempt failed with a retryable status or transport error."""
+
+
+class AptenProtocolError(AptenError):
+    """Apten broke the protocol we rely on: a redirect, a repeating nextToken, a malformed body."""
+
+
+class AptenMalformedResponse(AptenProtocolError, AptenRetriesExhausted):
+    """Every attempt got a body that was not the documented shape (not JSON, wrong keys)."""
+
+
+# --------------------------------------------------------------------------- small named objects
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter; `Retry-After` is honoured up to a cap."""
+
+    max_attempts: int = 6
+    base_delay_seconds: float = 1.0
+    max_delay_seconds: float = 60.0
+    retry_after_cap_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"RetryPolicy.max_attempts must be at least 1, got {self.max_attempts}")
+        if self.base_delay_seconds < 0 or self.max_delay_seconds < 0 or self.retry_after_cap_seconds < 0:
+            raise ValueError("RetryPolicy delays must be 0 or more")
+
+    def backoff_seconds(self, attempt: int) -> float:
+        """Delay after failed attempt number `attempt` (1-based): uniform in [0, base * 2**(n-1)]."""
+        ceiling = min(self.max_delay_seconds, self.base_delay_seconds * 2 ** (attempt - 1))
+        return random.uniform(0.0, ceiling)
+
+    def retry_after_seconds(self, header: str | None, now: datetime | None = None) -> float | None:
+        """`Retry-After` as seconds (delta-seconds or HTTP-date form), capped; None when absent."""
+        if not header:
+            return None
+        value = header.strip()
+        try:
+            seconds = float(value)
+        except ValueError:
+            try:
+                when = parsedate_to_datetime(value)
+            except (TypeError, ValueError, IndexError):
+                return None
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            seconds = (when - (now or datetime.now(UTC))).total_seconds()
+        if seconds != seconds:  # NaN
+            return None
+        return min(max(seconds, 0.0), self.retry_after_cap_seconds)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One API operation, named by its path template (what logs and errors show)."""
+
+    method: str
+    template: str
+    items_key: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.template}"
+
+
+LIST_LEADS = Endpoint("GET", "/leads", items_key="leads")
+LIST_LEAD_EVENTS = Endpoint("GET", "/leads/{leadId}/events", items_key="events")
+GET_CALL = Endpoint("GET", "/calls/{callId}")
+
+
+@dataclass(frozen=True)
+class CallFetch:
+    """The outcome of `GET /calls/{callId}`: a 404 is `found=False`, not an error."""
+
+    call_id: str
+    found: bool
+    body: dict[str, Any] | None
+
+
+class ClientStats:
+    """Thread-safe counters for one client; `as_metadata()` gives flat values for Dagster metadata."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests_sent = 0
+        self.responses_by_status: Counter[int] = Counter()
+        self.retries_by_reason: Counter[str] = Counter()
+        self.rate_limited_429 = 0
+        self.retry_after_wait_seconds = 0.0
+        self.backoff_wait_seconds = 0.0
+        self.rate_limiter_wait_seconds = 0.0
+        self.pages_fetched = 0
+        self.calls_not_found = 0
+
+    def record_request(self, limiter_wait_seconds: float) -> None:
+        with self._lock:
+            self.requests_sent += 1
+            self.rate_limiter_wait_seconds += limiter_wait_seconds
+
+    def record_response(self, status: int) -> None:
+        with self._lock:
+            self.responses_by_status[status] += 1
+            if status == 429:
+                self.rate_limited_429 += 1
+
+    def record_retry(self, reason: str, delay_seconds: float, from_retry_after: bool) -> None:
+        with self._lock:
+            self.retries_by_reason[reason] += 1
+            if from_retry_after:
+                self.retry_after_wait_seconds += delay_seconds
+            else:
+                self.backoff_wait_seconds += delay_seconds
+
+    def record_page(self) -> None:
+        with self._lock:
+            self.pages_fetched += 1
+
+    def record_call_not_found(self) -> None:
+        with self._lock:
+            self.calls_not_found += 1
+
+    @property
+    def retries(self) -> int:
+        with self._lock:
+            return sum(self.retries_by_reason.values())
+
+    def as_metadata(self) -> dict[str, int | float]:
+        with self._lock:
+            flat: dict[str, int | float] = {
+                "api_requests_sent": self.requests_sent,
+                "api_retries": sum(self.retries_by_reason.values()),
+                "api_429_responses": self.rate_limited_429,
+                "api_retry_after_wait_seconds": round(self.retry_after_wait_seconds, 3),
+                "api_backoff_wait_seconds": round(self.backoff_wait_seconds, 3),
+                "api_rate_limiter_wait_seconds": round(self.rate_limiter_wait_seconds, 3),
+                "api_pages_fetched": self.pages_fetched,
+                "api_calls_not_found": self.calls_not_found,
+            }
+            for status, n in sorted(self.responses_by_status.items()):
+                flat[f"api_responses_{status}"] = n
+            for reason, n in sorted(self.retries_by_reason.items()):
+                flat[f"api_retries_{reason}"] = n
+            return flat
+
+    def __repr__(self) -> str:
+        return f"ClientStats({self.as_metadata()})"
+
+
+# --------------------------------------------------------------------------- process-wide limiter
+
+
+class RequestGate:
+    """Evenly spaced request starts plus a bound on requests in flight, shared across threads.
+
+    Starts are spaced 1/max_rps apart (a bucket of size one), so no 1-second window ever holds
+    more than max_rps starts; a bucket that starts full would allow 2x at a window edge.
+    Several clients in one process share one gate per base URL (see `shared_gate`); while
+    clients with different settings are open, the strictest rate and concurrency win.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next_start = 0.0
+        self._in_flight = 0
+        self._owners: dict[int, tuple[float, int]] = {}
+
+    def register(self, owner: int, max_rps: float, max_concurrency: int) -> None:
+        with self._cond:
+            self._owners[owner] = (max_rps, max_concurrency)
+            self._cond.notify_all()
+
+    def unregister(self, owner: int) -> bool:
+        """Forget an owner; True when nobody uses this gate any more."""
+        with self._cond:
+            self._owners.pop(owner, None)
+            self._cond.notify_all()
+            return not self._owners
+
+    def _limits(self) -> tuple[float, int]:
+        if not self._owners:
+            return 1.0, 1
+        return min(r for r, _ in self._owners.values()), min(c for _, c in self._owners.values())
+
+    def hold_until(self, monotonic_deadline: float) -> None:
+        """Start nothing before this moment (Apten asked us to wait with Retry-After)."""
+        with self._cond:
+            self._next_start = max(self._next_start, monotonic_deadline)
+
+    @contextmanager
+    def slot(self) -> Iterator[float]:
+        """Wait for a free concurrency slot, then for this request's start time; yields seconds waited."""
+        began = time.monotonic()
+        with self._cond:
+            while self._in_flight >= self._limits()[1]:
+                self._cond.wait()
+            self._in_flight += 1
+        try:
+            # Reserve the start only once a slot is held, so the start is not delayed past it.
+            with self._cond:
+                now = time.monotonic()
+                start = max(now, self._next_start)
+                self._next_start = start + 1.0 / self._limits()[0]
+            if start > now:
+                time.sleep(start - now)
+            yield time.monotonic() - began
+        finally:
+            with self._cond:
+                self._in_flight -= 1
+                self._cond.notify()
+
+
+_GATES: dict[str, RequestGate] = {}
+_GATES_LOCK = threading.Lock()
+
+
+def _acquire_gate(base_url: str, owner: int, max_rps: float, max_concurrency: int) -> RequestGate:
+    with _GATES_LOCK:
+        gate = _GATES.setdefault(base_url.rstrip("/"), RequestGate())
+        gate.register(owner, max_rps, max_concurrency)
+        return gate
+
+
+def _release_gate(base_url: str, owner: int) -> None:
+    with _GATES_LOCK:
+        key = base_url.rstrip("/")
+        gate = _GATES.get(key)
+        if gate is not None and gate.unregister(owner):
+            del _GATES[key]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def to_api_timestamp(value: datetime) -> str:
+    """ISO 8601 UTC with milliseconds and `Z`; sub-millisecond digits are dropped, never rounded up,
+    so an inclusive `>=` cursor never skips a record."""
+    if value.tzinfo is None:
+        raise ValueError(f"timestamps sent to Apten must be timezone-aware, got naive {value.isoformat()}")
+    utc = value.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def _path_segment(resource_id: str) -> str:
+    """Percent-encode an opaque id as one path segment ('.' and '..' too, so they stay ids)."""
+    if not isinstance(resource_id, str) or not resource_id:
+        raise ValueError(f"ids must be non-empty strings, got {resource_id!r}")
+    segment = quote(resource_id, safe="")
+    return segment.replace(".", "%2E") if set(segment) == {"."} else segment
+
+
+def _check_page_size(page_size: int) -> None:
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}, got {page_size}")
+
+
+class _BadBody(Exception):
+    """The body is not what the endpoint documents; retried like a 5xx."""
+
+
+@dataclass
+class TokenPaginator:
+    """Follows `nextToken` until it is null, whatever the page size (filtered pages can be empty).
+
+    A token seen before means the cursor went round in a circle: that is an error, not a loop.
+    """
+
+    endpoint: Endpoint
+    resource_id: str | None = None
+    _seen: set[str] = field(default_factory=set, init=False, repr=False)
+
+    def items(self, body: dict[str, Any]) -> list[Any]:
+        return body[self.endpoint.items_key]
+
+    def check(self, body: Any) -> None:
+        """Raise _BadBody unless the page is `{<items_key>: [...], "nextToken": str|null}`."""
+        key = self.endpoint.items_key
+        if not isinstance(body, dict):
+            raise _BadBody(f"body is a JSON {type(body).__name__}, not an object")
+        if not isinstance(body.get(key), list):
+            raise _BadBody(f"body has no {key!r} list")
+        token = body.get("nextToken")
+        if token is not None and not isinstance(token, str):
+            raise _BadBody(f"nextToken is a {type(token).__name__}, not a string or null")
+
+    def next_token(self, body: dict[str, Any]) -> str | None:
+        token = body.get("nextToken")
+        if token is None:
+            return None
+        if token in self._seen:
+            where = f" for {self.resource_id!r}" if self.resource_id else ""
+            raise AptenProtocolError(
+                f"{self.endpoint}{where}: Apten returned a nextToken it had already returned "
+                f"(after {len(self._seen)} pages); stopping instead of paging in a circle",
+                endpoint=str(self.endpoint),
+                resource_id=self.resource_id,
+            )
+        self._seen.add(token)
+        return token
+
+
+def _dedupe_key(endpoint: Endpoint, item: Any) -> Any:
+    """Records come back again on inclusive cursors; events are keyed by (type, id) as Apten advises."""
+    if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+        return None
+    if endpoint is LIST_LEAD_EVENTS:
+        return (item.get("type"), item["id"])
+    return item["id"]
+
+
+# --------------------------------------------------------------------------- the client
+
+
+class AptenClient:
+    """One configured, pooled, thread-safe client for Apten's public API.
+
+    Use as a context manager or call `close()`. Safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        settings: AptenSettings,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        api_key = settings.require_api_key()
+        self.settings = settings
+        self.retry = retry or RetryPolicy()
+        self.stats = ClientStats()
+        self._secret = api_key
+        self._closed = False
+        headers = {"accept": "application/json", "user-agent": "apten-assets"}
+        if api_key:
+            headers["x-api-key"] = api_key
+        self._http = httpx.Client(
+            base_url=settings.base_url.rstrip("/"),
+            headers=headers,
+            timeout=timeout,
+            limits=httpx.Limits(
+                max_connections=settings.max_concurrency,
+                max_keepalive_connections=settings.max_concurrency,
+            ),
+            follow_redirects=False,
+            transport=transport,
+        )
+        self._gate = _acquire_gate(settings.base_url, id(self), settings.max_rps, settings.max_concurrency)
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return (
+            f"AptenClient(base_url={s.base_url!r}, max_rps={s.max_rps}, max_concurrency={s.max_concurrency})"
+        )
+
+    def __enter__(self) -> AptenClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._http.close()
+        _release_gate(self.settings.base_url, id(self))
+
+    # ------------------------------------------------------------------ endpoints
+
+    def iter_leads(
+        self,
+        updated_since: datetime | None = None,
+        created_since: datetime | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> Iterator[dict[str, Any]]:
+        """`GET /leads`: every lead with updatedAt/createdAt >= the given cursors, each once."""
+        if updated_since is None and created_since is None:
+            raise ValueError("iter_leads needs updated_since and/or created_since (Apten requires one)")
+        _check_page_size(page_size)
+        params: dict[str, str | int] = {"limit": page_size}
+        if updated_since is not None:
+            params["updatedSince"] = to_api_timestamp(updated_since)
+        if created_since is not None:
+            params["createdSince"] = to_api_timestamp(created_since)
+        return self._paginate(LIST_LEADS, "/leads", params, resource_id=None)
+
+    def iter_lead_events(
+        self,
+        lead_id: str,
+        since: datetime,
+        types: Iterable[str] | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> Iterator[dict[str, Any]]:
+        """`GET /leads/{leadId}/events`: events with updatedAt >= since, each once, any type."""
+        _check_page_size(page_size)
+        path = f"/leads/{_path_segment(lead_id)}/events"
+        params: dict[str, str | int] = {"since": to_api_timestamp(since), "limit": page_size}
+        if isinstance(types, str):
+            types = [types]
+        if types is not None:
+            wanted = [t for t in types if t]
+            if wanted:
+                params["types"] = ",".join(wanted)
+        return self._paginate(LIST_LEAD_EVENTS, path, params, resource_id=lead_id)
+
+    def get_call(self, call_id: str) -> CallFetch:
+        """`GET /calls/{callId}`; a 404 is `CallFetch(found=False)`."""
+        path = f"/calls/{_path_segment(call_id)}"
+        body = self._get(GET_CALL, path, None, resource_id=call_id, check=_check_object, not_found_ok=True)
+        if body is None:
+            self.stats.record_call_not_found()
+            return CallFetch(call_id=call_id, found=False, body=None)
+        return CallFetch(call_id=call_id, found=True, body=body)
+
+    def get_calls(self, call_ids: Iterable[str]) -> Iterator[CallFetch]:
+        """`get_call` for many ids at once, bounded by max_concurrency; yields in completion order."""
+        return self.map_concurrent(self.get_call, call_ids)
+
+    def map_concurrent(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        """Run `fn` over `items` on max_concurrency threads, yielding results as they complete.
+
+        Items are pulled lazily: at most twice max_concurrency are queued or running at once, so a
+        100,000-item input never sits in memory as futures. The first exception stops the fan-out
+        (queued work is cancelled, running work finishes) and is re-raised.
+        """
+        workers = self.settings.max_concurrency
+        window = workers * 2
+        source = iter(items)
+        pending: set[Future[R]] = set()
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apten-api")
+        try:
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < window:
+                    try:
+                        item = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    pending.add(pool.submit(fn, item))
+                if not pending:
+                    return
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    # ------------------------------------------------------------------ internals
+
+    def _paginate(
+        self, endpoint: Endpoint, path: str, params: dict[str, str | int], resource_id: str | None
+    ) -> Iterator[dict[str, Any]]:
+        paginator = TokenPaginator(endpoint, resource_id)
+        seen: set[Any] = set()
+        page_params = dict(params)
+        while True:
+            body = self._get(endpoint, path, page_params, resource_id=resource_id, check=paginator.check)
+            assert body is not None
+            self.stats.record_page()
+            for item in paginator.items(body):
+                key = _dedupe_key(endpoint, item)
+                if key is not None:
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                yield item
+            token = paginator.next_token(body)
+            if token is None:
+                return
+            page_params = {**params, "nextToken": token}
+
+    def _redact(self, text: str) -> str:
+        if self._secret:
+            text = text.replace(self._secret, "***")
+        return text
+
+    def _describe(self, endpoint: Endpoint, resource_id: str | None) -> str:
+        if resource_id is None:
+            return str(endpoint)
+        name = endpoint.template.rsplit("{", 1)[-1].split("}", 1)[0]
+        return f"{endpoint} ({name}={resource_id!r})"
+
+    def _get(
+        self,
+        endpoint: Endpoint,
+        path: str,
+        params: dict[str, str | int] | None,
+        *,
+        resource_id: str | None,
+        check: Callable[[Any], None],
+        not_found_ok: bool = False,
+    ) -> Any:
+        """One logical request with retries. Returns the checked JSON body, or None for an allowed 404."""
+        if self._closed:
+            raise AptenError("this AptenClient is closed")
+        what = self._describe(endpoint, resource_id)
+        policy = self.retry
+        last_problem = ""
+        last_status: int | None = None
+        bad_body = False
+        for attempt in range(1, policy.max_attempts + 1):
+            retry_after: float | None = None
+            with self._gate.slot() as waited:
+                self.stats.record_request(waited)
+                try:
+                    response = self._http.request(endpoint.method, path, params=params)
+                except _RETRYABLE_TRANSPORT_ERRORS as exc:
+                    reason = type(exc).__name__
+                    last_problem = self._redact(f"{reason}: {exc}" if str(exc) else reason)
+                    last_status, bad_body = None, False
+                    logger.info("%s failed: %s (attempt %d)", endpoint, reason, attempt)
+                except httpx.DecodingError:
+                    reason = "bad_body"
+                    last_problem = "the response body could not be decoded"
+                    last_status, bad_body = None, True
+                else:
+                    status = response.status_code
+                    self.stats.record_response(status)
+                    logger.debug("%s -> %d (attempt %d)", endpoint, status, attempt)
+                    if 200 <= status < 300:
+                        try:
+                            body = response.json()
+                            check(body)
+                            return body
+                        except (ValueError, _BadBody) as exc:
+                            reason = "bad_body"
+                            detail = str(exc) if isinstance(exc, _BadBody) else "body is not valid JSON"
+                            ctype = response.headers.get("content-type", "no content-type")
+                            last_problem = f"HTTP {status} with a malformed body ({detail}; {ctype})"
+                            last_status, bad_body = status, True
+                            logger.info(
+                                "%s -> %d with a malformed body (attempt %d)", endpoint, status, attempt
+                            )
+                    else:
+                        self._raise_for_final_status(endpoint, what, response, resource_id, not_found_ok)
+                        if status == 404:
+                            return None
+                        reason = f"http_{status}"
+                        last_problem = f"HTTP {status}"
+                        last_status, bad_body = status, False
+                        retry_after = policy.retry_after_seconds(response.headers.get("retry-after"))
+            if attempt == policy.max_attempts:
+                break
+            if retry_after is not None:
+                delay = retry_after
+                # Apten asked everyone to wait: push back the shared schedule, not just this thread.
+                self._gate.hold_until(time.monotonic() + delay)
+            else:
+                delay = policy.backoff_seconds(attempt)
+            self.stats.record_retry(reason, delay, from_retry_after=retry_after is not None)
+            logger.info(
+                "%s: %s; retry %d/%d in %.2f s", endpoint, reason, attempt + 1, policy.max_attempts, delay
+            )
+            time.sleep(delay)
+        error = AptenMalformedResponse if bad_body else AptenRetriesExhausted
+        raise error(
+            f"{what} failed after {policy.max_attempts} attempts; last: {last_problem}",
+            endpoint=str(endpoint),
+            resource_id=resource_id,
+            status=last_status,
+        )
+
+    def _raise_for_final_status(
+        self,
+        endpoint: Endpoint,
+        what: str,
+        response: httpx.Response,
+        resource_id: str | None,
+        not_found_ok: bool,
+    ) -> None:
+        """Raise for statuses that retrying will not change; return for retryable ones and allowed 404s."""
+        status = response.status_code
+        ctx = {"endpoint": str(endpoint), "resource_id": resource_id, "status": status}
+        if status in RETRY_STATUSES or (status == 404 and not_found_ok):
+            return
+        if 300 <= status < 400:
+            location = response.headers.get("location", "")
+            target = urlsplit(location).hostname or urlsplit(self.settings.base_url).hostname
+            raise AptenProtocolError(
+                f"{what}: Apten answered HTTP {status} redirecting to host {target!r}; redirects are "
+                "not followed so the API key never goes to another host. Check APTEN_BASE_URL.",
+                **ctx,
+            )
+        if status in (401, 403):
+            raise AptenAuthError(
+                f"{what}: Apten answered HTTP {status} (key missing, invalid or not allowed): "
+                "check APTEN_API_KEY",
+                **ctx,
+            )
+        api_message = self._redact(_api_message(response))
+        if status == 400:
+            raise AptenBadRequest(f"{what}: Apten rejected the request (HTTP 400): {api_message}", **ctx)
+        raise AptenHTTPError(f"{what}: Apten answered HTTP {status}: {api_message}", **ctx)
+
+
+def _check_object(body: Any) -> None:
+    if not isinstance(body, dict):
+        raise _BadBody(f"body is a JSON {type(body).__name__}, not an object")
+
+
+def _api_message(response: httpx.Response) -> str:
+    """Apten's error `message` if the body has one, else a short excerpt of the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"][:500]
+    text = response.text.strip()
+    return text[:200] if text else "(empty body)"
+
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "GET_CALL",
+    "LIST_LEADS",
+    "LIST_LEAD_EVENTS",
+    "AptenAuthError",
+    "AptenBadRequest",
+    "AptenClient",
+    "AptenError",
+    "AptenHTTPError",
+    "AptenMalformedResponse",
+    "AptenProtocolError",
+    "AptenRetriesExhausted",
+    "CallFetch",
+    "ClientStats",
+    "Endpoint",
+    "RequestGate",
+    "RetryPolicy",
+    "TokenPaginator",
+    "to_api_timestamp",
+]
