@@ -7,6 +7,7 @@ once with a message saying what to set.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 import uvicorn
@@ -21,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
+    # uvicorn configures only its own loggers; this makes the receiver's lines (event, key, size) show.
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     try:
         config = config_from_env()
     except ConfigError as exc:

@@ -158,6 +158,7 @@ class Inbox:
             "received_at": received_at.astimezone(UTC).isoformat(),
             "size": len(raw),
         }
+        self.path.mkdir(parents=True, exist_ok=True)
         temp = self.path / f"{_TEMP_PREFIX}{key}-{uuid.uuid4().hex}"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
