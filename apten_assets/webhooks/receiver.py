@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -95,7 +95,12 @@ async def receive_webhook(request: Request) -> JSONResponse:
     declared = request.headers.get("content-length", "")
     body = None
     if not (declared.isdigit() and int(declared) > config.max_body_bytes):
-        body = await _read_limited(request, config.max_body_bytes)
+        try:
+            body = await _read_limited(request, config.max_body_bytes)
+        except ClientDisconnect:
+            stats["disconnected"] += 1
+            log.warning("webhook abandoned: sender disconnected before the body was complete")
+            return _reply(400, error="body incomplete")
     if body is None:
         stats["too_large"] += 1
         log.warning(

@@ -125,6 +125,24 @@ def test_signed_but_malformed_gets_400_is_not_stored_and_is_logged_without_the_b
     assert raw.decode() not in caplog.text
 
 
+def test_sender_hanging_up_mid_body_stores_nothing_and_raises_no_error(
+    receiver, inbox: Inbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    head = (
+        f"POST /webhooks/apten HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n"
+        f"X-Signature-SHA256: {'0' * 64}\r\n\r\n"
+    )
+    with caplog.at_level(logging.INFO):
+        with socket.create_connection(("127.0.0.1", receiver.port)) as sock:
+            sock.sendall(head.encode() + b'{"event": "call.comp')
+        deadline = time.monotonic() + 5
+        while "webhook abandoned" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert "webhook abandoned: sender disconnected" in caplog.text
+    assert "Traceback" not in caplog.text and "Exception" not in caplog.text
+    assert inbox.count() == 0
+
+
 def test_other_methods_are_refused(receiver, http) -> None:
     assert http.get(receiver.url).status_code == 405
 
