@@ -1,0 +1,406 @@
+"""Typed views of Apten JSON: `Lead`, `Event` (+ `CallEventData`), `Call`, `TranscriptTurn`.
+
+Every model is a frozen dataclass that keeps the untouched JSON in `raw` and the problems met while
+reading it in `warnings`. The rules, in one place:
+
+* `id` (and an event's `type` and `timestamp`) are required: missing, of the wrong type or
+  unparseable raises `MalformedRecord(record_id, reason)`; callers count it and go on.
+* Every other field is optional. Absent or null gives None. A value of the wrong JSON type gives
+  None plus a warning; it is never coerced (`"true"` is not a boolean, `"145"` is not a number),
+  because a type change in the API is something to notice, and `raw` still holds the value.
+* Timestamps go through `parse_timestamp`: ISO 8601 with or without milliseconds, `Z` or an
+  offset, converted to aware UTC. A timestamp without a zone is read as UTC and warned about.
+* Enum-like values (`type`, `direction`, `callStatus`, `role`, ...) are open strings.
+* Field names the docs do not confirm (see apten-api.md) are read when present.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+MAX_WARNINGS_PER_RECORD = 50
+
+
+class MalformedRecord(ValueError):
+    """A record that cannot be read at all (no usable id, no event timestamp, not an object)."""
+
+    def __init__(self, record_id: str | None, reason: str) -> None:
+        super().__init__(f"malformed record {record_id!r}: {reason}")
+        self.record_id = record_id
+        self.reason = reason
+
+
+def parse_timestamp(value: object) -> tuple[datetime, bool]:
+    """Parse an Apten timestamp into an aware UTC datetime.
+
+    Returns `(timestamp, assumed_utc)`; `assumed_utc` is True when the text carried no zone.
+    Accepts ISO 8601 strings (`2026-05-14T15:30:00.000Z`, `2024-01-15T14:30:00Z`, `...+02:00`)
+    and aware or naive `datetime` objects. Raises ValueError for anything else; epoch numbers are
+    refused because seconds and milliseconds cannot be told apart.
+    """
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if text[-1:] == "z":
+            text = text[:-1] + "Z"
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"not an ISO 8601 timestamp: {value[:64]!r}") from None
+    else:
+        raise ValueError(f"expected an ISO 8601 string, got {type(value).__name__}")
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC), True
+    return parsed.astimezone(UTC), False
+
+
+class _Reader:
+    """Reads typed fields out of one JSON object and collects the warnings for its record."""
+
+    __slots__ = ("obj", "record_id", "warnings", "_dropped")
+
+    def __init__(self, obj: Mapping[str, Any], record_id: str | None) -> None:
+        self.obj = obj
+        self.record_id = record_id
+        self.warnings: list[str] = []
+        self._dropped = 0
+
+    def warn(self, message: str) -> None:
+        if len(self.warnings) < MAX_WARNINGS_PER_RECORD:
+            self.warnings.append(message)
+        else:
+            self._dropped += 1
+
+    def finish(self) -> tuple[str, ...]:
+        if self._dropped:
+            self.warnings.append(f"... and {self._dropped} more warnings")
+        return tuple(self.warnings)
+
+    def _wrong_type(self, where: str, expected: str, value: object) -> None:
+        self.warn(f"{where}: expected {expected}, got {type(value).__name__}; stored as NULL")
+
+    def text(self, key: str, obj: Mapping[str, Any] | None = None, where: str | None = None) -> str | None:
+        value = (self.obj if obj is None else obj).get(key)
+        if value is None or isinstance(value, str):
+            return value
+        self._wrong_type(where or key, "a string", value)
+        return None
+
+    def boolean(
+        self, key: str, obj: Mapping[str, Any] | None = None, where: str | None = None
+    ) -> bool | None:
+        value = (self.obj if obj is None else obj).get(key)
+        if value is None or isinstance(value, bool):
+            return value
+        self._wrong_type(where or key, "a boolean", value)
+        return None
+
+    def number(
+        self, key: str, obj: Mapping[str, Any] | None = None, where: str | None = None
+    ) -> float | None:
+        value = (self.obj if obj is None else obj).get(key)
+        if value is None:
+            return None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if math.isfinite(value):
+                return value
+            self.warn(f"{where or key}: non-finite number {value!r}; stored as NULL")
+            return None
+        self._wrong_type(where or key, "a number", value)
+        return None
+
+    def timestamp(
+        self, key: str, obj: Mapping[str, Any] | None = None, where: str | None = None
+    ) -> datetime | None:
+        value = (self.obj if obj is None else obj).get(key)
+        if value is None:
+            return None
+        try:
+            parsed, assumed_utc = parse_timestamp(value)
+        except ValueError as exc:
+            self.warn(f"{where or key}: {exc}; stored as NULL")
+            return None
+        if assumed_utc:
+            self.warn(f"{where or key}: timestamp {value!s:.64} has no time zone; read as UTC")
+        return parsed
+
+    def required_timestamp(self, key: str) -> datetime:
+        value = self.obj.get(key)
+        if value is None:
+            raise MalformedRecord(self.record_id, f"required timestamp {key!r} is missing")
+        try:
+            parsed, assumed_utc = parse_timestamp(value)
+        except ValueError as exc:
+            raise MalformedRecord(self.record_id, f"{key}: {exc}") from None
+        if assumed_utc:
+            self.warn(f"{key}: timestamp {value!s:.64} has no time zone; read as UTC")
+        return parsed
+
+
+def _require_object(obj: object, what: str) -> Mapping[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise MalformedRecord(None, f"{what} is a {type(obj).__name__}, not a JSON object")
+    return obj
+
+
+def _require_id(obj: Mapping[str, Any], key: str = "id", fallback: str | None = None) -> str:
+    value = obj.get(key)
+    if value is None and fallback is not None:
+        return fallback
+    if not isinstance(value, str):
+        record_id = None if value is None else repr(value)[:64]
+        problem = "is missing" if value is None else f"is a {type(value).__name__}, not a string"
+        raise MalformedRecord(record_id, f"{key!r} {problem}")
+    if not value.strip():
+        raise MalformedRecord(value, f"{key!r} is empty")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Lead:
+    """A lead (Apten also calls it a room) from `GET /leads`."""
+
+    id: str
+    first_name: str | None
+    last_name: str | None
+    phone: str | None
+    email: str | None
+    customer_profile: str | None
+    external_lead_id: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    last_activity_at: datetime | None
+    has_replied: bool | None
+    is_hot: bool | None
+    is_qualified: bool | None
+    is_unsubscribed: bool | None
+    is_ai_on: bool | None
+    tags: Any
+    additional_info: Any
+    summary: str | None
+    is_deleted: bool
+    deleted_at: datetime | None
+    raw: Mapping[str, Any] = field(repr=False)
+    warnings: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, obj: object, *, lead_id: str | None = None) -> Lead:
+        """Parse one lead object. `lead_id` fills in for the old `GET /leads/{id}` body, which has no `id`."""
+        obj = _require_object(obj, "lead")
+        record_id = _require_id(obj, fallback=lead_id)
+        r = _Reader(obj, record_id)
+        deleted = r.boolean("deleted")
+        deleted_at = r.timestamp("deletedAt")
+        # The list endpoint marks soft-deleted leads with `deleted: true`; no flag means not deleted.
+        is_deleted = deleted if deleted is not None else deleted_at is not None
+        return cls(
+            id=record_id,
+            first_name=r.text("firstName"),
+            last_name=r.text("lastName"),
+            phone=r.text("phone"),
+            email=r.text("email"),
+            customer_profile=r.text("customerProfile"),
+            external_lead_id=r.text("externalLeadId"),
+            created_at=r.timestamp("createdAt"),
+            updated_at=r.timestamp("updatedAt"),
+            last_activity_at=r.timestamp("lastActivityAt"),
+            has_replied=r.boolean("hasReplied"),
+            is_hot=r.boolean("isHot"),
+            is_qualified=r.boolean("isQualified"),
+            is_unsubscribed=r.boolean("isUnsubscribed"),
+            is_ai_on=r.boolean("isAiOn"),
+            tags=obj.get("tags"),
+            additional_info=obj.get("additionalInfo"),
+            summary=r.text("summary"),
+            is_deleted=is_deleted,
+            deleted_at=deleted_at,
+            raw=obj,
+            warnings=r.finish(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CallEventData:
+    """The call metadata a CALL event carries in `data` (names guessed, apten-api.md §3.3)."""
+
+    direction: str | None
+    duration_seconds: float | None
+    call_status: str | None
+    is_transfer: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One interaction event from `GET /leads/{leadId}/events`; `type` is an open string.
+
+    For a CALL event `id` is the call id and `call` holds its metadata; `call` is None otherwise.
+    """
+
+    id: str
+    lead_id: str | None
+    org_id: str | None
+    type: str
+    timestamp: datetime
+    updated_at: datetime | None
+    data: Mapping[str, Any]
+    call: CallEventData | None
+    raw: Mapping[str, Any] = field(repr=False)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def is_call(self) -> bool:
+        return self.type == "CALL"
+
+    @classmethod
+    def from_json(cls, obj: object) -> Event:
+        """Parse one event; raises MalformedRecord without a string `id`, `type` or a `timestamp`."""
+        obj = _require_object(obj, "event")
+        record_id = _require_id(obj)
+        event_type = obj.get("type")
+        if not isinstance(event_type, str) or not event_type:
+            raise MalformedRecord(record_id, f"event 'type' is {event_type!r}, not a non-empty string")
+        r = _Reader(obj, record_id)
+        timestamp = r.required_timestamp("timestamp")
+        data = obj.get("data")
+        if data is None:
+            data = {}
+        elif not isinstance(data, Mapping):
+            r.warn(f"data: expected an object, got {type(data).__name__}; read as empty")
+            data = {}
+        call = None
+        if event_type == "CALL":
+            call = CallEventData(
+                direction=r.text("direction", data, "data.direction"),
+                duration_seconds=r.number("durationSeconds", data, "data.durationSeconds"),
+                call_status=r.text("callStatus", data, "data.callStatus"),
+                is_transfer=r.boolean("isTransfer", data, "data.isTransfer"),
+            )
+        lead_id = r.text("roomId") if obj.get("roomId") is not None else r.text("leadId")
+        return cls(
+            id=record_id,
+            lead_id=lead_id,
+            org_id=r.text("orgId"),
+            type=event_type,
+            timestamp=timestamp,
+            updated_at=r.timestamp("updatedAt"),
+            data=data,
+            call=call,
+            raw=obj,
+            warnings=r.finish(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptTurn:
+    """One transcript turn. `index` is its position in the API's `transcript` array."""
+
+    index: int
+    role: str | None
+    content: str | None
+    start_time: datetime | None
+    end_time: datetime | None
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A call from `GET /calls/{callId}` with its transcript turns (API order) and summary."""
+
+    id: str
+    lead_id: str | None
+    session_id: str | None
+    direction: str | None
+    call_status: str | None
+    duration_seconds: float | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    ended_by: str | None
+    is_transfer: bool | None
+    is_mid_call_transfer: bool | None
+    is_voicemail: bool | None
+    transfer_number: str | None
+    fallback_transfer_number: str | None
+    transfer_status: str | None
+    answered_by: str | None
+    transfer_connected_seconds: float | None
+    lead_never_spoke: bool | None
+    summary: str | None
+    turns: tuple[TranscriptTurn, ...] = field(repr=False)
+    raw: Mapping[str, Any] = field(repr=False)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ended_at(self) -> datetime | None:
+        """When the call ended: `createdAt + durationSeconds`, else the last turn's end, else None."""
+        if self.created_at is not None and self.duration_seconds is not None:
+            return self.created_at + timedelta(seconds=self.duration_seconds)
+        ends = [turn.end_time for turn in self.turns if turn.end_time is not None]
+        return max(ends) if ends else None
+
+    @classmethod
+    def from_json(cls, obj: object) -> Call:
+        """Parse one call body; raises MalformedRecord without a string `id`."""
+        obj = _require_object(obj, "call")
+        record_id = _require_id(obj)
+        r = _Reader(obj, record_id)
+        summary = r.text("summary")
+        if summary is not None and not summary.strip():
+            r.warn("summary: blank; treated as not yet available")
+            summary = None
+        transfer_number = r.text("transferNumber")
+        if transfer_number is None:
+            transfer_number = r.text("transferTo")
+        return cls(
+            id=record_id,
+            lead_id=r.text("leadId"),
+            session_id=r.text("sessionId"),
+            direction=r.text("direction"),
+            call_status=r.text("callStatus"),
+            duration_seconds=r.number("durationSeconds"),
+            created_at=r.timestamp("createdAt"),
+            updated_at=r.timestamp("updatedAt"),
+            ended_by=r.text("endedBy"),
+            is_transfer=r.boolean("isTransfer"),
+            is_mid_call_transfer=r.boolean("isMidCallTransfer"),
+            is_voicemail=r.boolean("isVoicemail"),
+            transfer_number=transfer_number,
+            fallback_transfer_number=r.text("fallbackTransferNumber"),
+            transfer_status=r.text("transferStatus"),
+            answered_by=r.text("answeredBy"),
+            transfer_connected_seconds=r.number("transferConnectedSeconds"),
+            lead_never_spoke=r.boolean("leadNeverSpoke"),
+            summary=summary,
+            turns=_parse_turns(obj.get("transcript"), r),
+            raw=obj,
+            warnings=r.finish(),
+        )
+
+
+def _parse_turns(transcript: object, r: _Reader) -> tuple[TranscriptTurn, ...]:
+    if transcript is None:
+        return ()
+    if not isinstance(transcript, list):
+        r.warn(f"transcript: expected an array, got {type(transcript).__name__}; call kept without turns")
+        return ()
+    turns = []
+    for index, item in enumerate(transcript):
+        if not isinstance(item, Mapping):
+            r.warn(f"transcript[{index}]: a {type(item).__name__}, not an object; turn skipped")
+            continue
+        where = f"transcript[{index}]."
+        turns.append(
+            TranscriptTurn(
+                index=index,
+                role=r.text("role", item, where + "role"),
+                content=r.text("content", item, where + "content"),
+                start_time=r.timestamp("startTime", item, where + "startTime"),
+                end_time=r.timestamp("endTime", item, where + "endTime"),
+                raw=item,
+            )
+        )
+    return tuple(turns)

@@ -1,0 +1,432 @@
+"""The warehouse tables (CONTRACT.md §3) as `TableSpec`s, and the builders that turn models into rows.
+
+A row is a plain dict keyed by column name. JSON columns hold Python values (dicts, lists, ...);
+the warehouse serialises them. `_loaded_at` is never set by a builder: the warehouse stamps it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from apten_assets.lib.models import Call, Event, Lead
+
+SCHEMA = "apten"
+LOADED_AT = "_loaded_at"
+SUMMARY_STATUSES = ("ready", "pending", "missing", "not_found")
+
+
+class Merge(Enum):
+    """How an upsert combines a new value with the stored one for an existing row."""
+
+    REPLACE = "replace"  # the new value, NULL included
+    COALESCE = "coalesce"  # late-arriving: the new value unless it is NULL, then the stored one
+    KEEP_FIRST = "keep_first"  # the stored value unless it is NULL (first-seen timestamps)
+    ADD = "add"  # stored + new, NULL counting as 0 (counters such as fetch_attempts)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: DuckDB type, one-line description, and how upserts merge it.
+
+    `bookkeeping` columns are written on every upsert but a change in them alone does not count
+    as an update and does not move `_loaded_at`.
+    """
+
+    name: str
+    type: str
+    description: str
+    merge: Merge = Merge.REPLACE
+    bookkeeping: bool = False
+    allowed_values: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One contract table: `apten.<name>`, its primary key and ordered columns (`_loaded_at` last)."""
+
+    name: str
+    description: str
+    primary_key: tuple[str, ...]
+    columns: tuple[Column, ...]
+    schema: str = SCHEMA
+
+    def __post_init__(self) -> None:
+        names = self.column_names
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.name}: duplicate column names")
+        if names[-1] != LOADED_AT:
+            raise ValueError(f"{self.name}: {LOADED_AT} must be the last column")
+        missing = set(self.primary_key) - set(names)
+        if missing:
+            raise ValueError(f"{self.name}: primary key columns {sorted(missing)} are not columns")
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(column.name for column in self.columns)
+
+    @property
+    def data_columns(self) -> tuple[Column, ...]:
+        """Every column a row may carry: all but `_loaded_at`."""
+        return tuple(column for column in self.columns if column.name != LOADED_AT)
+
+    @property
+    def late_arriving(self) -> frozenset[str]:
+        """Columns a later load never sets back to NULL."""
+        return frozenset(column.name for column in self.columns if column.merge is Merge.COALESCE)
+
+    @property
+    def bookkeeping(self) -> frozenset[str]:
+        return frozenset(column.name for column in self.columns if column.bookkeeping)
+
+    def column(self, name: str) -> Column:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise KeyError(f"{self.qualified_name} has no column {name!r}")
+
+
+_LOADED_AT_COLUMN = Column(
+    LOADED_AT, "TIMESTAMPTZ", "When this row was last written with changed content (UTC)."
+)
+_LATE = Merge.COALESCE
+
+
+LEADS = TableSpec(
+    name="leads",
+    description="One row per Apten lead (room), soft-deleted leads included, from GET /leads.",
+    primary_key=("lead_id",),
+    columns=(
+        Column("lead_id", "VARCHAR", "Apten lead id (also called the room id); opaque string."),
+        Column("first_name", "VARCHAR", "Lead first name (firstName)."),
+        Column("last_name", "VARCHAR", "Lead last name (lastName)."),
+        Column("phone", "VARCHAR", "Phone number, E.164."),
+        Column("email", "VARCHAR", "Email address, when Apten has one.", _LATE),
+        Column("customer_profile", "VARCHAR", "Name of the Apten customer profile (customerProfile)."),
+        Column("external_lead_id", "VARCHAR", "CRM id of the lead (externalLeadId), when linked.", _LATE),
+        Column("created_at", "TIMESTAMPTZ", "When the lead was created (createdAt, UTC)."),
+        Column("updated_at", "TIMESTAMPTZ", "When the lead last changed (updatedAt, UTC); the sync cursor."),
+        Column(
+            "last_activity_at", "TIMESTAMPTZ", "Last interaction with the lead (lastActivityAt, UTC).", _LATE
+        ),
+        Column("has_replied", "BOOLEAN", "The lead has replied (hasReplied)."),
+        Column("is_hot", "BOOLEAN", "Apten marked the lead hot (isHot)."),
+        Column("is_qualified", "BOOLEAN", "Apten marked the lead qualified (isQualified)."),
+        Column("is_unsubscribed", "BOOLEAN", "The lead unsubscribed (isUnsubscribed)."),
+        Column("is_ai_on", "BOOLEAN", "The AI assistant is on for this lead (isAiOn)."),
+        Column("tags", "JSON", "Tags as sent: array of {id, name, condition}."),
+        Column("additional_info", "JSON", "Context variables Apten stores for the lead (additionalInfo)."),
+        Column("summary", "VARCHAR", "AI summary of the conversation with the lead.", _LATE),
+        Column("is_deleted", "BOOLEAN", "Soft-deleted in Apten (deleted); the row is kept."),
+        Column("deleted_at", "TIMESTAMPTZ", "When the lead was soft-deleted (deletedAt, UTC)."),
+        Column("raw", "JSON", "The lead object exactly as Apten sent it."),
+        _LOADED_AT_COLUMN,
+    ),
+)
+
+CALL_EVENTS = TableSpec(
+    name="call_events",
+    description="One row per CALL event from GET /leads/{leadId}/events; the event id is the call id.",
+    primary_key=("call_id",),
+    columns=(
+        Column("call_id", "VARCHAR", "Event id of the CALL event, which is the call id."),
+        Column("lead_id", "VARCHAR", "Lead (room) the event belongs to (roomId)."),
+        Column("org_id", "VARCHAR", "Apten organisation id (orgId)."),
+        Column("occurred_at", "TIMESTAMPTZ", "When the call happened (event timestamp, UTC); partition key."),
+        Column("updated_at", "TIMESTAMPTZ", "When Apten last changed the event (updatedAt, UTC)."),
+        Column("direction", "VARCHAR", "INBOUND or OUTBOUND (data.direction; name unconfirmed).", _LATE),
+        Column("duration_seconds", "DOUBLE", "Call length in seconds (data.durationSeconds).", _LATE),
+        Column("call_status", "VARCHAR", "Call status, e.g. COMPLETE (data.callStatus; open string).", _LATE),
+        Column(
+            "is_transfer", "BOOLEAN", "Transferred to a human (data.isTransfer; name unconfirmed).", _LATE
+        ),
+        Column("data", "JSON", "The event's data object exactly as sent."),
+        _LOADED_AT_COLUMN,
+    ),
+)
+
+CALLS = TableSpec(
+    name="calls",
+    description="One row per call, enriched from GET /calls/{callId}, with fetch bookkeeping.",
+    primary_key=("call_id",),
+    columns=(
+        Column("call_id", "VARCHAR", "Apten call id."),
+        Column("lead_id", "VARCHAR", "Lead (room) of the call; NULL for webchat calls.", _LATE),
+        Column("session_id", "VARCHAR", "Webchat session id, for webchat voice calls.", _LATE),
+        Column("direction", "VARCHAR", "INBOUND or OUTBOUND.", _LATE),
+        Column(
+            "call_status", "VARCHAR", "Current or final status, e.g. COMPLETE, NO_ANSWER, IN_PROGRESS.", _LATE
+        ),
+        Column("duration_seconds", "DOUBLE", "Call length in seconds (durationSeconds).", _LATE),
+        Column("created_at", "TIMESTAMPTZ", "When the call started (createdAt, UTC).", _LATE),
+        Column("updated_at", "TIMESTAMPTZ", "When Apten last changed the call (updatedAt, UTC).", _LATE),
+        Column("ended_by", "VARCHAR", "Who ended the call, e.g. LEAD (endedBy; open string).", _LATE),
+        Column("is_transfer", "BOOLEAN", "Transferred to a human agent (isTransfer).", _LATE),
+        Column("is_mid_call_transfer", "BOOLEAN", "A transfer happened mid-call (name unconfirmed).", _LATE),
+        Column("is_voicemail", "BOOLEAN", "The call left a voicemail (name unconfirmed).", _LATE),
+        Column(
+            "transfer_number", "VARCHAR", "E.164 number transferred to (transferNumber/transferTo).", _LATE
+        ),
+        Column("fallback_transfer_number", "VARCHAR", "Fallback number when the transfer failed.", _LATE),
+        Column("transfer_status", "VARCHAR", "Outcome of the latest transfer attempt, if any.", _LATE),
+        Column("answered_by", "VARCHAR", "Answered-by / machine detection value (name unconfirmed).", _LATE),
+        Column("transfer_connected_seconds", "DOUBLE", "Seconds connected to the transfer recipient.", _LATE),
+        Column("lead_never_spoke", "BOOLEAN", "The lead never spoke on an AI-initiated call.", _LATE),
+        Column("turn_count", "INTEGER", "Number of transcript turns stored for the call.", _LATE),
+        Column(
+            "summary_status",
+            "VARCHAR",
+            "ready | pending | missing (gave up waiting) | not_found (GET /calls answered 404).",
+            allowed_values=SUMMARY_STATUSES,
+        ),
+        Column(
+            "first_fetched_at",
+            "TIMESTAMPTZ",
+            "First GET /calls/{id} of this call (UTC).",
+            Merge.KEEP_FIRST,
+            True,
+        ),
+        Column("last_fetched_at", "TIMESTAMPTZ", "Latest GET /calls/{id} of this call (UTC).", _LATE, True),
+        Column("fetch_attempts", "INTEGER", "How many times the call was fetched.", Merge.ADD, True),
+        Column("raw", "JSON", "The call body exactly as Apten sent it (NULL if never found).", _LATE),
+        _LOADED_AT_COLUMN,
+    ),
+)
+
+CALL_SUMMARIES = TableSpec(
+    name="call_summaries",
+    description="One row per call that has an AI summary.",
+    primary_key=("call_id",),
+    columns=(
+        Column("call_id", "VARCHAR", "Apten call id."),
+        Column("lead_id", "VARCHAR", "Lead (room) of the call; NULL for webchat calls.", _LATE),
+        Column("summary", "VARCHAR", "AI summary of the call.", _LATE),
+        Column(
+            "summary_first_seen_at", "TIMESTAMPTZ", "When the summary was first seen (UTC).", Merge.KEEP_FIRST
+        ),
+        Column(
+            "summary_latency_seconds",
+            "DOUBLE",
+            "Seconds from the end of the call to the summary first being seen.",
+            Merge.KEEP_FIRST,
+        ),
+        _LOADED_AT_COLUMN,
+    ),
+)
+
+CALL_TRANSCRIPT_TURNS = TableSpec(
+    name="call_transcript_turns",
+    description="One row per transcript turn of a call; a call's turns are replaced as a whole.",
+    primary_key=("call_id", "turn_index"),
+    columns=(
+        Column("call_id", "VARCHAR", "Apten call id."),
+        Column("turn_index", "INTEGER", "0-based position of the turn in the API's transcript array."),
+        Column("role", "VARCHAR", "Speaker as sent, e.g. assistant or user (open string)."),
+        Column("content", "VARCHAR", "What was said; NULL when the turn had no content."),
+        Column("start_time", "TIMESTAMPTZ", "When the turn started (startTime, UTC)."),
+        Column("end_time", "TIMESTAMPTZ", "When the turn ended (endTime, UTC)."),
+        _LOADED_AT_COLUMN,
+    ),
+)
+
+WEBHOOK_DELIVERIES = TableSpec(
+    name="webhook_deliveries",
+    description="One row per distinct webhook delivery received from Apten.",
+    primary_key=("delivery_key",),
+    columns=(
+        Column("delivery_key", "VARCHAR", "Dedupe key of the delivery (the envelope has no event id)."),
+        Column("event", "VARCHAR", "Webhook event name as sent, e.g. call.completed (open string)."),
+        Column("event_timestamp", "TIMESTAMPTZ", "The envelope timestamp (UTC)."),
+        Column(
+            "received_at",
+            "TIMESTAMPTZ",
+            "When the receiver first accepted the delivery (UTC).",
+            Merge.KEEP_FIRST,
+        ),
+        Column("call_id", "VARCHAR", "data.callId, for call events."),
+        Column("lead_id", "VARCHAR", "data.leadId, for lead-webhook events."),
+        Column("session_id", "VARCHAR", "data.sessionId, for webchat events."),
+        Column("raw", "JSON", "The delivery body exactly as received."),
+        _LOADED_AT_COLUMN,
+    ),
+)
+
+CALL_TRANSFERS = TableSpec(
+    name="call_transfers",
+    description="One row per transfer attempt of a call, assembled from transfer webhooks and the call.",
+    primary_key=("call_id", "attempt"),
+    columns=(
+        Column("call_id", "VARCHAR", "Apten call id."),
+        Column("attempt", "INTEGER", "1-based number of the transfer attempt within the call."),
+        Column("lead_id", "VARCHAR", "Lead (room) of the call; NULL for webchat calls.", _LATE),
+        Column("session_id", "VARCHAR", "Webchat session id, for webchat calls.", _LATE),
+        Column("transfer_type", "VARCHAR", "WARM or COLD (transferType; open string).", _LATE),
+        Column("target_number", "VARCHAR", "Number transferred to (transferTo / transferNumber).", _LATE),
+        Column("fallback_number", "VARCHAR", "Fallback number dispatched after a missed transfer.", _LATE),
+        Column("fallback_attempted", "BOOLEAN", "A fallback was attempted (fallbackAttempted).", _LATE),
+        Column("outcome", "VARCHAR", "started | connected | missed | fallback_triggered (latest known)."),
+        Column("started_at", "TIMESTAMPTZ", "call.transferred received (UTC).", _LATE),
+        Column("connected_at", "TIMESTAMPTZ", "call.transfer.connected received (UTC).", _LATE),
+        Column("missed_at", "TIMESTAMPTZ", "agentMissedTransfer received (UTC).", _LATE),
+        Column("fallback_triggered_at", "TIMESTAMPTZ", "transferFallbackTriggered received (UTC).", _LATE),
+        Column("source", "VARCHAR", "Where the attempt was seen: webhook or api."),
+        _LOADED_AT_COLUMN,
+    ),
+)
+
+TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in (
+        LEADS,
+        CALL_EVENTS,
+        CALLS,
+        CALL_SUMMARIES,
+        CALL_TRANSCRIPT_TURNS,
+        WEBHOOK_DELIVERIES,
+        CALL_TRANSFERS,
+    )
+}
+
+
+def lead_row(lead: Lead) -> dict[str, Any]:
+    """Row for `apten.leads`."""
+    return {
+        "lead_id": lead.id,
+        "first_name": lead.first_name,
+        "last_name": lead.last_name,
+        "phone": lead.phone,
+        "email": lead.email,
+        "customer_profile": lead.customer_profile,
+        "external_lead_id": lead.external_lead_id,
+        "created_at": lead.created_at,
+        "updated_at": lead.updated_at,
+        "last_activity_at": lead.last_activity_at,
+        "has_replied": lead.has_replied,
+        "is_hot": lead.is_hot,
+        "is_qualified": lead.is_qualified,
+        "is_unsubscribed": lead.is_unsubscribed,
+        "is_ai_on": lead.is_ai_on,
+        "tags": lead.tags,
+        "additional_info": lead.additional_info,
+        "summary": lead.summary,
+        "is_deleted": lead.is_deleted,
+        "deleted_at": lead.deleted_at,
+        "raw": lead.raw,
+    }
+
+
+def call_event_row(event: Event) -> dict[str, Any]:
+    """Row for `apten.call_events`; only CALL events belong there."""
+    if event.call is None:
+        raise ValueError(f"event {event.id!r} is a {event.type} event, not a CALL event")
+    return {
+        "call_id": event.id,
+        "lead_id": event.lead_id,
+        "org_id": event.org_id,
+        "occurred_at": event.timestamp,
+        "updated_at": event.updated_at,
+        "direction": event.call.direction,
+        "duration_seconds": event.call.duration_seconds,
+        "call_status": event.call.call_status,
+        "is_transfer": event.call.is_transfer,
+        "data": event.data,
+    }
+
+
+@dataclass(frozen=True)
+class CallRows:
+    """Everything one fetched call writes: its `calls` row, `call_summaries` row (if any) and turns."""
+
+    call: dict[str, Any]
+    summary: dict[str, Any] | None
+    turns: list[dict[str, Any]]
+
+
+def call_rows(
+    call: Call,
+    fetched_at: datetime,
+    *,
+    summary_status: str | None = None,
+    transfer_status: str | None = None,
+) -> CallRows:
+    """Rows for one successful `GET /calls/{id}` made at `fetched_at`.
+
+    `summary_status` defaults to `ready` with a summary and `pending` without; pass `missing` once
+    the give-up window has passed. `transfer_status` overrides the call's own (webhook-derived).
+    The fetch counts as one attempt; the warehouse merge adds it to the stored count.
+    """
+    status = summary_status or ("ready" if call.summary is not None else "pending")
+    if status not in SUMMARY_STATUSES:
+        raise ValueError(f"summary_status must be one of {SUMMARY_STATUSES}, got {status!r}")
+    turns = turn_rows(call)
+    row = {
+        "call_id": call.id,
+        "lead_id": call.lead_id,
+        "session_id": call.session_id,
+        "direction": call.direction,
+        "call_status": call.call_status,
+        "duration_seconds": call.duration_seconds,
+        "created_at": call.created_at,
+        "updated_at": call.updated_at,
+        "ended_by": call.ended_by,
+        "is_transfer": call.is_transfer,
+        "is_mid_call_transfer": call.is_mid_call_transfer,
+        "is_voicemail": call.is_voicemail,
+        "transfer_number": call.transfer_number,
+        "fallback_transfer_number": call.fallback_transfer_number,
+        "transfer_status": transfer_status if transfer_status is not None else call.transfer_status,
+        "answered_by": call.answered_by,
+        "transfer_connected_seconds": call.transfer_connected_seconds,
+        "lead_never_spoke": call.lead_never_spoke,
+        "turn_count": len(turns),
+        "summary_status": status,
+        "first_fetched_at": fetched_at,
+        "last_fetched_at": fetched_at,
+        "fetch_attempts": 1,
+        "raw": call.raw,
+    }
+    summary = None
+    if call.summary is not None:
+        ended_at = call.ended_at
+        summary = {
+            "call_id": call.id,
+            "lead_id": call.lead_id,
+            "summary": call.summary,
+            "summary_first_seen_at": fetched_at,
+            "summary_latency_seconds": (fetched_at - ended_at).total_seconds() if ended_at else None,
+        }
+    return CallRows(call=row, summary=summary, turns=turns)
+
+
+def not_found_call_row(call_id: str, fetched_at: datetime, *, lead_id: str | None = None) -> dict[str, Any]:
+    """`calls` row for a call whose `GET /calls/{id}` answered 404; stored values are kept."""
+    return {
+        "call_id": call_id,
+        "lead_id": lead_id,
+        "summary_status": "not_found",
+        "first_fetched_at": fetched_at,
+        "last_fetched_at": fetched_at,
+        "fetch_attempts": 1,
+    }
+
+
+def turn_rows(call: Call) -> list[dict[str, Any]]:
+    """Rows for `apten.call_transcript_turns`, in API order."""
+    call_id = call.id
+    return [
+        {
+            "call_id": call_id,
+            "turn_index": turn.index,
+            "role": turn.role,
+            "content": turn.content,
+            "start_time": turn.start_time,
+            "end_time": turn.end_time,
+        }
+        for turn in call.turns
+    ]

@@ -1,0 +1,588 @@
+"""The DuckDB warehouse: connect (waiting out another process's lock), DDL, upserts, queries.
+
+Writes stage rows through Arrow into a temp table (never row-by-row INSERTs), then change the
+target tables inside one explicit transaction, so a process killed mid-write leaves the last
+committed state. Inside `with transaction(con):` several writes share the caller's transaction,
+e.g. a batch's calls, summaries and turns commit together.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from apten_assets.lib.tables import CALL_EVENTS, CALLS, LOADED_AT, SCHEMA, TABLES, Column, Merge, TableSpec
+
+DEFAULT_LOCK_TIMEOUT_SECONDS = 30.0
+SYNC_STATE_TABLE = f"{SCHEMA}._sync_state"
+
+_ARROW_TYPES = {
+    "VARCHAR": pa.string(),
+    "JSON": pa.string(),
+    "TIMESTAMPTZ": pa.timestamp("us", tz="UTC"),
+    "BOOLEAN": pa.bool_(),
+    "INTEGER": pa.int32(),
+    "BIGINT": pa.int64(),
+    "DOUBLE": pa.float64(),
+}
+
+Rows = Iterable[Mapping[str, Any]] | pa.Table | pd.DataFrame
+
+
+class WarehouseBusy(RuntimeError):
+    """Another process held the DuckDB file's lock for longer than the timeout."""
+
+
+@dataclass(frozen=True)
+class UpsertCounts:
+    """What one upsert did. `duplicates` are staged rows dropped because a later row had the same key."""
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    duplicates: int = 0
+
+    def __add__(self, other: UpsertCounts) -> UpsertCounts:
+        return UpsertCounts(
+            self.inserted + other.inserted,
+            self.updated + other.updated,
+            self.unchanged + other.unchanged,
+            self.duplicates + other.duplicates,
+        )
+
+
+@dataclass(frozen=True)
+class ReplaceCounts:
+    """What one `replace_children` did, per parent and per child row."""
+
+    parents: int = 0
+    parents_replaced: int = 0
+    parents_unchanged: int = 0
+    deleted: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+
+    def __add__(self, other: ReplaceCounts) -> ReplaceCounts:
+        return ReplaceCounts(
+            self.parents + other.parents,
+            self.parents_replaced + other.parents_replaced,
+            self.parents_unchanged + other.parents_unchanged,
+            self.deleted + other.deleted,
+            self.inserted + other.inserted,
+            self.duplicates + other.duplicates,
+        )
+
+
+@dataclass(frozen=True)
+class PendingCall:
+    """A stored call still waiting for its summary, as the late-summary sensor needs it."""
+
+    call_id: str
+    partition_date: date | None
+    last_fetched_at: datetime | None
+    created_at: datetime | None
+    ended_at: datetime | None
+    fetch_attempts: int
+
+
+def _run(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
+    """Execute and drain the result: DuckDB refuses other work while a result is unfinished."""
+    return con.execute(sql, params).fetchall()
+
+
+def _is_lock_error(exc: duckdb.Error) -> bool:
+    return "lock" in str(exc).lower()
+
+
+def connect(
+    path: str | Path,
+    read_only: bool = False,
+    *,
+    timeout_seconds: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
+) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse file (creating its directory), retrying while another process holds the lock.
+
+    DuckDB lets one process write a file at a time. Instead of failing at once, this retries with
+    backoff for up to `timeout_seconds`, then raises `WarehouseBusy`. The session time zone is
+    set to UTC so TIMESTAMPTZ values come back in UTC.
+    """
+    database = str(path)
+    if database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_seconds
+    delay = 0.05
+    while True:
+        try:
+            con = duckdb.connect(database, read_only=read_only)
+            break
+        except duckdb.IOException as exc:
+            if not _is_lock_error(exc):
+                raise
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WarehouseBusy(
+                    f"DuckDB file {database} is locked by another process ({exc}); gave up after "
+                    f"{timeout_seconds:g}s. Let the other run or `dagster dev` writer finish, then retry."
+                ) from exc
+            time.sleep(min(delay * random.uniform(0.5, 1.0), remaining))
+            delay = min(delay * 2, 1.0)
+    _run(con, "SET TimeZone = 'UTC'")
+    return con
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN ... COMMIT (ROLLBACK on error). Inside an open transaction it joins it instead."""
+    try:
+        _run(con, "BEGIN TRANSACTION")
+    except duckdb.TransactionException:
+        # Already inside the caller's transaction: the caller commits or rolls back.
+        yield con
+        return
+    try:
+        yield con
+    except BaseException:
+        _run(con, "ROLLBACK")
+        raise
+    _run(con, "COMMIT")
+
+
+def _bare(temp_name: str) -> str:
+    return temp_name.rsplit(".", 1)[-1]
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _column_ddl(column: Column, primary_key: Sequence[str]) -> str:
+    ddl = f"{_quote(column.name)} {column.type}"
+    if column.name in primary_key:
+        ddl += " NOT NULL"
+    if column.allowed_values:
+        allowed = ", ".join("'" + value.replace("'", "''") + "'" for value in column.allowed_values)
+        ddl += f" CHECK ({_quote(column.name)} IN ({allowed}))"
+    return ddl
+
+
+def create_table_sql(spec: TableSpec) -> str:
+    """The CREATE TABLE IF NOT EXISTS statement for one spec.
+
+    The primary key is not declared as a constraint: DuckDB maintains it as an ART index, which
+    made rewriting millions of transcript turns several times slower. `upsert` and
+    `replace_children` are the only writers and keep keys unique; `duplicate_keys` checks it.
+    """
+    columns = ",\n  ".join(_column_ddl(column, spec.primary_key) for column in spec.columns)
+    return f"CREATE TABLE IF NOT EXISTS {spec.qualified_name} (\n  {columns}\n)"
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create schema `apten`, every contract table and `apten._sync_state` if missing; idempotent.
+
+    Columns added to a spec after a table was created are added to the table (as nullable columns).
+    """
+    with transaction(con):
+        _run(con, f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        for spec in TABLES.values():
+            _run(con, create_table_sql(spec))
+            existing = {
+                name
+                for (name,) in con.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_schema = ? AND table_name = ?",
+                    [spec.schema, spec.name],
+                ).fetchall()
+            }
+            for column in spec.columns:
+                if column.name not in existing:
+                    _run(
+                        con,
+                        f"ALTER TABLE {spec.qualified_name} ADD COLUMN {_quote(column.name)} {column.type}",
+                    )
+        _run(
+            con,
+            f"CREATE TABLE IF NOT EXISTS {SYNC_STATE_TABLE} "
+            "(name VARCHAR PRIMARY KEY, value VARCHAR, updated_at TIMESTAMPTZ)",
+        )
+
+
+def get_sync_state(con: duckdb.DuckDBPyConnection, name: str) -> str | None:
+    """The stored value of cursor `name` (e.g. the leads updatedAt watermark), or None."""
+    rows = _run(con, f"SELECT value FROM {SYNC_STATE_TABLE} WHERE name = ?", [name])
+    return rows[0][0] if rows else None
+
+
+def set_sync_state(
+    con: duckdb.DuckDBPyConnection, name: str, value: str, *, now: datetime | None = None
+) -> None:
+    """Store cursor `name`; joins the caller's transaction when there is one."""
+    with transaction(con):
+        _run(
+            con,
+            f"INSERT INTO {SYNC_STATE_TABLE} (name, value, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            [name, value, now or datetime.now(UTC)],
+        )
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _to_json_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
+    except ValueError:
+        # NaN/Infinity are not JSON; Python's parser accepts them, DuckDB's JSON type does not.
+        return json.dumps(_finite(value), ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _to_arrow(spec: TableSpec, rows: Rows) -> pa.Table:
+    """Rows as an Arrow table with every data column of `spec` (absent columns are NULL)."""
+    columns = spec.data_columns
+    if isinstance(rows, pd.DataFrame):
+        rows = pa.Table.from_pandas(rows, preserve_index=False)
+    if isinstance(rows, pa.Table):
+        unknown = set(rows.column_names) - {column.name for column in columns}
+        if unknown:
+            raise ValueError(f"{spec.qualified_name} has no columns {sorted(unknown)}")
+        arrays = [
+            rows.column(column.name) if column.name in rows.column_names else pa.nulls(rows.num_rows)
+            for column in columns
+        ]
+        return pa.table(arrays, names=[column.name for column in columns])
+    rows = rows if isinstance(rows, list) else list(rows)
+    if rows:
+        unknown = set(rows[0]) - {column.name for column in columns}
+        if unknown:
+            raise ValueError(f"{spec.qualified_name} has no columns {sorted(unknown)}")
+    arrays = []
+    for column in columns:
+        name = column.name
+        values = [row.get(name) for row in rows]
+        if column.type == "JSON":
+            values = [_to_json_text(value) for value in values]
+        try:
+            arrays.append(pa.array(values, type=_ARROW_TYPES[column.type]))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+            raise ValueError(
+                f"{spec.qualified_name}.{name}: value does not fit {column.type}: {exc}"
+            ) from exc
+    return pa.table(arrays, names=[column.name for column in columns])
+
+
+class _Staging:
+    """A temp table holding one batch, deduplicated on the primary key (the last row wins)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, spec: TableSpec, rows: Rows) -> None:
+        self.con = con
+        self.spec = spec
+        suffix = uuid.uuid4().hex[:12]
+        self.table = f"temp.main.__stage_{spec.name}_{suffix}"
+        self._view = f"__arrow_{spec.name}_{suffix}"
+        self._temps: list[str] = [self.table]
+        self.duplicates = 0
+        try:
+            self._load(rows)
+        except BaseException:
+            self.drop()
+            raise
+        self.rows = self.rows_in - self.duplicates
+
+    def _load(self, rows: Rows) -> None:
+        con, spec = self.con, self.spec
+        data = _to_arrow(spec, rows)
+        self.rows_in = data.num_rows
+        data = data.append_column("__ord", pa.array(np.arange(data.num_rows, dtype=np.int64)))
+        casts = ", ".join(
+            f"CAST({_quote(column.name)} AS {column.type}) AS {_quote(column.name)}"
+            for column in spec.data_columns
+        )
+        con.register(self._view, data)
+        try:
+            _run(con, f"CREATE TEMP TABLE {_bare(self.table)} AS SELECT {casts}, __ord FROM {self._view}")
+        finally:
+            con.unregister(self._view)
+        key = ", ".join(_quote(name) for name in spec.primary_key)
+        null_key = " OR ".join(f"{_quote(name)} IS NULL" for name in spec.primary_key)
+        (null_keys,) = con.execute(f"SELECT count(*) FROM {self.table} WHERE {null_key}").fetchall()[0]
+        if null_keys:
+            raise ValueError(f"{null_keys} rows for {spec.qualified_name} have a NULL primary key ({key})")
+        (distinct,) = con.execute(
+            f"SELECT count(*) FROM (SELECT DISTINCT {key} FROM {self.table})"
+        ).fetchall()[0]
+        self.duplicates = self.rows_in - distinct
+        if self.duplicates:
+            deduped = self.temp_name("dedup")
+            _run(
+                con,
+                f"CREATE TEMP TABLE {_bare(deduped)} AS SELECT * FROM {self.table} "
+                f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY __ord DESC) = 1",
+            )
+            _run(con, f"DROP TABLE {self.table}")
+            self._temps.remove(self.table)
+            self.table = deduped
+
+    def temp_name(self, label: str) -> str:
+        name = f"temp.main.__{label}_{self.spec.name}_{uuid.uuid4().hex[:12]}"
+        self._temps.append(name)
+        return name
+
+    def drop(self) -> None:
+        for name in self._temps:
+            _run(self.con, f"DROP TABLE IF EXISTS {name}")
+        self._temps.clear()
+
+
+def _merged(column: Column, merge: Merge) -> str:
+    new, old = f"s.{_quote(column.name)}", f"t.{_quote(column.name)}"
+    if merge is Merge.COALESCE:
+        return f"COALESCE({new}, {old})"
+    if merge is Merge.KEEP_FIRST:
+        return f"COALESCE({old}, {new})"
+    if merge is Merge.ADD:
+        return f"COALESCE({old}, 0) + COALESCE({new}, 0)"
+    return new
+
+
+def upsert(
+    con: duckdb.DuckDBPyConnection,
+    spec: TableSpec,
+    rows: Rows,
+    *,
+    keep_existing_when_null: Iterable[str] = (),
+    now: datetime | None = None,
+) -> UpsertCounts:
+    """Insert new rows and update changed ones by primary key, in one transaction.
+
+    `rows` are dicts (JSON columns as Python values), an Arrow table or a DataFrame (JSON columns
+    as text). Rows sharing a key are deduplicated, the last one winning. An existing row counts as
+    updated, and gets `_loaded_at = now`, only when a non-key, non-bookkeeping value differs after
+    merging; otherwise it keeps its `_loaded_at`. Late-arriving columns (the spec's, plus
+    `keep_existing_when_null`) keep the stored value when the new one is NULL.
+    """
+    now = now or datetime.now(UTC)
+    late = set(keep_existing_when_null)
+    unknown = late - set(spec.column_names)
+    if unknown:
+        raise ValueError(f"{spec.qualified_name} has no columns {sorted(unknown)}")
+    stage = _Staging(con, spec, rows)
+    try:
+        if stage.rows == 0:
+            return UpsertCounts(duplicates=stage.duplicates)
+        key = spec.primary_key
+        join = " AND ".join(f"t.{_quote(name)} = s.{_quote(name)}" for name in key)
+        merged: list[str] = []
+        content_diff: list[str] = []
+        bookkeeping_diff: list[str] = []
+        for column in spec.data_columns:
+            name = _quote(column.name)
+            if column.name in key:
+                merged.append(f"s.{name} AS {name}")
+                continue
+            merge = Merge.COALESCE if column.name in late and column.merge is Merge.REPLACE else column.merge
+            expr = _merged(column, merge)
+            merged.append(f"{expr} AS {name}")
+            (bookkeeping_diff if column.bookkeeping else content_diff).append(
+                f"({expr}) IS DISTINCT FROM t.{name}"
+            )
+        exists = f"t.{_quote(key[0])} IS NOT NULL"
+        changed = " OR ".join(content_diff) or "false"
+        bookkeeping_changed = " OR ".join(bookkeeping_diff) or "false"
+        classified = stage.temp_name("merge")
+        non_key = [c.name for c in spec.data_columns if c.name not in key]
+        assignments = ", ".join(f"{_quote(name)} = u.{_quote(name)}" for name in non_key)
+        match = " AND ".join(f"{spec.qualified_name}.{_quote(name)} = u.{_quote(name)}" for name in key)
+        column_list = ", ".join(_quote(c.name) for c in spec.data_columns)
+        with transaction(con):
+            _run(
+                con,
+                f"CREATE TEMP TABLE {_bare(classified)} AS SELECT {', '.join(merged)}, "
+                f"NOT ({exists}) AS __new, ({exists} AND ({changed})) AS __changed, "
+                f"({exists} AND ({bookkeeping_changed})) AS __bookkeeping_changed "
+                f"FROM {stage.table} AS s LEFT JOIN {spec.qualified_name} AS t ON {join}",
+            )
+            inserted, updated = con.execute(
+                f"SELECT count(*) FILTER (WHERE __new), count(*) FILTER (WHERE __changed) FROM {classified}"
+            ).fetchall()[0]
+            if assignments:
+                _run(
+                    con,
+                    f"UPDATE {spec.qualified_name} SET {assignments}, {LOADED_AT} = CASE WHEN u.__changed "
+                    f"THEN ?::TIMESTAMPTZ ELSE {spec.qualified_name}.{LOADED_AT} END "
+                    f"FROM {classified} AS u WHERE {match} AND (u.__changed OR u.__bookkeeping_changed)",
+                    [now],
+                )
+            if inserted:
+                _run(
+                    con,
+                    f"INSERT INTO {spec.qualified_name} ({column_list}, {LOADED_AT}) "
+                    f"SELECT {column_list}, ?::TIMESTAMPTZ FROM {classified} WHERE __new",
+                    [now],
+                )
+        return UpsertCounts(
+            inserted=inserted,
+            updated=updated,
+            unchanged=stage.rows - inserted - updated,
+            duplicates=stage.duplicates,
+        )
+    finally:
+        stage.drop()
+
+
+def replace_children(
+    con: duckdb.DuckDBPyConnection,
+    spec: TableSpec,
+    parent_key: str,
+    parent_ids: Iterable[str],
+    rows: Rows,
+    *,
+    now: datetime | None = None,
+) -> ReplaceCounts:
+    """Make the child rows of each parent in `parent_ids` exactly `rows`, in one transaction.
+
+    A parent whose stored children already equal its new ones (every column but `_loaded_at`) is
+    left alone, so its rows keep `_loaded_at`; any other parent has all its rows deleted and the
+    new ones inserted. A parent listed with no rows ends with none. Every row's parent must be listed.
+    """
+    now = now or datetime.now(UTC)
+    if parent_key not in spec.column_names:
+        raise ValueError(f"{spec.qualified_name} has no column {parent_key!r}")
+    parents = pa.table({"parent_id": pa.array(sorted(set(parent_ids)), type=pa.string())})
+    if parents.num_rows == 0:
+        return ReplaceCounts()
+    stage = _Staging(con, spec, rows)
+    parent = _quote(parent_key)
+    try:
+        parents_view = f"__parents_{uuid.uuid4().hex[:12]}"
+        parents_table = stage.temp_name("parents")
+        con.register(parents_view, parents)
+        try:
+            _run(con, f"CREATE TEMP TABLE {_bare(parents_table)} AS SELECT parent_id FROM {parents_view}")
+        finally:
+            con.unregister(parents_view)
+        listed = f"(SELECT parent_id FROM {parents_table})"
+        orphan_sql = f"SELECT count(*) FROM {stage.table} WHERE {parent} NOT IN {listed}"
+        (orphans,) = con.execute(orphan_sql).fetchall()[0]
+        if orphans:
+            raise ValueError(f"{orphans} rows for {spec.qualified_name} belong to parents not in parent_ids")
+        columns = ", ".join(_quote(c.name) for c in spec.data_columns)
+        stored = f"SELECT {columns} FROM {spec.qualified_name} WHERE {parent} IN {listed}"
+        staged = f"SELECT {columns} FROM {stage.table}"
+        changed = stage.temp_name("changed")
+        with transaction(con):
+            _run(
+                con,
+                f"CREATE TEMP TABLE {_bare(changed)} AS SELECT DISTINCT {parent} AS parent_id FROM "
+                f"(({staged} EXCEPT {stored}) UNION ALL ({stored} EXCEPT {staged}))",
+            )
+            (replaced,) = con.execute(f"SELECT count(*) FROM {changed}").fetchall()[0]
+            deleted = inserted = 0
+            if replaced:
+                (deleted,) = con.execute(
+                    f"DELETE FROM {spec.qualified_name} WHERE {parent} IN (SELECT parent_id FROM {changed})"
+                ).fetchall()[0]
+                (inserted,) = con.execute(
+                    f"INSERT INTO {spec.qualified_name} ({columns}, {LOADED_AT}) "
+                    f"SELECT {columns}, ?::TIMESTAMPTZ FROM {stage.table} "
+                    f"WHERE {parent} IN (SELECT parent_id FROM {changed})",
+                    [now],
+                ).fetchall()[0]
+        return ReplaceCounts(
+            parents=parents.num_rows,
+            parents_replaced=replaced,
+            parents_unchanged=parents.num_rows - replaced,
+            deleted=deleted,
+            inserted=inserted,
+            duplicates=stage.duplicates,
+        )
+    finally:
+        stage.drop()
+
+
+def duplicate_keys(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> int:
+    """How many primary-key values occur more than once in the table (0 when healthy)."""
+    key = ", ".join(_quote(name) for name in spec.primary_key)
+    sql = f"SELECT count(*) FROM (SELECT {key} FROM {spec.qualified_name} GROUP BY ALL HAVING count(*) > 1)"
+    return _run(con, sql)[0][0]
+
+
+def calls_needing_fetch(
+    con: duckdb.DuckDBPyConnection,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    *,
+    recheck_after: timedelta = timedelta(0),
+) -> list[str]:
+    """Call ids of CALL events that happened in [start, end) and need a `GET /calls/{id}`.
+
+    That is: no call row yet, never fetched, the event changed after the last fetch, or the call
+    is still `pending` a summary or `IN_PROGRESS` and was last fetched at least `recheck_after`
+    before `now`. Calls `missing` or `not_found` are asked again only when their event changes.
+    Ordered by event time.
+    """
+    rows = con.execute(
+        f"""
+        SELECT e.call_id
+        FROM {CALL_EVENTS.qualified_name} AS e
+        LEFT JOIN {CALLS.qualified_name} AS c ON c.call_id = e.call_id
+        WHERE e.occurred_at >= ? AND e.occurred_at < ?
+          AND (
+            c.call_id IS NULL
+            OR c.last_fetched_at IS NULL
+            OR e.updated_at > c.last_fetched_at
+            OR ((c.summary_status = 'pending' OR c.call_status = 'IN_PROGRESS')
+                AND c.last_fetched_at <= ?::TIMESTAMPTZ - ?::INTERVAL)
+          )
+        ORDER BY e.occurred_at, e.call_id
+        """,
+        [start, end, now, recheck_after],
+    ).fetchall()
+    return [call_id for (call_id,) in rows]
+
+
+def pending_calls(con: duckdb.DuckDBPyConnection) -> list[PendingCall]:
+    """Stored calls whose summary is still `pending`, least recently fetched first.
+
+    `partition_date` is the UTC date of the call's CALL event, or of its `created_at` for calls
+    known only from webhooks (webchat); `ended_at` is `created_at + duration_seconds`.
+    """
+    rows = con.execute(
+        f"""
+        SELECT
+          c.call_id,
+          CAST(timezone('UTC', COALESCE(e.occurred_at, c.created_at, c.first_fetched_at)) AS DATE),
+          c.last_fetched_at,
+          c.created_at,
+          c.created_at + to_microseconds(CAST(round(c.duration_seconds * 1e6) AS BIGINT)),
+          COALESCE(c.fetch_attempts, 0)
+        FROM {CALLS.qualified_name} AS c
+        LEFT JOIN {CALL_EVENTS.qualified_name} AS e ON e.call_id = c.call_id
+        WHERE c.summary_status = 'pending'
+        ORDER BY c.last_fetched_at NULLS FIRST, c.call_id
+        """
+    ).fetchall()
+    return [PendingCall(*row) for row in rows]
