@@ -1,5 +1,6 @@
 """The Dagster code location: `dagster dev -m apten_assets.definitions`."""
 
-import dagster as dg
+from apten_assets.defs.apten import build_definitions
+from apten_assets.lib.config import AptenSettings
 
-defs = dg.Definitions()
+defs = build_definitions(AptenSettings.from_env())

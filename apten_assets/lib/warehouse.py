@@ -13,6 +13,7 @@ import math
 import random
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -144,20 +145,27 @@ def connect(
     return con
 
 
+# Connections inside a `transaction()` block. A failed nested BEGIN would abort DuckDB's open
+# transaction, so nesting is tracked here instead of probed.
+_open_transactions: weakref.WeakSet[duckdb.DuckDBPyConnection] = weakref.WeakSet()
+
+
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     """BEGIN ... COMMIT (ROLLBACK on error). Inside an open transaction it joins it instead."""
-    try:
-        _run(con, "BEGIN TRANSACTION")
-    except duckdb.TransactionException:
-        # Already inside the caller's transaction: the caller commits or rolls back.
+    if con in _open_transactions:
+        # The caller's transaction: the caller commits or rolls back.
         yield con
         return
+    _run(con, "BEGIN TRANSACTION")
+    _open_transactions.add(con)
     try:
         yield con
     except BaseException:
+        _open_transactions.discard(con)
         _run(con, "ROLLBACK")
         raise
+    _open_transactions.discard(con)
     _run(con, "COMMIT")
 
 

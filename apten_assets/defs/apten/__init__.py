@@ -1,0 +1,19 @@
+"""Dagster objects for the Apten source: assets, checks, schedules, sensors, resources."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from apten_assets.defs.apten.assets import build_assets
+from apten_assets.defs.apten.resources import AptenApiResource, AptenWarehouse
+from apten_assets.lib.config import AptenSettings
+
+
+def build_definitions(settings: AptenSettings) -> dg.Definitions:
+    return dg.Definitions(
+        assets=build_assets(settings),
+        resources={
+            "apten": AptenApiResource(),
+            "duckdb": AptenWarehouse(database=settings.duckdb_path),
+        },
+    )

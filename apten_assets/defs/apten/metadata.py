@@ -1,0 +1,76 @@
+"""Materialization metadata a data team reads in the UI: schema, row counts, run figures, preview."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import dagster as dg
+import duckdb
+
+from apten_assets.lib.sync import StepReport
+from apten_assets.lib.tables import TableSpec
+
+PREVIEW_ROWS = 5
+PREVIEW_CELL_CHARS = 60
+
+
+def table_definition_metadata(spec: TableSpec) -> dict[str, Any]:
+    """Static metadata for the asset definition: table name and column schema with descriptions."""
+    return {
+        "dagster/table_name": spec.qualified_name,
+        "dagster/column_schema": dg.TableSchema(
+            columns=[
+                dg.TableColumn(name=c.name, type=c.type, description=c.description) for c in spec.columns
+            ],
+        ),
+        "primary_key": ", ".join(spec.primary_key),
+    }
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= PREVIEW_CELL_CHARS else text[: PREVIEW_CELL_CHARS - 1] + "…"
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    header = "| " + " | ".join(columns) + " |"
+    rule = "| " + " | ".join("---" for _ in columns) + " |"
+    body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join([header, rule, *body])
+
+
+def preview(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> dg.MetadataValue:
+    result = con.execute(sql, list(params))
+    columns = [d[0] for d in result.description]
+    return dg.MetadataValue.md(markdown_table(columns, result.fetchmany(PREVIEW_ROWS)))
+
+
+def run_metadata(
+    report: StepReport,
+    *,
+    row_count: int,
+    partition_row_count: int | None = None,
+    api_stats: Mapping[str, int | float] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What this run fetched, wrote, skipped (with reasons and ids) and retried."""
+    meta: dict[str, Any] = {"dagster/row_count": row_count}
+    if partition_row_count is not None:
+        meta["dagster/partition_row_count"] = partition_row_count
+    for name, value in sorted(report.counts.items()):
+        meta[name] = int(value)
+    meta.setdefault("skipped", 0)
+    if report.skipped:
+        meta["skipped_reasons"] = dg.MetadataValue.json(dict(report.skip_reasons))
+        meta["skipped_records"] = dg.MetadataValue.json(report.skipped_preview())
+    for name, value in (api_stats or {}).items():
+        meta[name] = value
+    meta.update(extra or {})
+    return meta
+
+
+def window_label(start: datetime, end: datetime) -> str:
+    return f"[{start.date().isoformat()}, {end.date().isoformat()})"

@@ -1,0 +1,399 @@
+"""The ingestion recipes: Apten JSON -> models -> rows -> warehouse, one function per step.
+
+Plain Python (no Dagster): the assets call these with a client, a way to open a short write
+connection, and a logger. HTTP results are gathered in bounded batches and each batch is
+written in one transaction, so the DuckDB writer lock is never held across HTTP calls and a
+run killed at any point leaves the last committed batch (a re-run picks up the rest).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import duckdb
+
+from apten_assets.lib.client import AptenAuthError, AptenClient, AptenError, CallFetch
+from apten_assets.lib.models import Call, Event, Lead, MalformedRecord, parse_timestamp
+from apten_assets.lib.tables import (
+    CALL_EVENTS,
+    CALL_SUMMARIES,
+    CALL_TRANSCRIPT_TURNS,
+    CALLS,
+    LEADS,
+    WEBHOOK_DELIVERIES,
+    call_event_row,
+    call_rows,
+    lead_row,
+    not_found_call_row,
+)
+from apten_assets.lib.warehouse import (
+    ReplaceCounts,
+    UpsertCounts,
+    calls_needing_fetch,
+    get_sync_state,
+    replace_children,
+    set_sync_state,
+    transaction,
+    upsert,
+)
+
+OpenWarehouse = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
+T = TypeVar("T")
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+LEADS_CURSOR = "leads.updated_since"
+# Apten's cursors are inclusive and writes may land late; re-reading a few minutes is cheap
+# because every write is an upsert.
+CURSOR_OVERLAP = timedelta(minutes=5)
+MAX_SKIPS_IN_METADATA = 20
+
+
+@dataclass
+class SkippedRecord:
+    record_id: str | None
+    reason: str
+
+
+@dataclass
+class StepReport:
+    """What one step fetched, wrote and skipped; the assets turn it into metadata."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    skipped: list[SkippedRecord] = field(default_factory=list)
+    skip_reasons: Counter[str] = field(default_factory=Counter)
+
+    def skip(self, record_id: str | None, reason: str, log: logging.Logger | Any) -> None:
+        self.skipped.append(SkippedRecord(record_id, reason))
+        self.skip_reasons[reason.split(":")[0]] += 1
+        self.counts["skipped"] += 1
+        log.warning(f"skipped record {record_id!r}: {reason}")
+
+    def add_upsert(self, prefix: str, counts: UpsertCounts) -> None:
+        self.counts[f"{prefix}inserted"] += counts.inserted
+        self.counts[f"{prefix}updated"] += counts.updated
+        self.counts[f"{prefix}unchanged"] += counts.unchanged
+        self.counts[f"{prefix}duplicates_dropped"] += counts.duplicates
+
+    def add_replace(self, prefix: str, counts: ReplaceCounts) -> None:
+        self.counts[f"{prefix}calls_replaced"] += counts.parents_replaced
+        self.counts[f"{prefix}calls_unchanged"] += counts.parents_unchanged
+        self.counts[f"{prefix}rows_deleted"] += counts.deleted
+        self.counts[f"{prefix}rows_inserted"] += counts.inserted
+
+    def skipped_preview(self) -> list[dict[str, str | None]]:
+        return [{"id": s.record_id, "reason": s.reason} for s in self.skipped[:MAX_SKIPS_IN_METADATA]]
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+# --------------------------------------------------------------------------- leads
+
+
+def sync_leads(
+    client: AptenClient,
+    open_warehouse: OpenWarehouse,
+    log: logging.Logger | Any,
+    *,
+    batch_size: int = 5000,
+) -> StepReport:
+    """Incremental `GET /leads?updatedSince=` from the stored watermark (all leads the first time).
+
+    The watermark is written in the same transaction as each batch of leads, so a run that dies
+    resumes from its last committed batch; soft-deleted leads are kept with `is_deleted = true`.
+    """
+    report = StepReport()
+    with open_warehouse() as con:
+        stored = get_sync_state(con, LEADS_CURSOR)
+    since = parse_timestamp(stored)[0] - CURSOR_OVERLAP if stored else EPOCH
+    log.info(f"leads: fetching leads updated since {since.isoformat()}")
+    watermark = parse_timestamp(stored)[0] if stored else None
+
+    def flush(rows: list[dict[str, Any]], batch_watermark: datetime | None) -> None:
+        with open_warehouse() as con, transaction(con):
+            report.add_upsert("", upsert(con, LEADS, rows))
+            if batch_watermark is not None:
+                set_sync_state(con, LEADS_CURSOR, batch_watermark.isoformat())
+        log.info(f"leads: {report.counts['fetched']:,} fetched, {report.counts['inserted']:,} new so far")
+
+    rows: list[dict[str, Any]] = []
+    for raw in client.iter_leads(updated_since=since):
+        report.counts["fetched"] += 1
+        try:
+            lead = Lead.from_json(raw)
+        except MalformedRecord as exc:
+            report.skip(exc.record_id, f"malformed lead: {exc.reason}", log)
+            continue
+        rows.append(lead_row(lead))
+        report.counts["deleted_leads"] += lead.is_deleted
+        if lead.updated_at is not None and (watermark is None or lead.updated_at > watermark):
+            watermark = lead.updated_at
+        if len(rows) >= batch_size:
+            flush(rows, watermark)
+            rows = []
+    flush(rows, watermark)
+    return report
+
+
+# --------------------------------------------------------------------------- call events
+
+
+def _leads_active_since(con: duckdb.DuckDBPyConnection, start: datetime) -> list[str]:
+    # A CALL event at or after `start` moves its lead's lastActivityAt to at least `start`; a lead
+    # without lastActivityAt cannot be ruled out, so it is asked too.
+    rows = con.execute(
+        f"SELECT lead_id FROM {LEADS.qualified_name} "
+        "WHERE last_activity_at IS NULL OR last_activity_at >= ? OR updated_at >= ? ORDER BY lead_id",
+        [start, start],
+    ).fetchall()
+    return [lead_id for (lead_id,) in rows]
+
+
+def sync_call_events(
+    client: AptenClient,
+    open_warehouse: OpenWarehouse,
+    start: datetime,
+    end: datetime,
+    log: logging.Logger | Any,
+    *,
+    batch_size: int = 20000,
+) -> StepReport:
+    """CALL events with `timestamp` in [start, end), following Apten's recipe.
+
+    For every lead active since `start`: `GET /leads/{id}/events?since=start&types=CALL`,
+    concurrently within the client's rate limit. Only events whose `type` is CALL are stored;
+    anything else the API returns is counted by type, never mistaken for a call.
+    """
+    report = StepReport()
+    with open_warehouse() as con:
+        lead_ids = _leads_active_since(con, start)
+    report.counts["leads_scanned"] = len(lead_ids)
+    log.info(f"call_events: scanning {len(lead_ids):,} leads active since {start.isoformat()}")
+
+    def fetch(lead_id: str) -> tuple[str, list[dict[str, Any]], str | None]:
+        try:
+            return lead_id, list(client.iter_lead_events(lead_id, since=start, types=["CALL"])), None
+        except AptenAuthError:
+            raise
+        except AptenError as exc:
+            return lead_id, [], str(exc)
+
+    rows: list[dict[str, Any]] = []
+    ignored_types: Counter[str] = Counter()
+
+    def flush() -> None:
+        with open_warehouse() as con:
+            report.add_upsert("", upsert(con, CALL_EVENTS, rows))
+        rows.clear()
+
+    for done, (lead_id, events, error) in enumerate(client.map_concurrent(fetch, lead_ids), start=1):
+        if error is not None:
+            report.skip(lead_id, f"lead events not fetched: {error}", log)
+        for raw in events:
+            report.counts["fetched"] += 1
+            try:
+                event = Event.from_json(raw)
+            except MalformedRecord as exc:
+                report.skip(exc.record_id, f"malformed event: {exc.reason}", log)
+                continue
+            if not event.is_call:
+                ignored_types[event.type] += 1
+                continue
+            if not start <= event.timestamp < end:
+                report.counts["outside_partitions"] += 1
+                continue
+            if event.lead_id is None:
+                event = _with_lead(event, lead_id)
+            rows.append(call_event_row(event))
+        if len(rows) >= batch_size:
+            flush()
+        if done % 500 == 0:
+            log.info(
+                f"call_events: {done:,}/{len(lead_ids):,} leads scanned, {report.counts['fetched']:,} events"
+            )
+    flush()
+    for event_type, n in ignored_types.items():
+        report.counts[f"ignored_type_{event_type}"] = n
+    report.counts["ignored_non_call_events"] = sum(ignored_types.values())
+    return report
+
+
+def _with_lead(event: Event, lead_id: str) -> Event:
+    return replace(event, lead_id=lead_id)
+
+
+# --------------------------------------------------------------------------- calls
+
+
+@dataclass(frozen=True)
+class CallTargets:
+    """The calls one enrichment run fetches, and the lead each CALL event named."""
+
+    call_ids: list[str]
+    lead_of: dict[str, str | None]
+
+
+def _webhook_call_ids(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime) -> list[str]:
+    """Calls known only from webhooks (e.g. webchat) whose webhook falls in [start, end) and that
+    have no final row yet."""
+    rows = con.execute(
+        f"""
+        SELECT DISTINCT w.call_id FROM {WEBHOOK_DELIVERIES.qualified_name} AS w
+        LEFT JOIN {CALLS.qualified_name} AS c ON c.call_id = w.call_id
+        WHERE w.call_id IS NOT NULL AND w.event_timestamp >= ? AND w.event_timestamp < ?
+          AND (c.call_id IS NULL OR c.summary_status = 'pending' OR c.call_status = 'IN_PROGRESS')
+        ORDER BY 1
+        """,
+        [start, end],
+    ).fetchall()
+    return [call_id for (call_id,) in rows]
+
+
+def choose_call_targets(
+    con: duckdb.DuckDBPyConnection,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    *,
+    call_ids: Sequence[str] | None = None,
+    refresh_all: bool = False,
+) -> CallTargets:
+    """Which calls to fetch: the named ones; or every call of the window (`refresh_all`); or the
+    window's calls that are not final yet (never fetched, pending a summary, in progress, or
+    whose event changed since the last fetch), plus webhook-only calls of the window."""
+    if call_ids:
+        chosen = list(dict.fromkeys(call_ids))
+    elif refresh_all:
+        rows = con.execute(
+            f"SELECT call_id FROM {CALL_EVENTS.qualified_name} WHERE occurred_at >= ? AND occurred_at < ? "
+            f"UNION SELECT call_id FROM {WEBHOOK_DELIVERIES.qualified_name} "
+            "WHERE call_id IS NOT NULL AND event_timestamp >= ? AND event_timestamp < ? ORDER BY 1",
+            [start, end, start, end],
+        ).fetchall()
+        chosen = [call_id for (call_id,) in rows]
+    else:
+        chosen = list(
+            dict.fromkeys(calls_needing_fetch(con, start, end, now) + _webhook_call_ids(con, start, end))
+        )
+    lead_of: dict[str, str | None] = {}
+    for batch in chunks(chosen, 10000):
+        for call_id, lead_id in con.execute(
+            f"SELECT call_id, lead_id FROM {CALL_EVENTS.qualified_name} WHERE call_id IN (SELECT unnest(?))",
+            [batch],
+        ).fetchall():
+            lead_of[call_id] = lead_id
+    return CallTargets(chosen, lead_of)
+
+
+def summary_status_for(call: Call, now: datetime, give_up_after: timedelta) -> str:
+    """`ready` with a summary; `missing` once the call ended longer than the give-up window ago
+    without one; `pending` otherwise."""
+    if call.summary is not None:
+        return "ready"
+    ended = call.ended_at or call.created_at
+    if ended is not None and now - ended > give_up_after:
+        return "missing"
+    return "pending"
+
+
+def enrich_calls(
+    client: AptenClient,
+    open_warehouse: OpenWarehouse,
+    start: datetime,
+    end: datetime,
+    log: logging.Logger | Any,
+    *,
+    give_up_after: timedelta,
+    call_ids: Sequence[str] | None = None,
+    refresh_all: bool = False,
+    batch_size: int = 2000,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> dict[str, StepReport]:
+    """`GET /calls/{id}` for the chosen calls; writes `calls`, `call_summaries` and
+    `call_transcript_turns` for each batch in one transaction.
+
+    A call's turns are replaced as a whole; an empty transcript ("not stored yet") never wipes
+    turns already stored. A 404 keeps the row (from its CALL event) as `not_found`. Returns one
+    report per table, keyed by table name.
+    """
+    reports = {name: StepReport() for name in ("calls", "call_summaries", "call_transcript_turns")}
+    calls_report = reports["calls"]
+    with open_warehouse() as con:
+        targets = choose_call_targets(con, start, end, now(), call_ids=call_ids, refresh_all=refresh_all)
+    total = len(targets.call_ids)
+    calls_report.counts["targeted"] = total
+    log.info(f"calls: fetching {total:,} calls from {start.date()} to {end.date()} (exclusive)")
+
+    for batch in chunks(targets.call_ids, batch_size):
+        fetches = list(client.get_calls(batch))
+        fetched_at = now()
+        _write_call_batch(open_warehouse, fetches, fetched_at, targets, give_up_after, reports, log)
+        counts = calls_report.counts
+        log.info(
+            f"calls: {counts['fetched']:,}/{total:,} fetched ({counts['summary_ready']:,} with summary, "
+            f"{counts['summary_pending']:,} pending, {counts['not_found']:,} not found)"
+        )
+    return reports
+
+
+def _write_call_batch(
+    open_warehouse: OpenWarehouse,
+    fetches: list[CallFetch],
+    fetched_at: datetime,
+    targets: CallTargets,
+    give_up_after: timedelta,
+    reports: dict[str, StepReport],
+    log: logging.Logger | Any,
+) -> None:
+    calls_report = reports["calls"]
+    call_table: list[dict[str, Any]] = []
+    summaries: list[dict[str, Any]] = []
+    turns: list[dict[str, Any]] = []
+    turn_parents: list[str] = []
+    for fetch in fetches:
+        calls_report.counts["fetched"] += 1
+        if not fetch.found:
+            calls_report.counts["not_found"] += 1
+            call_table.append(
+                not_found_call_row(fetch.call_id, fetched_at, lead_id=targets.lead_of.get(fetch.call_id))
+            )
+            continue
+        try:
+            call = Call.from_json(fetch.body)
+        except MalformedRecord as exc:
+            calls_report.skip(fetch.call_id, f"malformed call: {exc.reason}", log)
+            continue
+        if call.id != fetch.call_id:
+            calls_report.skip(fetch.call_id, f"malformed call: body has id {call.id!r}", log)
+            continue
+        for warning in call.warnings:
+            calls_report.counts["field_warnings"] += 1
+            log.debug(f"call {call.id}: {warning}")
+        status = summary_status_for(call, fetched_at, give_up_after)
+        calls_report.counts[f"summary_{status}"] += 1
+        rows = call_rows(call, fetched_at, summary_status=status)
+        if rows.turns:
+            turn_parents.append(call.id)
+            turns.extend(rows.turns)
+        else:
+            # No transcript stored yet: keep whatever count and turns are already stored.
+            rows.call["turn_count"] = None
+        call_table.append(rows.call)
+        if rows.summary is not None:
+            summaries.append(rows.summary)
+    with open_warehouse() as con, transaction(con):
+        reports["calls"].add_upsert("", upsert(con, CALLS, call_table, now=fetched_at))
+        reports["call_summaries"].add_upsert("", upsert(con, CALL_SUMMARIES, summaries, now=fetched_at))
+        reports["call_transcript_turns"].add_replace(
+            "", replace_children(con, CALL_TRANSCRIPT_TURNS, "call_id", turn_parents, turns, now=fetched_at)
+        )
