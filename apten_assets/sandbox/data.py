@@ -516,11 +516,19 @@ class _Builder:
         """A whole second in [low, high]."""
         return self.rng.randint(low_ms // 1000, max(low_ms, high_ms) // 1000) * 1000
 
+    def _later(self, moment_ms: int, low_ms: int, high_ms: int) -> int:
+        """`moment` plus a delay in [low, high], drawn from the room left before the anchor.
+
+        Drawing within the room (rather than clipping) keeps timestamps from piling up on the anchor.
+        """
+        room_ms = max(0, self.anchor_ms - moment_ms)
+        return moment_ms + self._between(min(low_ms, room_ms), min(high_ms, room_ms))
+
     def _maybe_updated_later(self, updated_ms: int) -> int:
         if self.rng.random() >= self.spec.share_events_updated_later:
             return updated_ms
         # Up to 36 h later, so some updates land on a later UTC day than the event itself.
-        return min(self.anchor_ms, updated_ms + self._between(MINUTE_MS, 36 * 60 * MINUTE_MS))
+        return self._later(updated_ms, MINUTE_MS, 36 * 60 * MINUTE_MS)
 
     # --- leads
 
@@ -689,9 +697,9 @@ class _Builder:
 
     def _summary_timing(self, mode: SummaryMode, ended_ms: int) -> tuple[int | None, int]:
         """(when the summary appears, the call's updatedAt before that)."""
-        processed_ms = min(self.anchor_ms, ended_ms + self._between(2000, 20_000))
+        processed_ms = self._later(ended_ms, 2000, 20_000)
         if mode == "ready":
-            return min(self.anchor_ms, processed_ms + self._between(5000, 90_000)), processed_ms
+            return self._later(processed_ms, 5000, 90_000), processed_ms
         if mode == "late":
             delay_ms = int(self.spec.late_summary_delay_seconds * 1000)
             return max(ended_ms, self.anchor_ms) + delay_ms, processed_ms
