@@ -6,12 +6,16 @@ import dagster as dg
 
 from apten_assets.defs.apten.assets import build_assets
 from apten_assets.defs.apten.resources import AptenApiResource, AptenWarehouse
+from apten_assets.defs.apten.schedules import build_schedules
 from apten_assets.lib.config import AptenSettings
 
 
 def build_definitions(settings: AptenSettings) -> dg.Definitions:
+    jobs, schedules = build_schedules(settings)
     return dg.Definitions(
         assets=build_assets(settings),
+        jobs=jobs,
+        schedules=schedules,
         resources={
             "apten": AptenApiResource(),
             "duckdb": AptenWarehouse(database=settings.duckdb_path),
