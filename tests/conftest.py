@@ -12,7 +12,10 @@ from apten_assets.sandbox.server import SandboxServer
 
 # A fixed "now" keeps data, partitions and summary timing identical on every run.
 SANDBOX_ANCHOR = datetime(2026, 5, 14, 15, 30, tzinfo=UTC)
-SMALL_SPEC = DatasetSpec(seed=7, n_leads=30, calls_per_lead=4, days=3, anchor=SANDBOX_ANCHOR)
+# Small but with every category present (pinned by tests/sandbox/test_data.py).
+SMALL_SPEC = DatasetSpec(
+    seed=7, n_leads=30, calls_per_lead=4, days=3, anchor=SANDBOX_ANCHOR, share_deleted_leads=0.1
+)
 
 
 @pytest.fixture(scope="session")

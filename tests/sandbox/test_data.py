@@ -49,6 +49,22 @@ def test_same_seed_and_anchor_give_identical_json() -> None:
     assert snapshot(SandboxDataset(replace(SMALL_SPEC, seed=8))) != snapshot(first)
 
 
+def test_small_spec_has_every_category() -> None:
+    dataset = SandboxDataset(SMALL_SPEC)
+    categories = {
+        "deleted leads": dataset.deleted_lead_ids,
+        "404 calls": dataset.missing_call_ids,
+        "webchat": dataset.webchat_call_ids,
+        "late": dataset.late_summary_call_ids,
+        "never": dataset.never_summary_call_ids,
+        "in progress": dataset.in_progress_call_ids,
+        "transfers": dataset.transfer_call_ids,
+        "voicemail": dataset.voicemail_call_ids,
+        "legacy": dataset.legacy_call_ids,
+    }
+    assert [name for name, ids in categories.items() if not ids] == []
+
+
 def test_leads_carry_every_documented_field_and_mixed_id_formats(dataset: SandboxDataset) -> None:
     for lead in dataset.leads:
         assert lead.keys() >= DOC_LEAD_KEYS
