@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import threading
 import time
 from datetime import datetime
+from types import FrameType
 
 from apten_assets.sandbox.app import FaultConfig
 from apten_assets.sandbox.data import DatasetSpec, SandboxDataset
@@ -64,8 +66,14 @@ def build(args: argparse.Namespace) -> tuple[DatasetSpec, FaultConfig]:
     return spec, faults
 
 
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # `kill` should end as cleanly as Ctrl-C, with the closing summary.
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     spec, faults = build(args)
     print(f"building the dataset ({spec.n_leads} leads x {spec.calls_per_lead} calls) ...", flush=True)
     started = time.perf_counter()

@@ -19,7 +19,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -149,7 +149,7 @@ class SandboxState:
         with self._lock:
             self._log.append(entry)
 
-    def release_summaries(self, call_ids: list[str] | None = None) -> list[str]:
+    def release_summaries(self, call_ids: Iterable[str] | None = None) -> list[str]:
         """Late summaries of these calls (None = every late call) appear now. Returns the ids released."""
         late = set(self.dataset.late_summary_call_ids)
         chosen = (

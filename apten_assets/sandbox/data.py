@@ -249,8 +249,9 @@ class SandboxDataset:
         `never_summary_call_ids`, `in_progress_call_ids`, `transfer_call_ids`, `voicemail_call_ids`,
         `legacy_call_ids` (older shape, without the described-only fields), `deleted_lead_ids`.
 
-    A late summary appears `late_summary_delay_seconds` after the later of the call's end and the
-    anchor (its processing is still running when the data is snapshotted), or when released.
+    The data is a snapshot taken at the anchor. Afterwards only late summaries change: each appears
+    `late_summary_delay_seconds` after the later of the call's end and the anchor (its processing is
+    still running at the snapshot), or when released; in-progress calls stay in progress.
     """
 
     def __init__(self, spec: DatasetSpec) -> None:

@@ -56,7 +56,7 @@ def test_cli_flags_map_to_spec_and_faults() -> None:
     assert limited.rate_limit_rps == 20 and limited.p_5xx == 0.1
 
 
-def test_cli_serves_until_interrupted() -> None:
+def test_cli_serves_until_terminated_and_ends_with_a_summary() -> None:
     command = [sys.executable, "-m", "apten_assets.sandbox", "--port", "0", "--leads", "5", "--days", "2"]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"}
@@ -69,7 +69,7 @@ def test_cli_serves_until_interrupted() -> None:
         assert (
             httpx.get(f"{base_url}/leads", params={"updatedSince": "2000-01-01T00:00:00Z"}).status_code == 200
         )
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=10)
         assert "stopped after serving 1 requests" in output
         assert process.returncode == 0
