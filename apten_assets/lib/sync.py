@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -53,6 +54,7 @@ LEADS_CURSOR = "leads.updated_since"
 # because every write is an upsert.
 CURSOR_OVERLAP = timedelta(minutes=5)
 MAX_SKIPS_IN_METADATA = 20
+PROGRESS_EVERY_SECONDS = 10.0
 
 
 @dataclass
@@ -334,15 +336,28 @@ def enrich_calls(
     calls_report.counts["targeted"] = total
     log.info(f"calls: fetching {total:,} calls from {start.date()} to {end.date()} (exclusive)")
 
-    for batch in chunks(targets.call_ids, batch_size):
-        fetches = list(client.get_calls(batch))
-        fetched_at = now()
-        _write_call_batch(open_warehouse, fetches, fetched_at, targets, give_up_after, reports, log)
+    def progress() -> None:
         counts = calls_report.counts
         log.info(
             f"calls: {counts['fetched']:,}/{total:,} fetched ({counts['summary_ready']:,} with summary, "
             f"{counts['summary_pending']:,} pending, {counts['not_found']:,} not found)"
         )
+
+    # The fan-out keeps fetching while a full batch is written; the batch's fetch time is when
+    # its last answer came in.
+    fetches: list[CallFetch] = []
+    last_progress = time.monotonic()
+    for fetch in client.get_calls(targets.call_ids):
+        fetches.append(fetch)
+        if len(fetches) >= batch_size:
+            _write_call_batch(open_warehouse, fetches, now(), targets, give_up_after, reports, log)
+            fetches = []
+        if time.monotonic() - last_progress >= PROGRESS_EVERY_SECONDS:
+            progress()
+            last_progress = time.monotonic()
+    if fetches:
+        _write_call_batch(open_warehouse, fetches, now(), targets, give_up_after, reports, log)
+    progress()
     return reports
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -30,14 +29,22 @@ class AptenApiResource(dg.ConfigurableResource):
 
 class AptenWarehouse(DuckDBResource):
     """DuckDB with the `apten` schema in place. Connections are opened per write batch and
-    closed at once, so other runs and the sensor wait on DuckDB's file lock only briefly."""
+    closed at once, so other runs and the sensor wait on DuckDB's file lock only briefly.
+
+    `warehouse.connect` attaches the file under a fixed catalog name: with the default
+    `data/apten.duckdb`, DuckDB would otherwise call the catalog `apten` and `apten.leads` would
+    be ambiguous between it and the `apten` schema."""
+
+    lock_timeout_seconds: float = 120.0
 
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        Path(self.database).parent.mkdir(parents=True, exist_ok=True)
-        with super().get_connection() as con:
+        con = connect(self.database, timeout_seconds=self.lock_timeout_seconds)
+        try:
             ensure_schema(con)
             yield con
+        finally:
+            con.close()
 
     @contextmanager
     def read_only(self, timeout_seconds: float = 5.0) -> Iterator[duckdb.DuckDBPyConnection]:
