@@ -400,12 +400,19 @@ class AptenClient:
         settings: AptenSettings,
         *,
         retry: RetryPolicy | None = None,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        timeout: httpx.Timeout | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         api_key = settings.require_api_key()
         self.settings = settings
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or RetryPolicy(base_delay_seconds=settings.retry_base_delay_seconds)
+        if timeout is None:
+            timeout = httpx.Timeout(
+                connect=DEFAULT_TIMEOUT.connect,
+                read=settings.http_read_timeout_seconds,
+                write=DEFAULT_TIMEOUT.write,
+                pool=DEFAULT_TIMEOUT.pool,
+            )
         self.stats = ClientStats()
         self._secret = api_key
         self._closed = False

@@ -10,6 +10,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 DEFAULT_BASE_URL = "https://api.attent.app/v1"
+# Internal (test and fault-drill) settings; deliberately not in CONTRACT.md.
+INTERNAL_READ_TIMEOUT_VAR = "APTEN_INTERNAL_READ_TIMEOUT_SECONDS"
+INTERNAL_RETRY_BASE_VAR = "APTEN_INTERNAL_RETRY_BASE_SECONDS"
 
 
 class ConfigError(ValueError):
@@ -39,6 +42,10 @@ class AptenSettings:
     summary_give_up_hours: float = 72.0
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_inbox: str = "data/webhooks/"
+    # Internal knobs for tests and fault drills, not part of the public contract: the HTTP read
+    # timeout and the first retry backoff, so injected slow answers and retries cost milliseconds.
+    http_read_timeout_seconds: float = 30.0
+    retry_base_delay_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.base_url)
@@ -64,6 +71,14 @@ class AptenSettings:
         if self.summary_give_up_hours <= 0:
             raise ConfigError(
                 f"APTEN_SUMMARY_GIVE_UP_HOURS must be a positive number, got {self.summary_give_up_hours}"
+            )
+        if self.http_read_timeout_seconds <= 0:
+            raise ConfigError(
+                f"{INTERNAL_READ_TIMEOUT_VAR} must be a positive number, got {self.http_read_timeout_seconds}"
+            )
+        if self.retry_base_delay_seconds < 0:
+            raise ConfigError(
+                f"{INTERNAL_RETRY_BASE_VAR} must be 0 or more, got {self.retry_base_delay_seconds}"
             )
         if self.start_date > datetime.now(UTC).date():
             raise ConfigError(f"APTEN_START_DATE must not be in the future, got {self.start_date}")
@@ -121,6 +136,8 @@ class AptenSettings:
             ("APTEN_MAX_CONCURRENCY", "max_concurrency", int),
             ("APTEN_SUMMARY_RECHECK_MINUTES", "summary_recheck_minutes", float),
             ("APTEN_SUMMARY_GIVE_UP_HOURS", "summary_give_up_hours", float),
+            (INTERNAL_READ_TIMEOUT_VAR, "http_read_timeout_seconds", float),
+            (INTERNAL_RETRY_BASE_VAR, "retry_base_delay_seconds", float),
         ):
             if (n := number(name, kind)) is not None:
                 kwargs[attr] = n
