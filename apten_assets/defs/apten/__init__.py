@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from apten_assets.defs.apten.assets import build_assets
+from apten_assets.defs.apten.checks import build_checks
 from apten_assets.defs.apten.resources import AptenApiResource, AptenWarehouse
 from apten_assets.defs.apten.schedules import build_schedules
 from apten_assets.lib.config import AptenSettings
@@ -14,6 +15,7 @@ def build_definitions(settings: AptenSettings) -> dg.Definitions:
     jobs, schedules = build_schedules(settings)
     return dg.Definitions(
         assets=build_assets(settings),
+        asset_checks=build_checks(settings),
         jobs=jobs,
         schedules=schedules,
         resources={

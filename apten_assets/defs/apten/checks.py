@@ -1,0 +1,144 @@
+"""Asset checks: the warehouse rules of `apten_assets.lib.quality`, one check op per table.
+
+The checks are unpartitioned and read the whole table: a duplicate key or an orphan anywhere is a
+problem, whichever day's run wrote it. Dagster runs unpartitioned checks of partitioned assets in
+partitioned runs and in single-run backfills (ranges) alike. Each table's checks share one op (a
+`multi_asset_check` that runs only the selected checks), so a run has one check step per table,
+right after that table's step. Blocking checks (unique keys of `call_events` and `calls`) fail
+their step, so nothing downstream of a table with duplicate keys runs.
+"""
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import dagster as dg
+import duckdb
+
+from apten_assets.defs.apten.resources import AptenWarehouse
+from apten_assets.lib import quality
+from apten_assets.lib.config import AptenSettings
+from apten_assets.lib.quality import Finding
+from apten_assets.lib.tables import (
+    CALL_EVENTS,
+    CALL_SUMMARIES,
+    CALL_TRANSCRIPT_TURNS,
+    CALLS,
+    TABLES,
+    TableSpec,
+)
+
+# Downstream steps read these tables by key; a duplicate there multiplies rows further down.
+BLOCKING_UNIQUE_KEYS = frozenset({CALL_EVENTS.name, CALLS.name})
+
+
+@dataclass(frozen=True)
+class TableCheck:
+    """One rule applied to one table's asset."""
+
+    name: str
+    description: str
+    rule: Callable[[duckdb.DuckDBPyConnection], Finding]
+    blocking: bool = False
+    severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR
+
+
+def asset_key(spec: TableSpec) -> dg.AssetKey:
+    return dg.AssetKey(["apten", spec.name])
+
+
+def _table_checks(settings: AptenSettings) -> dict[str, list[TableCheck]]:
+    give_up_after = timedelta(hours=settings.summary_give_up_hours)
+    checks: dict[str, list[TableCheck]] = {
+        spec.name: [
+            TableCheck(
+                "unique_primary_key",
+                f"No ({', '.join(spec.primary_key)}) occurs twice in {spec.qualified_name}.",
+                lambda con, spec=spec: quality.unique_primary_key(con, spec),
+                blocking=spec.name in BLOCKING_UNIQUE_KEYS,
+            )
+        ]
+        for spec in TABLES.values()
+    }
+    checks[CALLS.name].append(
+        TableCheck(
+            "summary_status_allowed",
+            "summary_status is one of ready | pending | missing | not_found.",
+            quality.summary_status_allowed,
+        )
+    )
+    checks[CALL_SUMMARIES.name] += [
+        TableCheck(
+            "summaries_belong_to_stored_calls",
+            "Every summary's call_id is in apten.calls.",
+            lambda con: quality.children_have_stored_call(con, CALL_SUMMARIES),
+        ),
+        TableCheck(
+            "summary_coverage_after_give_up",
+            f"No call that ended more than {settings.summary_give_up_hours:g} h ago "
+            "(APTEN_SUMMARY_GIVE_UP_HOURS) is still pending a summary; reports the share of those "
+            "calls that have one.",
+            lambda con: quality.summary_coverage(con, give_up_after),
+            severity=dg.AssetCheckSeverity.WARN,
+        ),
+    ]
+    checks[CALL_TRANSCRIPT_TURNS.name] += [
+        TableCheck(
+            "turn_indexes_contiguous",
+            "Each call's turn_index values are 0, 1, ..., n-1 (no gaps, no repeats).",
+            lambda con: quality.turns_contiguous(con),
+        ),
+        TableCheck(
+            "turns_belong_to_stored_calls",
+            "Every transcript turn's call_id is in apten.calls.",
+            lambda con: quality.children_have_stored_call(con, CALL_TRANSCRIPT_TURNS),
+        ),
+    ]
+    return checks
+
+
+def _metadata(finding: Finding) -> dict[str, Any]:
+    return {
+        name: dg.MetadataValue.json(value) if isinstance(value, list | dict) else value
+        for name, value in finding.metadata.items()
+    }
+
+
+def _check_op(spec: TableSpec, table_checks: list[TableCheck]) -> dg.AssetChecksDefinition:
+    key = asset_key(spec)
+    by_name = {check.name: check for check in table_checks}
+
+    @dg.multi_asset_check(
+        name=f"check_{spec.name}",
+        specs=[
+            dg.AssetCheckSpec(check.name, asset=key, description=check.description, blocking=check.blocking)
+            for check in table_checks
+        ],
+        can_subset=True,
+        description=f"Data-quality checks of {spec.qualified_name}.",
+    )
+    def run_checks(
+        context: dg.AssetCheckExecutionContext, duckdb: AptenWarehouse
+    ) -> Iterator[dg.AssetCheckResult]:
+        selected = sorted(check_key.name for check_key in context.selected_asset_check_keys)
+        # The write connection creates missing tables first, so a check before any load sees empty ones.
+        with duckdb.get_connection() as con:
+            findings = {name: by_name[name].rule(con) for name in selected}
+        for name, finding in findings.items():
+            check = by_name[name]
+            if not finding.passed:
+                context.log.warning(f"{spec.qualified_name}: check {name} failed: {finding.metadata}")
+            yield dg.AssetCheckResult(
+                asset_key=key,
+                check_name=name,
+                passed=finding.passed,
+                severity=check.severity,
+                metadata=_metadata(finding),
+            )
+
+    return run_checks
+
+
+def build_checks(settings: AptenSettings) -> list[dg.AssetChecksDefinition]:
+    return [_check_op(TABLES[name], checks) for name, checks in _table_checks(settings).items()]
