@@ -106,6 +106,10 @@ class SandboxState:
 
     The sandbox clock (`now()`) is the wall clock when the dataset's spec has no anchor; with a
     fixed anchor it starts at the anchor when the state is created and runs at wall-clock speed.
+
+    `call_overrides` (call id -> body, None for a 404) and `event_overrides` (event id -> JSON)
+    replace what the dataset would serve, so a test can feed clients malformed or unexpected
+    records; the event keeps its place (and `types` filtering) in its lead's event list.
     """
 
     def __init__(
@@ -119,6 +123,8 @@ class SandboxState:
         self._lock = threading.Lock()
         self._log: list[RequestRecord] = []
         self._released_ms: dict[str, int] = {}
+        self.call_overrides: dict[str, Any] = {}
+        self.event_overrides: dict[str, Any] = {}
         self.faults = faults or FaultConfig()
 
     @property
@@ -163,9 +169,17 @@ class SandboxState:
 
     def call_json(self, call_id: str) -> dict[str, Any] | None:
         """What `GET /calls/{call_id}` answers right now (None = 404)."""
+        if call_id in self.call_overrides:
+            return self.call_overrides[call_id]
         with self._lock:
             released_ms = self._released_ms.get(call_id)
         return self.dataset.call_json(call_id, self.now(), released_ms)
+
+    def event_json(self, event: Event) -> Any:
+        """What the events endpoint lists for `event`."""
+        if event.id in self.event_overrides:
+            return self.event_overrides[event.id]
+        return event.to_json()
 
 
 # --- request parsing ----------------------------------------------------------------------------
@@ -293,7 +307,7 @@ def events_page(state: SandboxState, request: Request) -> dict[str, Any]:
     keep = None if types is None else lambda event: event.type in types
     page = search_after_page(index, since, after, limit, keep)
     events: list[Event] = page.items
-    return {"events": [event.to_json() for event in events], "nextToken": page.next_token}
+    return {"events": [state.event_json(event) for event in events], "nextToken": page.next_token}
 
 
 # --- responses ----------------------------------------------------------------------------------
