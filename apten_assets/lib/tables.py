@@ -16,6 +16,8 @@ from apten_assets.lib.models import Call, Event, Lead
 SCHEMA = "apten"
 LOADED_AT = "_loaded_at"
 SUMMARY_STATUSES = ("ready", "pending", "missing", "not_found")
+TRANSFER_OUTCOMES = ("started", "connected", "missed", "fallback_triggered")
+TRANSFER_SOURCES = ("webhook", "api")
 
 
 class Merge(Enum):
@@ -259,23 +261,41 @@ WEBHOOK_DELIVERIES = TableSpec(
 
 CALL_TRANSFERS = TableSpec(
     name="call_transfers",
-    description="One row per transfer attempt of a call, assembled from transfer webhooks and the call.",
+    description=(
+        "One row per transfer attempt of a call, derived from its transfer webhooks and the call "
+        "record; a call's rows are recomputed and replaced as a whole."
+    ),
     primary_key=("call_id", "attempt"),
     columns=(
         Column("call_id", "VARCHAR", "Apten call id."),
-        Column("attempt", "INTEGER", "1-based number of the transfer attempt within the call."),
-        Column("lead_id", "VARCHAR", "Lead (room) of the call; NULL for webchat calls.", _LATE),
-        Column("session_id", "VARCHAR", "Webchat session id, for webchat calls.", _LATE),
-        Column("transfer_type", "VARCHAR", "WARM or COLD (transferType; open string).", _LATE),
-        Column("target_number", "VARCHAR", "Number transferred to (transferTo / transferNumber).", _LATE),
-        Column("fallback_number", "VARCHAR", "Fallback number dispatched after a missed transfer.", _LATE),
-        Column("fallback_attempted", "BOOLEAN", "A fallback was attempted (fallbackAttempted).", _LATE),
-        Column("outcome", "VARCHAR", "started | connected | missed | fallback_triggered (latest known)."),
-        Column("started_at", "TIMESTAMPTZ", "call.transferred received (UTC).", _LATE),
-        Column("connected_at", "TIMESTAMPTZ", "call.transfer.connected received (UTC).", _LATE),
-        Column("missed_at", "TIMESTAMPTZ", "agentMissedTransfer received (UTC).", _LATE),
-        Column("fallback_triggered_at", "TIMESTAMPTZ", "transferFallbackTriggered received (UTC).", _LATE),
-        Column("source", "VARCHAR", "Where the attempt was seen: webhook or api."),
+        Column(
+            "attempt",
+            "INTEGER",
+            "1-based number of the attempt: order of call.transferred / webchat.call.transferred.",
+        ),
+        Column("lead_id", "VARCHAR", "Lead (room) of the call; NULL for webchat calls."),
+        Column("session_id", "VARCHAR", "Webchat session id, for webchat calls."),
+        Column("transfer_type", "VARCHAR", "WARM or COLD (transferType; open string)."),
+        Column("target_number", "VARCHAR", "Number transferred to (transferTo / transferNumber)."),
+        Column("fallback_number", "VARCHAR", "Fallback number after a missed warm transfer."),
+        Column("fallback_attempted", "BOOLEAN", "A fallback was attempted (fallbackAttempted)."),
+        Column(
+            "outcome",
+            "VARCHAR",
+            "connected | missed | fallback_triggered (missed, fallback sent) | started (no outcome known).",
+            allowed_values=TRANSFER_OUTCOMES,
+        ),
+        Column("started_at", "TIMESTAMPTZ", "Transfer start: call.transferred timestamp (UTC)."),
+        Column("connected_at", "TIMESTAMPTZ", "call.transfer.connected timestamp (UTC)."),
+        Column("missed_at", "TIMESTAMPTZ", "agentMissedTransfer timestamp (UTC)."),
+        Column("fallback_triggered_at", "TIMESTAMPTZ", "transferFallbackTriggered timestamp (UTC)."),
+        Column(
+            "source",
+            "VARCHAR",
+            "webhook (seen in transfer webhooks) or api (only the call record).",
+            allowed_values=TRANSFER_SOURCES,
+        ),
+        Column("delivery_keys", "JSON", "Webhook deliveries the attempt was built from, in event order."),
         _LOADED_AT_COLUMN,
     ),
 )

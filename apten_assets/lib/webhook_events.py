@@ -1,0 +1,287 @@
+"""Webhook deliveries as rows: the event names Apten documents, loading the inbox into
+`apten.webhook_deliveries`, and planning which calls new deliveries should refresh.
+
+Plain Python (no Dagster). The receiver has already verified and stored every delivery in the
+inbox (apten_assets.webhooks); this module only reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+
+from apten_assets.lib.models import parse_timestamp
+from apten_assets.lib.sync import OpenWarehouse, StepReport, chunks
+from apten_assets.lib.tables import WEBHOOK_DELIVERIES
+from apten_assets.lib.warehouse import get_sync_state, set_sync_state, transaction, upsert
+from apten_assets.webhooks.inbox import Delivery, Inbox
+
+TRANSFER_STARTED_EVENTS = ("call.transferred", "webchat.call.transferred")
+TRANSFER_CONNECTED_EVENT = "call.transfer.connected"
+TRANSFER_MISSED_EVENT = "agentMissedTransfer"
+TRANSFER_FALLBACK_EVENT = "transferFallbackTriggered"
+TRANSFER_EVENTS = (
+    *TRANSFER_STARTED_EVENTS,
+    TRANSFER_CONNECTED_EVENT,
+    TRANSFER_MISSED_EVENT,
+    TRANSFER_FALLBACK_EVENT,
+)
+# Deliveries that name a call worth fetching again (apten-api.md §5.4, §5.5).
+CALL_WEBHOOK_EVENTS = frozenset({"call.completed", *TRANSFER_EVENTS})
+KNOWN_WEBHOOK_EVENTS = frozenset(
+    {
+        *CALL_WEBHOOK_EVENTS,
+        "leadTagged",
+        "notification",
+        "message.received",
+        "message.sent",
+        "optOut",
+        "webchat.session.started",
+        "webchat.message.received",
+        "webchat.message.sent",
+    }
+)
+
+INBOX_CURSOR = "webhook_deliveries.inbox_cursor"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class DeliveryLoad:
+    """What one load of the inbox did, for the asset's metadata."""
+
+    report: StepReport = field(default_factory=StepReport)
+    by_event: Counter[str] = field(default_factory=Counter)
+    cursor: str | None = None
+
+    @property
+    def unknown_events(self) -> list[str]:
+        return sorted(name for name in self.by_event if name not in KNOWN_WEBHOOK_EVENTS)
+
+
+def _raw_json_text(delivery: Delivery) -> str:
+    """The body as stored text, byte for byte when DuckDB's JSON type accepts it.
+
+    Python's parser (which the receiver used) also reads NaN/Infinity and non-UTF-8 encodings;
+    DuckDB does not, so those rare bodies are stored re-serialised instead.
+    """
+    try:
+        text = delivery.raw.decode("utf-8")
+        json.loads(text, parse_constant=_refuse_constant)
+        return text
+    except ValueError:
+        envelope = json.loads(delivery.raw, parse_constant=lambda _: None)
+        return json.dumps(envelope, ensure_ascii=False, separators=(",", ":"))
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def event_time(delivery: Delivery) -> datetime | None:
+    """The envelope `timestamp` as aware UTC, or None when absent or unreadable."""
+    if delivery.event_timestamp is None:
+        return None
+    try:
+        return parse_timestamp(delivery.event_timestamp)[0]
+    except ValueError:
+        return None
+
+
+def _delivery_table(deliveries: list[Delivery], report: StepReport, log: logging.Logger | Any) -> pa.Table:
+    columns: dict[str, list[Any]] = {
+        name: [] for name in ("delivery_key", "event", "event_timestamp", "received_at")
+    }
+    columns |= {name: [] for name in ("call_id", "lead_id", "session_id", "raw")}
+    for delivery in deliveries:
+        timestamp = event_time(delivery)
+        if timestamp is None:
+            report.counts["unreadable_event_timestamp"] += 1
+            log.warning(
+                f"webhook {delivery.delivery_key}: timestamp {delivery.event_timestamp!r:.64} "
+                "is not ISO 8601; stored as NULL"
+            )
+        columns["delivery_key"].append(delivery.delivery_key)
+        columns["event"].append(delivery.event)
+        columns["event_timestamp"].append(timestamp)
+        columns["received_at"].append(delivery.received_at)
+        columns["call_id"].append(delivery.call_id)
+        columns["lead_id"].append(delivery.lead_id)
+        columns["session_id"].append(delivery.session_id)
+        columns["raw"].append(_raw_json_text(delivery))
+    timestamp_type = pa.timestamp("us", tz="UTC")
+    types = {"event_timestamp": timestamp_type, "received_at": timestamp_type}
+    return pa.table(
+        {name: pa.array(values, type=types.get(name, pa.string())) for name, values in columns.items()}
+    )
+
+
+def load_webhook_deliveries(
+    inbox: Inbox,
+    open_warehouse: OpenWarehouse,
+    log: logging.Logger | Any,
+    *,
+    batch_size: int = 5000,
+) -> DeliveryLoad:
+    """Upsert the inbox's deliveries after the stored cursor into `apten.webhook_deliveries`.
+
+    Each batch and the cursor commit in one transaction. The inbox re-yields a few minutes before
+    the cursor (a slow write may land late); those come back as `already_stored`. The cursor only
+    moves forward, so two loads running at once cannot set it back.
+    """
+    load = DeliveryLoad()
+    report = load.report
+    with open_warehouse() as con:
+        stored_cursor = get_sync_state(con, INBOX_CURSOR)
+    load.cursor = stored_cursor
+    log.info(f"webhook_deliveries: reading {inbox} after {stored_cursor or 'the beginning'}")
+    for batch in chunks(inbox.iter_deliveries(after=stored_cursor), batch_size):
+        table = _delivery_table(batch, report, log)
+        batch_cursor = batch[-1].cursor
+        with open_warehouse() as con, transaction(con):
+            counts = upsert(con, WEBHOOK_DELIVERIES, table)
+            current = get_sync_state(con, INBOX_CURSOR)
+            if current is None or batch_cursor > current:
+                set_sync_state(con, INBOX_CURSOR, batch_cursor)
+                load.cursor = batch_cursor
+        report.counts["read"] += len(batch)
+        report.counts["new"] += counts.inserted
+        report.counts["already_stored"] += counts.updated + counts.unchanged
+        load.by_event.update(delivery.event for delivery in batch)
+        log.info(f"webhook_deliveries: {report.counts['read']:,} read, {report.counts['new']:,} new so far")
+    report.counts["unknown_event_deliveries"] = sum(
+        n for name, n in load.by_event.items() if name not in KNOWN_WEBHOOK_EVENTS
+    )
+    return load
+
+
+# --------------------------------------------------------------------------- planning (the sensor)
+
+
+def call_day(delivery: Delivery) -> date:
+    """The UTC day a delivery's call belongs to (its daily partition), from the webhook alone.
+
+    A call's partition is the day it started. `call.completed` is sent when the call ends and
+    carries `durationSeconds`, so the start is the timestamp minus the duration; the transfer
+    events happen during the call, so their timestamp is the best estimate there is.
+    """
+    when = event_time(delivery) or delivery.received_at
+    duration = delivery.data.get("durationSeconds")
+    if delivery.event == "call.completed" and isinstance(duration, int | float) and 0 <= duration < 86_400:
+        when -= timedelta(seconds=duration)
+    return when.astimezone(UTC).date()
+
+
+@dataclass
+class InboxScanCursor:
+    """Where the webhook sensor is in the inbox (stored as the sensor's JSON cursor).
+
+    `inbox` is the cursor of the last delivery handled. `recent` keeps a short prefix of the keys
+    handled within the inbox's re-read overlap, with their receipt time (epoch seconds), so the
+    deliveries re-yielded by that overlap are recognised and never trigger a second run.
+    """
+
+    inbox: str | None = None
+    recent: dict[str, float] = field(default_factory=dict)
+    unloaded_other: int = 0
+    last_load_requested: float = 0.0
+
+    KEY_PREFIX = 20
+
+    @classmethod
+    def parse(cls, text: str | None) -> InboxScanCursor:
+        if not text:
+            return cls()
+        data = json.loads(text)
+        return cls(
+            inbox=data.get("inbox"),
+            recent=dict(data.get("recent") or {}),
+            unloaded_other=int(data.get("unloaded_other") or 0),
+            last_load_requested=float(data.get("last_load_requested") or 0.0),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "inbox": self.inbox,
+                "recent": self.recent,
+                "unloaded_other": self.unloaded_other,
+                "last_load_requested": self.last_load_requested,
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+
+
+@dataclass
+class InboxScan:
+    """New deliveries found by one sensor tick: the calls to refresh, grouped by partition day."""
+
+    cursor: InboxScanCursor
+    new_deliveries: int = 0
+    new_call_deliveries: int = 0
+    calls_by_day: dict[date, list[str]] = field(default_factory=dict)
+    watermark: str | None = None  # cursor of the last new delivery: identifies this batch
+    more_waiting: bool = False
+
+
+def scan_inbox(
+    inbox: Inbox,
+    cursor: InboxScanCursor,
+    *,
+    max_deliveries: int = 5000,
+    overlap: timedelta = timedelta(minutes=5),
+) -> InboxScan:
+    """Deliveries not handled yet, at most `max_deliveries`, and the calls they name by day.
+
+    A call named by several new deliveries goes to the earliest day they suggest. Stops early,
+    with `more_waiting`, once `max_deliveries` new ones are found, so one tick stays bounded;
+    the next tick goes on from there.
+    """
+    recent = dict(cursor.recent)
+    day_of: dict[str, date] = {}
+    scan = InboxScan(cursor=cursor)
+    last_cursor = cursor.inbox
+    deliveries: Iterator[Delivery] = inbox.iter_deliveries(after=cursor.inbox, overlap=overlap)
+    for delivery in deliveries:
+        prefix = delivery.delivery_key[: InboxScanCursor.KEY_PREFIX]
+        if prefix in recent:
+            continue
+        if scan.new_deliveries >= max_deliveries:
+            scan.more_waiting = True
+            break
+        recent[prefix] = delivery.received_at.timestamp()
+        scan.new_deliveries += 1
+        scan.watermark = delivery.cursor
+        if last_cursor is None or delivery.cursor > last_cursor:
+            last_cursor = delivery.cursor
+        if delivery.event in CALL_WEBHOOK_EVENTS and delivery.call_id:
+            scan.new_call_deliveries += 1
+            day = call_day(delivery)
+            known = day_of.get(delivery.call_id)
+            day_of[delivery.call_id] = day if known is None else min(known, day)
+    by_day: dict[date, list[str]] = {}
+    for call_id, day in sorted(day_of.items()):
+        by_day.setdefault(day, []).append(call_id)
+    scan.calls_by_day = dict(sorted(by_day.items()))
+    if recent:
+        # Keys received before the overlap window can never be re-yielded: forget them.
+        horizon = max(recent.values()) - overlap.total_seconds()
+        recent = {prefix: at for prefix, at in recent.items() if at >= horizon}
+    other = scan.new_deliveries - scan.new_call_deliveries
+    scan.cursor = InboxScanCursor(
+        inbox=last_cursor,
+        recent=recent,
+        unloaded_other=cursor.unloaded_other + other,
+        last_load_requested=cursor.last_load_requested,
+    )
+    return scan
