@@ -8,16 +8,18 @@ from apten_assets.defs.apten.assets import build_assets
 from apten_assets.defs.apten.checks import build_checks
 from apten_assets.defs.apten.resources import AptenApiResource, AptenWarehouse
 from apten_assets.defs.apten.schedules import build_schedules
+from apten_assets.defs.apten.webhooks import build_webhook_assets, build_webhook_sensor
 from apten_assets.lib.config import AptenSettings
 
 
 def build_definitions(settings: AptenSettings) -> dg.Definitions:
     jobs, schedules = build_schedules(settings)
     return dg.Definitions(
-        assets=build_assets(settings),
+        assets=[*build_assets(settings), *build_webhook_assets(settings)],
         asset_checks=build_checks(settings),
         jobs=jobs,
         schedules=schedules,
+        sensors=[build_webhook_sensor(settings)],
         resources={
             "apten": AptenApiResource(),
             "duckdb": AptenWarehouse(database=settings.duckdb_path),
