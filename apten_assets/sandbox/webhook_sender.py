@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import httpx
 
+from apten_assets.sandbox.data import ORG_ID, SandboxDataset
 from apten_assets.webhooks.signing import SIGNATURE_HEADER, sign
 
 TransferType = Literal["WARM", "COLD"]
@@ -428,3 +429,121 @@ class WebhookSender:
                 report.stored += status == "stored"
                 report.duplicates += status == "duplicate"
         return report
+
+
+WEBCHAT_ORIGINS = ("https://example.com/pricing", "https://example.com/contact", None)
+
+
+class WebhookEmitter:
+    """The sandbox's webhooks: what Apten would send as the dataset's calls end, posted to `url`.
+
+    Every ended call yields its lifecycle (`call_lifecycle_envelopes`): `call.completed` for lead
+    calls (with the summary when it is ready by then), the transfer events for transfer calls, and
+    `webchat.call.transferred` (+ outcome) for transferred webchat calls, the only webhook the docs
+    show for those. A call's transfer follows its record: `transferConnectedSeconds` means it
+    connected (a share of those were COLD), otherwise a WARM transfer was missed, with its
+    `fallbackTransferNumber` dispatched when it has one. Calls answering 404 or still in progress
+    send nothing. Choices are seeded per call, so the same dataset and seed give the same bytes.
+    """
+
+    def __init__(
+        self,
+        dataset: SandboxDataset,
+        url: str,
+        secret: str,
+        *,
+        seed: int = 0,
+        cold_share: float = 0.25,
+        client: httpx.Client | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.cold_share = cold_share
+        self._sender = WebhookSender(url, secret, client=client)
+
+    def __repr__(self) -> str:
+        return f"WebhookEmitter({self._sender.url!r})"
+
+    def close(self) -> None:
+        self._sender.close()
+
+    def __enter__(self) -> WebhookEmitter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def lifecycle(self, call_id: str) -> CallLifecycle | None:
+        """The facts deciding one call's webhooks, or None when Apten would send none."""
+        call = self.dataset.call(call_id)
+        if call is None or call.status == "IN_PROGRESS":
+            return None
+        rng = random.Random(f"{self.seed}:{call_id}:webhooks")
+        fields: dict[str, Any] = {
+            "call_id": call_id,
+            "started_at": datetime.fromtimestamp(call.started_ms / 1000, UTC),
+            "duration_seconds": call.duration_s,
+            "direction": call.direction,
+        }
+        if call.lead_id is not None:
+            lead = self.dataset.lead(call.lead_id) or {}
+            fields |= {
+                "lead_id": call.lead_id,
+                "phone": lead.get("phone") or "+12025550189",
+                "profile": lead.get("customerProfile") or "Default Profile",
+                "external_lead_id": lead.get("externalLeadId"),
+                "first_name": lead.get("firstName") or "Jane",
+                "last_name": lead.get("lastName") or "Doe",
+            }
+            if call.summary_mode == "ready":
+                body = self.dataset.call_json(call_id, datetime.max.replace(tzinfo=UTC) - timedelta(days=1))
+                fields["summary"] = (body or {}).get("summary")
+        else:
+            if not call.is_transfer:
+                return None
+            fields |= {"session_id": call.session_id, "org_id": ORG_ID, "origin": rng.choice(WEBCHAT_ORIGINS)}
+        if call.is_transfer and call.transfer_number is not None:
+            connected = call.transfer_connected_seconds
+            fields["transfer_to"] = call.transfer_number
+            if connected is not None:
+                fields["transfer_type"] = "COLD" if rng.random() < self.cold_share else "WARM"
+                fields["transfer_outcome"] = "connected"
+                fields["transfer_after_seconds"] = max(0, call.duration_s - connected - 20)
+            else:
+                fields["transfer_type"] = "WARM"
+                fields["transfer_outcome"] = "missed"
+                fields["fallback_transfer_number"] = call.fallback_transfer_number
+                fields["transfer_after_seconds"] = call.duration_s // 2
+        return CallLifecycle(**fields)
+
+    def envelopes(self, call_ids: Sequence[str] | None = None) -> list[Envelope]:
+        """The envelopes of these calls (None = every call), in the order the calls produced them."""
+        chosen = (
+            [*self.dataset.lead_call_ids, *self.dataset.webchat_call_ids] if call_ids is None else call_ids
+        )
+        envelopes = [
+            envelope
+            for call_id in chosen
+            if (lifecycle := self.lifecycle(call_id)) is not None
+            for envelope in call_lifecycle_envelopes(lifecycle)
+        ]
+        # Stable: a call's own events keep their lifecycle order within one second.
+        return sorted(envelopes, key=lambda envelope: envelope["timestamp"])
+
+    def emit(
+        self,
+        call_ids: Sequence[str] | None = None,
+        *,
+        redeliver_rate: float = 0.1,
+        max_displacement: int = 3,
+        bad_signature_rate: float = 0.02,
+    ) -> SendReport:
+        """Send the calls' webhooks as an unreliable sender would (see `WebhookSender.send_many`):
+        some redelivered, some out of order, the odd forged copy, all seeded."""
+        return self._sender.send_many(
+            self.envelopes(call_ids),
+            seed=self.seed,
+            redeliver_rate=redeliver_rate,
+            max_displacement=max_displacement,
+            bad_signature_rate=bad_signature_rate,
+        )
