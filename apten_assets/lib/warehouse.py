@@ -8,6 +8,7 @@ e.g. a batch's calls, summaries and turns commit together.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -29,7 +30,8 @@ import pyarrow as pa
 from apten_assets.lib.tables import CALL_EVENTS, CALLS, LOADED_AT, SCHEMA, TABLES, Column, Merge, TableSpec
 
 DEFAULT_LOCK_TIMEOUT_SECONDS = 30.0
-SYNC_STATE_TABLE = f"{SCHEMA}._sync_state"
+CATALOG = "apten_warehouse"
+SYNC_STATE_TABLE = "_sync_state"
 
 _ARROW_TYPES = {
     "VARCHAR": pa.string(),
@@ -105,8 +107,45 @@ def _run(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None 
     return con.execute(sql, params).fetchall()
 
 
-def _is_lock_error(exc: duckdb.Error) -> bool:
-    return "lock" in str(exc).lower()
+def _register(con: duckdb.DuckDBPyConnection, name: str, data: pa.Table) -> None:
+    # A caller's half-read result (`con.execute(...).fetchone()`) would make register() refuse.
+    con.complete()
+    con.register(name, data)
+
+
+def _is_busy(exc: duckdb.Error) -> bool:
+    """Another process holds the file lock, or another DuckDB instance in this process has the file."""
+    if isinstance(exc, duckdb.IOException):
+        return "lock" in str(exc).lower()
+    return isinstance(exc, duckdb.Error) and "already attached" in str(exc).lower()
+
+
+class _AttachedReadOnly(duckdb.Error):
+    """The file is attached read-only in this process and a writer asked for it."""
+
+
+def _open(database: str, read_only: bool) -> duckdb.DuckDBPyConnection:
+    # All connections to one file in this process share one named in-memory instance (DuckDB
+    # closes it, and releases the file lock, when the last connection closes) with the file
+    # attached as CATALOG; a file named apten.duckdb would otherwise be catalog `apten`, and
+    # `apten.leads` would be ambiguous between that catalog and the `apten` schema.
+    instance = ":memory:apten_" + hashlib.sha1(database.encode()).hexdigest()[:16]
+    con = duckdb.connect(instance)
+    try:
+        attached = "SELECT readonly FROM duckdb_databases() WHERE database_name = ?"
+        if not _run(con, attached, [CATALOG]):
+            mode = " (READ_ONLY)" if read_only else ""
+            quoted_path = database.replace("'", "''")
+            _run(con, f"ATTACH IF NOT EXISTS '{quoted_path}' AS {CATALOG}{mode}")
+        ((attached_read_only,),) = _run(con, attached, [CATALOG])
+        if attached_read_only and not read_only:
+            raise _AttachedReadOnly("the file is open read-only in this process; a writer must wait (lock)")
+        _run(con, f"USE {CATALOG}")
+        _run(con, "SET TimeZone = 'UTC'")
+    except BaseException:
+        con.close()
+        raise
+    return con
 
 
 def connect(
@@ -115,34 +154,39 @@ def connect(
     *,
     timeout_seconds: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
 ) -> duckdb.DuckDBPyConnection:
-    """Open the warehouse file (creating its directory), retrying while another process holds the lock.
+    """Open the warehouse file (creating its directory), waiting while another process holds it.
 
     DuckDB lets one process write a file at a time. Instead of failing at once, this retries with
-    backoff for up to `timeout_seconds`, then raises `WarehouseBusy`. The session time zone is
-    set to UTC so TIMESTAMPTZ values come back in UTC.
+    backoff for up to `timeout_seconds`, then raises `WarehouseBusy`. The file is the default
+    catalog, named `apten_warehouse` whatever the file name, so `apten.<table>` always means the
+    `apten` schema. Connections to one file in one process share a database instance (a cursor
+    from `con.cursor()` must run `USE apten_warehouse` itself); `read_only` is honoured unless the
+    file is already open for writing in this process. The session time zone is UTC.
     """
     database = str(path)
-    if database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    if database == ":memory:":
+        con = duckdb.connect(database)
+        _run(con, "SET TimeZone = 'UTC'")
+        return con
+    file = Path(database).resolve()
+    file.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout_seconds
     delay = 0.05
     while True:
         try:
-            con = duckdb.connect(database, read_only=read_only)
-            break
-        except duckdb.IOException as exc:
-            if not _is_lock_error(exc):
+            return _open(str(file), read_only)
+        except duckdb.Error as exc:
+            if not (_is_busy(exc) or isinstance(exc, _AttachedReadOnly)):
                 raise
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise WarehouseBusy(
-                    f"DuckDB file {database} is locked by another process ({exc}); gave up after "
-                    f"{timeout_seconds:g}s. Let the other run or `dagster dev` writer finish, then retry."
+                    f"DuckDB file {file} is locked by another process or connection ({exc}); gave up "
+                    f"after {timeout_seconds:g}s. Let the other run or `dagster dev` writer finish, "
+                    "then retry."
                 ) from exc
             time.sleep(min(delay * random.uniform(0.5, 1.0), remaining))
             delay = min(delay * 2, 1.0)
-    _run(con, "SET TimeZone = 'UTC'")
-    return con
 
 
 # Connections inside a `transaction()` block. A failed nested BEGIN would abort DuckDB's open
@@ -187,15 +231,30 @@ def _column_ddl(column: Column, primary_key: Sequence[str]) -> str:
     return ddl
 
 
-def create_table_sql(spec: TableSpec) -> str:
-    """The CREATE TABLE IF NOT EXISTS statement for one spec.
+def table_ref(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> str:
+    """`"catalog".schema.name` for SQL on `con`.
+
+    A file named `apten.duckdb` (the default path) is attached as catalog `apten`, which makes a
+    bare `apten.leads` ambiguous between catalog and schema; naming the catalog avoids that.
+    """
+    (catalog,) = _run(con, "SELECT current_database()")[0]
+    return f"{_quote(catalog)}.{_quote(schema)}.{_quote(name)}"
+
+
+def spec_ref(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> str:
+    """`table_ref` for a contract table."""
+    return table_ref(con, spec.schema, spec.name)
+
+
+def create_table_sql(spec: TableSpec, ref: str | None = None) -> str:
+    """The CREATE TABLE IF NOT EXISTS statement for one spec (`ref` names the table in full).
 
     The primary key is not declared as a constraint: DuckDB maintains it as an ART index, which
     made rewriting millions of transcript turns several times slower. `upsert` and
     `replace_children` are the only writers and keep keys unique; `duplicate_keys` checks it.
     """
     columns = ",\n  ".join(_column_ddl(column, spec.primary_key) for column in spec.columns)
-    return f"CREATE TABLE IF NOT EXISTS {spec.qualified_name} (\n  {columns}\n)"
+    return f"CREATE TABLE IF NOT EXISTS {ref or spec.qualified_name} (\n  {columns}\n)"
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -204,33 +263,35 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     Columns added to a spec after a table was created are added to the table (as nullable columns).
     """
     with transaction(con):
-        _run(con, f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        (catalog,) = _run(con, "SELECT current_database()")[0]
+        _run(con, f"CREATE SCHEMA IF NOT EXISTS {_quote(catalog)}.{SCHEMA}")
         for spec in TABLES.values():
-            _run(con, create_table_sql(spec))
+            ref = spec_ref(con, spec)
+            _run(con, create_table_sql(spec, ref))
             existing = {
                 name
                 for (name,) in con.execute(
                     "SELECT column_name FROM information_schema.columns "
-                    "WHERE table_schema = ? AND table_name = ?",
-                    [spec.schema, spec.name],
+                    "WHERE table_catalog = ? AND table_schema = ? AND table_name = ?",
+                    [catalog, spec.schema, spec.name],
                 ).fetchall()
             }
             for column in spec.columns:
                 if column.name not in existing:
                     _run(
                         con,
-                        f"ALTER TABLE {spec.qualified_name} ADD COLUMN {_quote(column.name)} {column.type}",
+                        f"ALTER TABLE {ref} ADD COLUMN {_quote(column.name)} {column.type}",
                     )
         _run(
             con,
-            f"CREATE TABLE IF NOT EXISTS {SYNC_STATE_TABLE} "
+            f"CREATE TABLE IF NOT EXISTS {table_ref(con, SCHEMA, SYNC_STATE_TABLE)} "
             "(name VARCHAR PRIMARY KEY, value VARCHAR, updated_at TIMESTAMPTZ)",
         )
 
 
 def get_sync_state(con: duckdb.DuckDBPyConnection, name: str) -> str | None:
     """The stored value of cursor `name` (e.g. the leads updatedAt watermark), or None."""
-    rows = _run(con, f"SELECT value FROM {SYNC_STATE_TABLE} WHERE name = ?", [name])
+    rows = _run(con, f"SELECT value FROM {table_ref(con, SCHEMA, SYNC_STATE_TABLE)} WHERE name = ?", [name])
     return rows[0][0] if rows else None
 
 
@@ -241,7 +302,8 @@ def set_sync_state(
     with transaction(con):
         _run(
             con,
-            f"INSERT INTO {SYNC_STATE_TABLE} (name, value, updated_at) VALUES (?, ?, ?) "
+            f"INSERT INTO {table_ref(con, SCHEMA, SYNC_STATE_TABLE)} (name, value, updated_at) "
+            "VALUES (?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
             [name, value, now or datetime.now(UTC)],
         )
@@ -328,7 +390,7 @@ class _Staging:
             f"CAST({_quote(column.name)} AS {column.type}) AS {_quote(column.name)}"
             for column in spec.data_columns
         )
-        con.register(self._view, data)
+        _register(con, self._view, data)
         try:
             _run(con, f"CREATE TEMP TABLE {_bare(self.table)} AS SELECT {casts}, __ord FROM {self._view}")
         finally:
@@ -422,7 +484,8 @@ def upsert(
         classified = stage.temp_name("merge")
         non_key = [c.name for c in spec.data_columns if c.name not in key]
         assignments = ", ".join(f"{_quote(name)} = u.{_quote(name)}" for name in non_key)
-        match = " AND ".join(f"{spec.qualified_name}.{_quote(name)} = u.{_quote(name)}" for name in key)
+        match = " AND ".join(f"t.{_quote(name)} = u.{_quote(name)}" for name in key)
+        target = spec_ref(con, spec)
         column_list = ", ".join(_quote(c.name) for c in spec.data_columns)
         with transaction(con):
             _run(
@@ -430,7 +493,7 @@ def upsert(
                 f"CREATE TEMP TABLE {_bare(classified)} AS SELECT {', '.join(merged)}, "
                 f"NOT ({exists}) AS __new, ({exists} AND ({changed})) AS __changed, "
                 f"({exists} AND ({bookkeeping_changed})) AS __bookkeeping_changed "
-                f"FROM {stage.table} AS s LEFT JOIN {spec.qualified_name} AS t ON {join}",
+                f"FROM {stage.table} AS s LEFT JOIN {target} AS t ON {join}",
             )
             inserted, updated = con.execute(
                 f"SELECT count(*) FILTER (WHERE __new), count(*) FILTER (WHERE __changed) FROM {classified}"
@@ -438,15 +501,15 @@ def upsert(
             if assignments:
                 _run(
                     con,
-                    f"UPDATE {spec.qualified_name} SET {assignments}, {LOADED_AT} = CASE WHEN u.__changed "
-                    f"THEN ?::TIMESTAMPTZ ELSE {spec.qualified_name}.{LOADED_AT} END "
+                    f"UPDATE {target} AS t SET {assignments}, {LOADED_AT} = CASE WHEN u.__changed "
+                    f"THEN ?::TIMESTAMPTZ ELSE t.{LOADED_AT} END "
                     f"FROM {classified} AS u WHERE {match} AND (u.__changed OR u.__bookkeeping_changed)",
                     [now],
                 )
             if inserted:
                 _run(
                     con,
-                    f"INSERT INTO {spec.qualified_name} ({column_list}, {LOADED_AT}) "
+                    f"INSERT INTO {target} ({column_list}, {LOADED_AT}) "
                     f"SELECT {column_list}, ?::TIMESTAMPTZ FROM {classified} WHERE __new",
                     [now],
                 )
@@ -486,7 +549,7 @@ def replace_children(
     try:
         parents_view = f"__parents_{uuid.uuid4().hex[:12]}"
         parents_table = stage.temp_name("parents")
-        con.register(parents_view, parents)
+        _register(con, parents_view, parents)
         try:
             _run(con, f"CREATE TEMP TABLE {_bare(parents_table)} AS SELECT parent_id FROM {parents_view}")
         finally:
@@ -497,7 +560,8 @@ def replace_children(
         if orphans:
             raise ValueError(f"{orphans} rows for {spec.qualified_name} belong to parents not in parent_ids")
         columns = ", ".join(_quote(c.name) for c in spec.data_columns)
-        stored = f"SELECT {columns} FROM {spec.qualified_name} WHERE {parent} IN {listed}"
+        target = spec_ref(con, spec)
+        stored = f"SELECT {columns} FROM {target} WHERE {parent} IN {listed}"
         staged = f"SELECT {columns} FROM {stage.table}"
         changed = stage.temp_name("changed")
         with transaction(con):
@@ -510,10 +574,10 @@ def replace_children(
             deleted = inserted = 0
             if replaced:
                 (deleted,) = con.execute(
-                    f"DELETE FROM {spec.qualified_name} WHERE {parent} IN (SELECT parent_id FROM {changed})"
+                    f"DELETE FROM {target} WHERE {parent} IN (SELECT parent_id FROM {changed})"
                 ).fetchall()[0]
                 (inserted,) = con.execute(
-                    f"INSERT INTO {spec.qualified_name} ({columns}, {LOADED_AT}) "
+                    f"INSERT INTO {target} ({columns}, {LOADED_AT}) "
                     f"SELECT {columns}, ?::TIMESTAMPTZ FROM {stage.table} "
                     f"WHERE {parent} IN (SELECT parent_id FROM {changed})",
                     [now],
@@ -533,7 +597,7 @@ def replace_children(
 def duplicate_keys(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> int:
     """How many primary-key values occur more than once in the table (0 when healthy)."""
     key = ", ".join(_quote(name) for name in spec.primary_key)
-    sql = f"SELECT count(*) FROM (SELECT {key} FROM {spec.qualified_name} GROUP BY ALL HAVING count(*) > 1)"
+    sql = f"SELECT count(*) FROM (SELECT {key} FROM {spec_ref(con, spec)} GROUP BY ALL HAVING count(*) > 1)"
     return _run(con, sql)[0][0]
 
 
@@ -555,8 +619,8 @@ def calls_needing_fetch(
     rows = con.execute(
         f"""
         SELECT e.call_id
-        FROM {CALL_EVENTS.qualified_name} AS e
-        LEFT JOIN {CALLS.qualified_name} AS c ON c.call_id = e.call_id
+        FROM {spec_ref(con, CALL_EVENTS)} AS e
+        LEFT JOIN {spec_ref(con, CALLS)} AS c ON c.call_id = e.call_id
         WHERE e.occurred_at >= ? AND e.occurred_at < ?
           AND (
             c.call_id IS NULL
@@ -587,8 +651,8 @@ def pending_calls(con: duckdb.DuckDBPyConnection) -> list[PendingCall]:
           c.created_at,
           c.created_at + to_microseconds(CAST(round(c.duration_seconds * 1e6) AS BIGINT)),
           COALESCE(c.fetch_attempts, 0)
-        FROM {CALLS.qualified_name} AS c
-        LEFT JOIN {CALL_EVENTS.qualified_name} AS e ON e.call_id = c.call_id
+        FROM {spec_ref(con, CALLS)} AS c
+        LEFT JOIN {spec_ref(con, CALL_EVENTS)} AS e ON e.call_id = c.call_id
         WHERE c.summary_status = 'pending'
         ORDER BY c.last_fetched_at NULLS FIRST, c.call_id
         """
