@@ -8,6 +8,7 @@ from apten_assets.defs.apten.assets import build_assets
 from apten_assets.defs.apten.checks import build_checks
 from apten_assets.defs.apten.resources import AptenApiResource, AptenWarehouse
 from apten_assets.defs.apten.schedules import build_schedules
+from apten_assets.defs.apten.sensors import build_late_summary_sensor
 from apten_assets.defs.apten.webhooks import build_webhook_assets, build_webhook_sensor
 from apten_assets.lib.config import AptenSettings
 
@@ -19,7 +20,7 @@ def build_definitions(settings: AptenSettings) -> dg.Definitions:
         asset_checks=build_checks(settings),
         jobs=jobs,
         schedules=schedules,
-        sensors=[build_webhook_sensor(settings)],
+        sensors=[build_webhook_sensor(settings), build_late_summary_sensor(settings)],
         resources={
             "apten": AptenApiResource(),
             "duckdb": AptenWarehouse(database=settings.duckdb_path),
