@@ -133,15 +133,17 @@ def _open(database: str, read_only: bool) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(instance)
     try:
         attached = "SELECT readonly FROM duckdb_databases() WHERE database_name = ?"
+        quoted_path = database.replace("'", "''")
         if not _run(con, attached, [CATALOG]):
             mode = " (READ_ONLY)" if read_only else ""
-            quoted_path = database.replace("'", "''")
             _run(con, f"ATTACH IF NOT EXISTS '{quoted_path}' AS {CATALOG}{mode}")
         ((attached_read_only,),) = _run(con, attached, [CATALOG])
         if attached_read_only and not read_only:
             raise _AttachedReadOnly("the file is open read-only in this process; a writer must wait (lock)")
         _run(con, f"USE {CATALOG}")
         _run(con, "SET TimeZone = 'UTC'")
+        # Spill next to the file, as a plain duckdb.connect(path) would, not into the working directory.
+        _run(con, f"SET temp_directory = '{quoted_path}.tmp'")
     except BaseException:
         con.close()
         raise
