@@ -198,7 +198,11 @@ _open_transactions: weakref.WeakSet[duckdb.DuckDBPyConnection] = weakref.WeakSet
 
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
-    """BEGIN ... COMMIT (ROLLBACK on error). Inside an open transaction it joins it instead."""
+    """BEGIN ... COMMIT (ROLLBACK on error). Inside an open transaction it joins it instead.
+
+    Group several writes with this rather than a raw BEGIN: DuckDB aborts a transaction that sees
+    a second BEGIN, so the warehouse functions must know whether one is open.
+    """
     if con in _open_transactions:
         # The caller's transaction: the caller commits or rolls back.
         yield con
@@ -423,9 +427,14 @@ class _Staging:
         return name
 
     def drop(self) -> None:
-        for name in self._temps:
-            _run(self.con, f"DROP TABLE IF EXISTS {name}")
-        self._temps.clear()
+        names, self._temps = self._temps, []
+        for name in names:
+            try:
+                _run(self.con, f"DROP TABLE IF EXISTS {name}")
+            except duckdb.TransactionException:
+                # The caller's transaction failed; its ROLLBACK discards these tables, and the
+                # original error must surface rather than this one.
+                return
 
 
 def _merged(column: Column, merge: Merge) -> str:

@@ -434,6 +434,12 @@ def test_failed_transaction_leaves_the_previous_state(con: duckdb.DuckDBPyConnec
         warehouse.replace_children(con, CALL_TRANSCRIPT_TURNS, "call_id", ["call-1"], [])
         raise RuntimeError("boom")
     assert table(con, "leads", "lead_id") == before
+    bad = call_rows(Call.from_json(CALL_BODY), T0).call | {"summary_status": "done"}
+    with pytest.raises(duckdb.ConstraintException), warehouse.transaction(con):
+        warehouse.upsert(con, LEADS, [lead("c")])
+        warehouse.upsert(con, CALLS, [bad])
+    assert table(con, "leads", "lead_id") == before
+    assert warehouse.upsert(con, LEADS, [lead("c")]).inserted == 1  # the connection is usable again
 
 
 def test_process_killed_mid_write_leaves_the_last_committed_state(tmp_path: Path) -> None:
