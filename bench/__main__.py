@@ -1,0 +1,125 @@
+"""`uv run --group bench python -m bench [--smoke]`: run every scenario, print the goal table and
+write bench/RESULTS.md (the smoke run writes bench/.work/RESULTS.smoke.md unless told otherwise)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import pstats
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from io import StringIO
+from pathlib import Path
+
+from bench import report, scenarios
+from bench.runner import ROOT
+from bench.sandbox_proc import SandboxProcess
+from bench.scenarios import FULL, SMOKE, Bench, Profile, Results
+
+BENCH_DIR = ROOT / "bench"
+WORK_DIR = BENCH_DIR / ".work"
+NOTES = BENCH_DIR / "notes.md"
+WEBHOOK_TIMEOUT_SECONDS = 180
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def _webhook_latency(say) -> str | None:
+    """The webhooks engineer's benchmark, when it is in the tree; its printed figures, verbatim."""
+    if not (BENCH_DIR / "webhook_latency.py").exists():
+        return None
+    say("[webhooks] python -m bench.webhook_latency")
+    env = {**os.environ, "RUNTIME__DLTHUB_TELEMETRY": "false", "PYTHONPATH": str(ROOT)}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.webhook_latency"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=WEBHOOK_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"(bench/webhook_latency.py did not finish within {WEBHOOK_TIMEOUT_SECONDS} s)"
+    if proc.returncode != 0:
+        return f"(bench/webhook_latency.py failed with exit code {proc.returncode})\n{proc.stderr[-2000:]}"
+    return proc.stdout
+
+
+def _profile_ours(bench: Bench, results: Results) -> str:
+    """One extra run of ours under cProfile (main thread: fetch loop, transform, write)."""
+    profile = bench.profile
+    spec = scenarios.dataset_spec(profile, profile.head_to_head_leads)
+    path = bench.workdir / "ours.profile"
+    bench.say("[profile] one run of ours under cProfile")
+    with SandboxProcess(spec) as sandbox:
+        bench.run("ours", sandbox, "profile.ours", extra={"profile_path": str(path)})
+    out = StringIO()
+    stats = pstats.Stats(str(path), stream=out)
+    stats.sort_stats("cumulative").print_stats(r"apten_assets|duckdb|pyarrow|httpx|json", 30)
+    text = out.getvalue()
+    start = text.find("   ncalls")
+    return text[start:] if start >= 0 else text
+
+
+def run_bench(profile: Profile, out: Path, *, with_profile: bool | None = None, say=print) -> Results:
+    """Every scenario of `profile`; writes `out` and returns the results."""
+    started_at = datetime.now(UTC)
+    started = time.perf_counter()
+    workdir = WORK_DIR / profile.name
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    results = Results(profile)
+    results.extras["load_before"] = _load()
+    bench = Bench(profile, workdir, say)
+    scenarios.rate_limit(bench, results)
+    scenarios.head_to_head(bench, results)
+    scenarios.scale(bench, results)
+    scenarios.sensor(bench, results)
+    webhook_output = _webhook_latency(say) if profile.name == "full" else None
+    failed = [g for g in report.goals(results) if g.met is False and g.scenario in ("2, 3", "3", "4")]
+    if with_profile or (with_profile is None and failed and profile.name == "full"):
+        results.extras["profile"] = _profile_ours(bench, results)
+    results.extras["load_after"] = _load()
+    results.extras["started_at"] = started_at.strftime("%Y-%m-%d %H:%M")
+    results.extras["total_seconds"] = time.perf_counter() - started
+    notes = NOTES.read_text() if NOTES.exists() and profile.name == "full" else ""
+    text = report.render(results, webhook_output, notes)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run each (seconds)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the results page")
+    parser.add_argument("--profile", action="store_true", help="always add a cProfile of one run of ours")
+    args = parser.parse_args(argv)
+    profile = SMOKE if args.smoke else FULL
+    if importlib.util.find_spec("dlt") is None:
+        if not args.smoke:
+            parser.error("dlt is missing: run with `uv run --group bench python -m bench`")
+        print("note: dlt is not installed (no `--group bench`); the smoke run leaves it out")
+        profile = replace(profile, dlt_runs=0)
+    out = args.out or (WORK_DIR / "RESULTS.smoke.md" if args.smoke else BENCH_DIR / "RESULTS.md")
+    load = _load()
+    if load > 1.0:
+        print(f"note: load average is {load:.2f}; other work on this machine will show in the figures")
+    results = run_bench(profile, out, with_profile=True if args.profile else None)
+    print()
+    print(report.summary_table(results))
+    print(f"\nwrote {out} in {results.extras['total_seconds'] / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,471 @@
+"""Turn `Results` into the goal table, the printed summary and `bench/RESULTS.md`."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+
+from bench.scenarios import ContenderFigures, Profile, Results, ScalePoint
+from bench.stats import MB, Figure, markdown_table, ratio
+
+COMMAND = "uv run --group bench python -m bench"
+
+
+@dataclass(frozen=True)
+class Goal:
+    scenario: str
+    goal: str
+    measured: str
+    met: bool | None  # None: not measured in this run
+
+    @property
+    def verdict(self) -> str:
+        return {True: "met", False: "**not met**", None: "not measured"}[self.met]
+
+
+def seconds(fig: Figure) -> str:
+    return fig.show(1, " s")
+
+
+def mib(fig: Figure) -> str:
+    return fig.show(0, " MiB", MB)
+
+
+def _scale_per_1k(point: ScalePoint) -> float:
+    return point.ours.seconds.median / point.calls * 1000
+
+
+def goals(results: Results) -> list[Goal]:
+    out: list[Goal] = []
+    rl = results.rate_limit
+    if rl is not None:
+        frac, n429, rpc = rl.fraction_of_limit, rl.too_many_requests, rl.requests_per_call
+        out += [
+            Goal("1", "calls enriched per second >= 0.95 of the limit", frac.show(3), frac.low >= 0.95),
+            Goal("1", "zero 429s with APTEN_MAX_RPS = the limit", n429.show(0), n429.high == 0),
+            Goal("1", "<= 1.05 requests per new call, list pages included", rpc.show(3), rpc.high <= 1.05),
+        ]
+    hh = results.head_to_head
+    if hh is not None:
+        loop_ratio = ratio(hh.loop.seconds, hh.ours.seconds)
+        out.append(Goal("2", "report loop time / our time (no goal set)", f"{loop_ratio:.2f}x", None))
+        if hh.dlt is not None:
+            speed = ratio(hh.dlt.seconds, hh.ours.seconds)
+            memory = ratio(hh.ours.peak_rss, hh.dlt.peak_rss)
+            out += [
+                Goal("3", "ours at least 2x faster than dlt (wall time)", f"{speed:.2f}x", speed >= 2.0),
+                Goal("3", "ours at most half dlt's peak memory", f"{memory:.2f} of dlt's", memory <= 0.5),
+            ]
+        out += [
+            Goal(
+                "2, 3",
+                "every contender loads the same rows",
+                "equal" if hh.same_rows else "DIFFER",
+                hh.same_rows,
+            ),
+        ]
+    if len(results.scale) >= 2:
+        mid, big = results.scale[-2], results.scale[-1]
+        growth = _scale_per_1k(big) / _scale_per_1k(mid)
+        rss_growth = big.ours.peak_rss.median / mid.ours.peak_rss.median
+        out += [
+            Goal(
+                "4",
+                "time grows linearly (s per 1,000 calls at the largest size within 1.25x of the next)",
+                f"{_scale_per_1k(mid):.2f} -> {_scale_per_1k(big):.2f} s per 1,000 calls ({growth:.2f}x)",
+                growth <= 1.25,
+            ),
+            Goal(
+                "4",
+                "peak RSS flat (largest within 1.25x of the next) and under 1 GiB",
+                f"{mib(mid.ours.peak_rss)} -> {mib(big.ours.peak_rss)} ({rss_growth:.2f}x)",
+                rss_growth <= 1.25 and big.ours.peak_rss.high < 1024 * MB,
+            ),
+        ]
+        tw = big.seconds_of("transform_write")
+        if tw is not None:
+            per_4m = tw.median / big.turns * 4_000_000
+            out.append(
+                Goal(
+                    "4",
+                    "transform-and-write of 4,000,000 turns < 30 s",
+                    f"{tw.median:.1f} s for {big.turns:,} turns ({per_4m:.1f} s per 4,000,000)",
+                    per_4m < 30.0,
+                )
+            )
+    if results.sensor is not None:
+        s = results.sensor
+        tick = Figure.of([r["tick_seconds"] for r in s.runs])
+        out += [
+            Goal("5", f"one tick with {s.pending:,} pending calls < 10 s", seconds(tick), tick.high < 10.0),
+            Goal(
+                "5",
+                f"requests within the per-tick bound ({s.bound:,})",
+                s.requests.show(0),
+                s.requests.high <= s.bound,
+            ),
+        ]
+    return out
+
+
+def _versions() -> str:
+    names = ["dagster", "duckdb", "httpx", "pandas", "pyarrow", "uvicorn", "starlette", "dlt", "psutil"]
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return ", ".join(found)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_total() -> str:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                return f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return out + (" (with uncommitted changes in the tree)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine(extras: dict) -> list[str]:
+    load_before, load_after = extras.get("load_before"), extras.get("load_after")
+    return [
+        f"- Date: {extras['started_at']} (UTC); whole run {extras['total_seconds'] / 60:.1f} min",
+        f"- Machine: {_cpu_model()}, {os.cpu_count()} cores, {_memory_total()} RAM, "
+        f"{platform.system()} {platform.release()}",
+        f"- Python {platform.python_version()}; {_versions()}",
+        f"- Commit: {_git_commit()}",
+        f"- Load average (1 min) before / after: {load_before:.2f} / {load_after:.2f}"
+        if load_before is not None and load_after is not None
+        else "- Load average: unknown",
+    ]
+
+
+def _contender_row(label: str, c: ContenderFigures) -> list[str]:
+    return [
+        label,
+        seconds(c.seconds),
+        seconds(c.cpu_seconds),
+        mib(c.peak_rss),
+        mib(c.rss_before_load),
+        c.requests.show(0),
+        f"{c.rows['calls']:,} / {c.rows['summaries']:,} / {c.rows['turns']:,}",
+    ]
+
+
+CONTENDER_HEADER = [
+    "contender",
+    "wall time of the load",
+    "CPU time",
+    "peak RSS",
+    "RSS before the load",
+    "requests",
+    "calls / summaries / turns loaded",
+]
+
+
+def render(results: Results, webhook_output: str | None, notes: str = "") -> str:
+    extras = results.extras
+    p = results.profile
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `{COMMAND}`{' --smoke' if p.name == 'smoke' else ''} from a real run. "
+        "Every figure is the median of the runs with the lowest and highest in brackets "
+        "(`median (min–max, n=runs)`).",
+        "",
+        "## How to reproduce",
+        "",
+        "```",
+        f"{COMMAND}            # the full run, about 12-14 minutes on 2 cores; rewrites bench/RESULTS.md",
+        f"{COMMAND} --smoke    # tiny sizes, seconds (the test suite runs this)",
+        "```",
+        "",
+        "All traffic goes to the bundled sandbox (`apten_assets.sandbox`) on loopback, in its own process, "
+        "with latency and rate limit set per scenario. Each contender run is its own process with a fresh "
+        "DuckDB file; wall time is the load itself (imports and one-off setup excluded for every contender "
+        "alike), peak RSS is the whole process's. Runs of different contenders are interleaved.",
+        "",
+        "## Machine",
+        "",
+        *machine(extras),
+        "",
+        "## Goals",
+        "",
+        markdown_table(
+            ["#", "goal", "measured", "verdict"],
+            [[g.scenario, g.goal, g.measured, g.verdict] for g in goals(results)],
+        ),
+        "",
+    ]
+    lines += _rate_limit_section(results)
+    lines += _head_to_head_section(results)
+    lines += _scale_section(results)
+    lines += _sensor_section(results)
+    if webhook_output:
+        lines += [
+            "## Webhook to row latency (`bench/webhook_latency.py`)",
+            "",
+            "```",
+            webhook_output.strip(),
+            "```",
+            "",
+        ]
+    if notes.strip():
+        lines += ["## Notes", "", notes.strip(), ""]
+    if extras.get("profile"):
+        lines += [
+            "## Profile of one run of ours (cProfile, main thread, cumulative)",
+            "",
+            f"`{COMMAND} --profile` adds this section to any run; the full run adds it by itself when a "
+            "goal of scenarios 2-4 is not met. The HTTP fan-out runs on worker threads, so in the main "
+            "thread it shows as time waiting in `map_concurrent`.",
+            "",
+            "```",
+            extras["profile"].rstrip(),
+            "```",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _shape(p: Profile) -> str:
+    return (
+        f"{p.head_to_head_leads} leads x {p.calls_per_lead} calls = "
+        f"{p.head_to_head_leads * p.calls_per_lead:,} calls on one day, up to {p.turns_per_call} turns each"
+    )
+
+
+def _dataset_line(description: str, spec_note: str) -> str:
+    return f"Dataset: {spec_note}; the sandbox reports: {description}."
+
+
+def _rate_limit_section(results: Results) -> list[str]:
+    rl = results.rate_limit
+    if rl is None:
+        return []
+    p = results.profile
+    run = rl.ours.runs[0]
+    by_endpoint = run["sandbox"]["by_endpoint"]
+    return [
+        "## 1. Enrichment against the rate limit",
+        "",
+        f"Sandbox at {rl.latency_ms:g} ms latency and {rl.limit_rps:g} requests/s (sliding 1 s window); "
+        f"`APTEN_MAX_RPS={rl.limit_rps:g}`, `APTEN_MAX_CONCURRENCY={p.max_concurrency}`. The real assets "
+        "(leads -> call_events -> calls) materialized into an empty warehouse, so every call is new. "
+        f"{p.rate_runs} runs at the same time, each against its own sandbox process with its own limit "
+        "(they wait on the limit, not on the CPU).",
+        "",
+        _dataset_line(
+            rl.dataset.description, f"{p.head_to_head_leads} leads x {p.calls_per_lead} calls, one day"
+        ),
+        "",
+        markdown_table(
+            ["figure", "value"],
+            [
+                ["wall time of the load (leads + call_events + calls)", seconds(rl.ours.seconds)],
+                ["calls enriched", f"{rl.calls(run):,}"],
+                ["calls enriched per second", rl.calls_per_second.show(2)],
+                ["... as a fraction of the limit", rl.fraction_of_limit.show(3)],
+                [
+                    "requests per second at the sandbox, as a fraction of the limit",
+                    rl.request_rate_fraction.show(3),
+                ],
+                ["429 responses received", rl.too_many_requests.show(0)],
+                ["requests sent (sandbox count)", rl.ours.requests.show(0)],
+                [
+                    "... of which leads pages / events pages / calls (first run)",
+                    f"{by_endpoint.get('leads', 0):,} / {by_endpoint.get('events', 0):,} / "
+                    f"{by_endpoint.get('calls', 0):,}",
+                ],
+                ["requests per new call, list pages included", rl.requests_per_call.show(3)],
+                ["time threads waited on our own rate limiter (sum over threads)", seconds(rl.limiter_wait)],
+                ["peak RSS", mib(rl.ours.peak_rss)],
+            ],
+        ),
+        "",
+    ]
+
+
+def _head_to_head_section(results: Results) -> list[str]:
+    hh = results.head_to_head
+    if hh is None:
+        return []
+    p = results.profile
+    contenders = [("ours", hh.ours), ("hand-written loop", hh.loop)]
+    ratios = [
+        ["loop wall time / ours", f"{ratio(hh.loop.seconds, hh.ours.seconds):.2f}"],
+        ["loop CPU time / ours", f"{ratio(hh.loop.cpu_seconds, hh.ours.cpu_seconds):.2f}"],
+        ["ours peak RSS / loop", f"{ratio(hh.ours.peak_rss, hh.loop.peak_rss):.2f}"],
+    ]
+    if hh.dlt is not None:
+        contenders.append(("dlt rest_api", hh.dlt))
+        ratios += [
+            ["dlt wall time / ours", f"{ratio(hh.dlt.seconds, hh.ours.seconds):.2f}"],
+            ["dlt CPU time / ours", f"{ratio(hh.dlt.cpu_seconds, hh.ours.cpu_seconds):.2f}"],
+            ["ours peak RSS / dlt", f"{ratio(hh.ours.peak_rss, hh.dlt.peak_rss):.2f}"],
+        ]
+    rows = "; ".join(f"{label}: {c.rows}" for label, c in contenders)
+    return [
+        "## 2 and 3. Against a hand-written loop and against dlt",
+        "",
+        "Same sandbox process and data for all three, latency 0 and no rate limit (so the figures are "
+        "what each tool costs, not how long it waits). "
+        + _dataset_line(
+            hh.dataset.description, f"{p.head_to_head_leads} leads x {p.calls_per_lead} calls, one day"
+        ),
+        "",
+        "- **ours**: the real assets through `dagster.materialize` (ephemeral instance, in process), "
+        f"`APTEN_MAX_CONCURRENCY={p.max_concurrency}`, no client rate limit.",
+        "- **loop**: `bench/contenders/loop.py`, what a user writes in an afternoon: sequential "
+        "`httpx` (leads, each lead's CALL events, each call), lists of dicts, pandas DataFrames, "
+        "`CREATE TABLE AS` in DuckDB.",
+        "- **dlt**: `bench/contenders/dlt_rest_api.py`, dlt's declarative `rest_api` source: leads -> "
+        "call_events -> calls, `nextToken` cursor paginator, `write_disposition=merge` on the primary keys, "
+        f"child resources `parallelized` with `EXTRACT__WORKERS={p.max_concurrency}`; transcripts land in "
+        "`calls__transcript`.",
+        "",
+        markdown_table(
+            CONTENDER_HEADER,
+            [_contender_row(label, c) for label, c in contenders],
+        ),
+        "",
+        markdown_table(["ratio (medians)", "value"], ratios),
+        "",
+        f"Rows loaded are {'the same for every contender and run' if hh.same_rows else 'NOT the same'} "
+        f"({rows}; `calls` counts calls with a body, i.e. without the CALL events whose call answers "
+        "404, which ours keeps as `not_found` rows).",
+        "",
+    ]
+
+
+def _scale_section(results: Results) -> list[str]:
+    if not results.scale:
+        return []
+    rows = []
+    for point in results.scale:
+        http = point.seconds_of("waiting_for_api")
+        tw = point.seconds_of("transform_write")
+        rows.append(
+            [
+                f"{point.calls:,}",
+                f"{point.turns:,}",
+                seconds(point.ours.seconds),
+                f"{_scale_per_1k(point):.2f} s",
+                seconds(http) if http else "n/a",
+                seconds(tw) if tw else "n/a",
+                f"{tw.median / point.turns * 1e6:.2f} s" if tw else "n/a",
+                mib(point.ours.peak_rss),
+                point.ours.requests.show(0),
+            ]
+        )
+    return [
+        "## 4. Scale",
+        "",
+        "The real materialization of one daily partition (leads, then call_events and calls for the day) "
+        "into an empty warehouse, sandbox at latency 0 and no rate limit; "
+        f"{results.profile.calls_per_lead} calls per lead, COMPLETE calls with "
+        f"{results.profile.turns_per_call} transcript turns (about 40 per call on average). The timings come "
+        "from the calls step's own metadata: `seconds_waiting_for_api` is time the step waited for answers "
+        "from the concurrent fetches, `seconds_transform_write` is time spent parsing, building rows and "
+        "writing batches to DuckDB. The 10,000-call point is the runs of scenarios 2 and 3.",
+        "",
+        markdown_table(
+            [
+                "calls",
+                "turns",
+                "wall time",
+                "per 1,000 calls",
+                "calls step waiting for the API",
+                "calls step transform + write",
+                "transform + write per 1M turns",
+                "peak RSS",
+                "requests",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
+def _sensor_section(results: Results) -> list[str]:
+    if results.sensor is None:
+        if results.sensor_skipped:
+            return ["## 5. Sensor tick", "", f"Not run: {results.sensor_skipped}.", ""]
+        return []
+    s = results.sensor
+    p = results.profile
+    fig = lambda key: Figure.of([r[key] for r in s.runs])  # noqa: E731
+    return [
+        "## 5. Late-summary sensor tick",
+        "",
+        f"A warehouse holding {s.pending:,} CALL events and their calls stored as `pending`, last "
+        "fetched 4 h ago (so every one is due a recheck); one tick of `apten_late_summary_sensor` with a "
+        f"fresh cursor, evaluated as the daemon does. Sandbox as in scenario 1 ({p.rate_latency_ms:g} ms, "
+        f"{p.rate_limit_rps:g} req/s) with `APTEN_MAX_RPS={p.rate_limit_rps:g}`; a tenth of the calls have "
+        "their summary by then.",
+        "",
+        markdown_table(
+            ["figure", "value"],
+            [
+                ["wall time of one tick", seconds(fig("tick_seconds"))],
+                ["... of which asking Apten (`check_calls`)", seconds(fig("api_seconds"))],
+                [
+                    "... the rest: reading pending calls, planning, run requests",
+                    seconds(Figure.of([r["tick_seconds"] - r["api_seconds"] for r in s.runs])),
+                ],
+                ["requests sent (sandbox count)", s.requests.show(0)],
+                ["per-tick bound (`checks_per_tick(APTEN_MAX_RPS)`)", f"{s.bound:,}"],
+                ["calls named in requested runs", fig("calls_named_in_runs").show(0)],
+                ["runs requested", fig("run_requests").show(0)],
+                ["peak RSS of the process", mib(Figure.of([r["peak_rss_bytes"] for r in s.runs]))],
+            ],
+        ),
+        "",
+    ]
+
+
+def summary_table(results: Results) -> str:
+    from bench.stats import plain_table
+
+    return plain_table(
+        ["#", "goal", "measured", "verdict"],
+        [[g.scenario, g.goal, g.measured, g.verdict.strip("*")] for g in goals(results)],
+    )
+
+
+def now_utc() -> str:
+    return datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")

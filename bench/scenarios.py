@@ -1,0 +1,397 @@
+"""The scenarios of issue #5, each a function over a running sandbox process.
+
+Every contender run is its own subprocess (peak RSS per contender) against a sandbox in another
+process; each run gets a fresh DuckDB file. Runs of different contenders are interleaved, so a
+slow minute on the machine hits all of them alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from pathlib import Path
+from typing import Any
+
+from apten_assets.sandbox.app import FaultConfig
+from apten_assets.sandbox.data import DatasetSpec
+from bench.runner import run_contender
+from bench.sandbox_proc import SandboxInfo, SandboxProcess
+from bench.stats import Figure
+
+NO_LIMIT_RPS = 1_000_000.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes and repetitions of one benchmark run (`FULL`, or `SMOKE` for the test suite)."""
+
+    name: str
+    calls_per_lead: int
+    turns_per_call: int
+    # 1 + 2 + 3: enrichment against the rate limit, the hand-written loop, dlt (one dataset).
+    head_to_head_leads: int
+    rate_latency_ms: float
+    rate_limit_rps: float
+    rate_runs: int
+    ours_runs: int
+    loop_runs: int
+    dlt_runs: int
+    # 4: scale, leads per size (the head-to-head size is reused, not run again).
+    scale_leads: tuple[int, ...]
+    scale_runs: tuple[int, ...]
+    # 5: the late-summary sensor.
+    sensor_pending: int
+    sensor_runs: int
+    max_concurrency: int = 8
+
+
+# ~40 turns per call on average: COMPLETE calls get 50, voicemails 1-2, the rest none.
+FULL = Profile(
+    name="full",
+    calls_per_lead=25,
+    turns_per_call=50,
+    head_to_head_leads=400,
+    rate_latency_ms=50.0,
+    rate_limit_rps=50.0,
+    rate_runs=3,
+    ours_runs=3,
+    loop_runs=3,
+    dlt_runs=2,
+    scale_leads=(40, 400, 4000),
+    scale_runs=(3, 3, 1),
+    sensor_pending=50_000,
+    sensor_runs=2,
+)
+SMOKE = Profile(
+    name="smoke",
+    calls_per_lead=5,
+    turns_per_call=6,
+    head_to_head_leads=8,
+    rate_latency_ms=5.0,
+    rate_limit_rps=50.0,
+    rate_runs=1,
+    ours_runs=1,
+    loop_runs=1,
+    dlt_runs=1,
+    scale_leads=(4, 8),
+    scale_runs=(1, 1),
+    sensor_pending=300,
+    sensor_runs=1,
+)
+
+
+def data_day() -> date:
+    """All generated calls fall on yesterday (UTC): one complete, closed daily partition."""
+    return datetime.now(UTC).date() - timedelta(days=1)
+
+
+def dataset_spec(profile: Profile, n_leads: int) -> DatasetSpec:
+    anchor = datetime.combine(data_day(), dtime(23, 0), tzinfo=UTC)
+    return DatasetSpec(
+        seed=7,
+        n_leads=n_leads,
+        calls_per_lead=profile.calls_per_lead,
+        days=1,
+        anchor=anchor,
+        turns_per_call=profile.turns_per_call,
+    )
+
+
+@dataclass
+class Bench:
+    """Shared state of one benchmark run: where files go, how to report progress, raw results."""
+
+    profile: Profile
+    workdir: Path
+    say: Callable[[str], None] = print
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def run(
+        self,
+        contender: str,
+        sandbox: SandboxProcess,
+        label: str,
+        *,
+        max_rps: float = NO_LIMIT_RPS,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """One run of `contender` on a fresh DuckDB file; adds the sandbox's request counts."""
+        run_dir = self.workdir / label
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        params = {
+            "base_url": sandbox.base_url,
+            "db_path": str(run_dir / "warehouse.duckdb"),
+            "work_dir": str(run_dir / "contender"),
+            "partition": data_day().isoformat(),
+            "max_rps": max_rps,
+            "max_concurrency": self.profile.max_concurrency,
+            **(extra or {}),
+        }
+        sandbox.reset_counts()
+        result = run_contender(contender, params, run_dir, label)
+        counts = sandbox.counts()
+        result["sandbox"] = {**asdict(counts), "per_second": counts.per_second, "total": counts.total}
+        # The warehouse files are the bulk of the disk use; the figures are in `result`.
+        for path in run_dir.glob("warehouse.duckdb*"):
+            path.unlink()
+        shutil.rmtree(run_dir / "contender", ignore_errors=True)
+        self.raw.setdefault("runs", {})[label] = result
+        self.say(
+            f"  {label}: {result['seconds']:.1f} s, peak RSS {result['peak_rss_bytes'] / 2**20:,.0f} MiB, "
+            f"{counts.total:,} requests ({counts.too_many_requests} x 429), rows {result['rows']}"
+        )
+        return result
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class ContenderFigures:
+    """One contender's runs on one dataset."""
+
+    name: str
+    runs: list[dict[str, Any]]
+
+    def figure(self, pick: Callable[[dict[str, Any]], float]) -> Figure:
+        return Figure.of([pick(run) for run in self.runs])
+
+    @property
+    def seconds(self) -> Figure:
+        return self.figure(lambda r: r["seconds"])
+
+    @property
+    def cpu_seconds(self) -> Figure:
+        return self.figure(lambda r: r["cpu_seconds"])
+
+    @property
+    def peak_rss(self) -> Figure:
+        return self.figure(lambda r: r["peak_rss_bytes"])
+
+    @property
+    def rss_before_load(self) -> Figure:
+        return self.figure(lambda r: r["rss_before_load_bytes"])
+
+    @property
+    def requests(self) -> Figure:
+        return self.figure(lambda r: r["sandbox"]["total"])
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """Rows loaded (identical in every run, or the first run's with a mismatch flagged)."""
+        return self.runs[0]["rows"]
+
+    @property
+    def rows_consistent(self) -> bool:
+        return all(run["rows"] == self.runs[0]["rows"] for run in self.runs)
+
+
+@dataclass
+class RateLimitResult:
+    dataset: SandboxInfo
+    latency_ms: float
+    limit_rps: float
+    ours: ContenderFigures
+
+    def calls(self, run: dict[str, Any]) -> int:
+        return int(run["metadata"]["apten/calls"]["fetched"])
+
+    @property
+    def calls_per_second(self) -> Figure:
+        return self.ours.figure(lambda r: self.calls(r) / r["seconds"])
+
+    @property
+    def fraction_of_limit(self) -> Figure:
+        return self.ours.figure(lambda r: self.calls(r) / r["seconds"] / self.limit_rps)
+
+    @property
+    def request_rate_fraction(self) -> Figure:
+        return self.ours.figure(lambda r: r["sandbox"]["per_second"] / self.limit_rps)
+
+    @property
+    def too_many_requests(self) -> Figure:
+        return self.ours.figure(lambda r: r["sandbox"]["by_status"].get("429", 0))
+
+    @property
+    def requests_per_call(self) -> Figure:
+        return self.ours.figure(lambda r: r["sandbox"]["total"] / self.calls(r))
+
+    @property
+    def limiter_wait(self) -> Figure:
+        return self.ours.figure(
+            lambda r: sum(m.get("api_rate_limiter_wait_seconds", 0.0) for m in r["metadata"].values())
+        )
+
+
+@dataclass
+class HeadToHeadResult:
+    dataset: SandboxInfo
+    ours: ContenderFigures
+    loop: ContenderFigures
+    dlt: ContenderFigures | None
+
+    @property
+    def same_rows(self) -> bool:
+        contenders = [c for c in (self.ours, self.loop, self.dlt) if c is not None]
+        keys = ("calls", "summaries", "turns", "call_events", "leads")
+        return all(c.rows_consistent for c in contenders) and all(
+            all(c.rows[k] == self.ours.rows[k] for k in keys) for c in contenders
+        )
+
+
+@dataclass
+class ScalePoint:
+    dataset: SandboxInfo
+    ours: ContenderFigures
+
+    @property
+    def calls(self) -> int:
+        return int(self.ours.runs[0]["metadata"]["apten/calls"]["fetched"])
+
+    @property
+    def turns(self) -> int:
+        return int(self.ours.rows["turns"])
+
+    def seconds_of(self, name: str) -> Figure | None:
+        """A timing the calls step reports in its metadata (`seconds_<name>`), when it does."""
+        key = f"seconds_{name}"
+        if any(key not in run["metadata"]["apten/calls"] for run in self.ours.runs):
+            return None
+        return self.ours.figure(lambda r: r["metadata"]["apten/calls"][key])
+
+
+@dataclass
+class SensorResult:
+    pending: int
+    bound: int
+    runs: list[dict[str, Any]]
+    note: str = ""
+
+    @property
+    def seconds(self) -> Figure:
+        return Figure.of([r["seconds"] for r in self.runs])
+
+    @property
+    def requests(self) -> Figure:
+        return Figure.of([r["sandbox"]["total"] for r in self.runs])
+
+
+@dataclass
+class Results:
+    profile: Profile
+    rate_limit: RateLimitResult | None = None
+    head_to_head: HeadToHeadResult | None = None
+    scale: list[ScalePoint] = field(default_factory=list)
+    sensor: SensorResult | None = None
+    sensor_skipped: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def rate_limit(bench: Bench, results: Results) -> None:
+    """Scenario 1. Its runs wait on the rate limit, not on the CPU, so they run at the same time,
+    each against its own sandbox process with its own limit (a few per cent of a core each)."""
+    profile = bench.profile
+    spec = dataset_spec(profile, profile.head_to_head_leads)
+    limited = FaultConfig(latency_ms=profile.rate_latency_ms, rate_limit_rps=profile.rate_limit_rps)
+    bench.say(
+        f"[1] enrichment against the rate limit: {profile.rate_latency_ms:g} ms latency, "
+        f"{profile.rate_limit_rps:g} req/s limit, APTEN_MAX_RPS={profile.rate_limit_rps:g}, "
+        f"{profile.rate_runs} concurrent runs on {spec.n_leads * spec.calls_per_lead:,} calls"
+    )
+    with contextlib.ExitStack() as stack:
+        sandboxes = [stack.enter_context(SandboxProcess(spec, limited)) for _ in range(profile.rate_runs)]
+        with ThreadPoolExecutor(max_workers=len(sandboxes)) as pool:
+            futures = [
+                pool.submit(
+                    bench.run, "ours", sandbox, f"rate_limit.ours.{i}", max_rps=profile.rate_limit_rps
+                )
+                for i, sandbox in enumerate(sandboxes)
+            ]
+            runs = [future.result() for future in futures]
+        assert sandboxes[0].info is not None
+        results.rate_limit = RateLimitResult(
+            sandboxes[0].info, profile.rate_latency_ms, profile.rate_limit_rps, ContenderFigures("ours", runs)
+        )
+
+
+def head_to_head(bench: Bench, results: Results) -> None:
+    """Scenarios 2 and 3 (and scale's middle point): latency 0, no rate limit, one dataset."""
+    profile = bench.profile
+    spec = dataset_spec(profile, profile.head_to_head_leads)
+    bench.say(
+        f"[2, 3] ours vs the hand-written loop vs dlt on {spec.n_leads * spec.calls_per_lead:,} calls: "
+        "latency 0, no rate limit"
+    )
+    with SandboxProcess(spec) as sandbox:
+        assert sandbox.info is not None
+        bench.say(f"  dataset: {sandbox.info.description}")
+        runs: dict[str, list[dict[str, Any]]] = {"ours": [], "loop": [], "dlt_rest_api": []}
+        wanted = {"ours": profile.ours_runs, "loop": profile.loop_runs, "dlt_rest_api": profile.dlt_runs}
+        for i in range(max(wanted.values())):
+            for name, n in wanted.items():
+                if i < n:
+                    runs[name].append(bench.run(name, sandbox, f"head_to_head.{name}.{i}"))
+        results.head_to_head = HeadToHeadResult(
+            sandbox.info,
+            ContenderFigures("ours", runs["ours"]),
+            ContenderFigures("loop", runs["loop"]),
+            ContenderFigures("dlt", runs["dlt_rest_api"]) if runs["dlt_rest_api"] else None,
+        )
+
+
+def scale(bench: Bench, results: Results) -> None:
+    """Scenario 4: the real materialization at growing sizes (latency 0, no rate limit)."""
+    profile = bench.profile
+    shared = results.head_to_head
+    for n_leads, n_runs in zip(profile.scale_leads, profile.scale_runs, strict=True):
+        if shared is not None and n_leads == profile.head_to_head_leads:
+            results.scale.append(ScalePoint(shared.dataset, shared.ours))
+            bench.say(f"[4] scale, {n_leads * profile.calls_per_lead:,} calls: the head-to-head runs of ours")
+            continue
+        spec = dataset_spec(profile, n_leads)
+        bench.say(f"[4] scale, {spec.n_leads * spec.calls_per_lead:,} calls")
+        with SandboxProcess(spec) as sandbox:
+            assert sandbox.info is not None
+            runs = [
+                bench.run("ours", sandbox, f"scale.{spec.n_leads * spec.calls_per_lead}.ours.{i}")
+                for i in range(n_runs)
+            ]
+            results.scale.append(ScalePoint(sandbox.info, ContenderFigures("ours", runs)))
+    results.scale.sort(key=lambda point: point.calls)
+
+
+def sensor(bench: Bench, results: Results) -> None:
+    """Scenario 5: one tick of the late-summary sensor over a warehouse with many pending calls."""
+    try:
+        from apten_assets.lib import late_summaries  # noqa: F401
+    except ImportError:
+        results.sensor_skipped = "the late-summary sensor is not in this tree yet"
+        bench.say(f"[5] skipped: {results.sensor_skipped}")
+        return
+    from bench.contenders.sensor_tick import sensor_spec
+
+    profile = bench.profile
+    spec = sensor_spec(profile.sensor_pending, data_day())
+    bench.say(f"[5] late-summary sensor tick with {profile.sensor_pending:,} pending calls")
+    started = time.perf_counter()
+    limited = FaultConfig(latency_ms=profile.rate_latency_ms, rate_limit_rps=profile.rate_limit_rps)
+    with SandboxProcess(spec, limited) as sandbox:
+        runs = []
+        for i in range(profile.sensor_runs):
+            sandbox.set_faults(limited)
+            extra = {"pending": profile.sensor_pending}
+            runs.append(
+                bench.run("sensor_tick", sandbox, f"sensor.{i}", max_rps=profile.rate_limit_rps, extra=extra)
+            )
+    bench.say(f"  sensor scenario took {time.perf_counter() - started:.0f} s with setup")
+    results.sensor = SensorResult(profile.sensor_pending, int(runs[0]["bound"]), runs)

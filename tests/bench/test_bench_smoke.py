@@ -1,0 +1,73 @@
+"""The benchmark at tiny sizes, so it cannot rot: every scenario runs end to end and the contenders
+load the same rows. Figures are written to a page, never asserted (timing asserts make tests flaky).
+
+The full run (`uv run --group bench python -m bench`) stays out of the test suite.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import run_bench
+from bench.scenarios import SMOKE, Results
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Results, Path]:
+    profile = SMOKE if importlib.util.find_spec("dlt") else replace(SMOKE, dlt_runs=0)
+    out = tmp_path_factory.mktemp("bench") / "RESULTS.md"
+    return run_bench(profile, out, say=lambda line: None), out
+
+
+def test_every_contender_loads_the_rows_the_sandbox_serves(smoke: tuple[Results, Path]) -> None:
+    results, _ = smoke
+    hh = results.head_to_head
+    assert hh is not None
+    contenders = [hh.ours, hh.loop] + ([hh.dlt] if hh.dlt is not None else [])
+    for contender in contenders:
+        assert contender.rows["call_events"] == hh.dataset.lead_call_ids
+        assert contender.rows["calls"] == hh.dataset.found_lead_calls
+        assert contender.rows["turns"] > contender.rows["calls"]
+    assert hh.same_rows
+
+
+def test_rate_limited_run_counts_every_request_at_the_sandbox(smoke: tuple[Results, Path]) -> None:
+    results, _ = smoke
+    rl = results.rate_limit
+    assert rl is not None
+    run = rl.ours.runs[0]
+    by_endpoint = run["sandbox"]["by_endpoint"]
+    leads = run["rows"]["leads"]
+    # One leads page, one events page per lead, one GET per call: nothing fetched twice.
+    assert by_endpoint == {"leads": 1, "events": leads, "calls": rl.dataset.lead_call_ids}
+    assert rl.calls(run) == rl.dataset.lead_call_ids
+
+
+def test_scale_points_report_where_the_calls_step_spends_its_time(smoke: tuple[Results, Path]) -> None:
+    results, _ = smoke
+    assert [point.calls for point in results.scale] == [n * SMOKE.calls_per_lead for n in SMOKE.scale_leads]
+    for point in results.scale:
+        assert point.ours.rows["calls"] > 0
+        assert point.seconds_of("waiting_for_api") is not None
+        assert point.seconds_of("transform_write") is not None
+
+
+def test_sensor_tick_stays_within_its_bound(smoke: tuple[Results, Path]) -> None:
+    results, _ = smoke
+    sensor = results.sensor
+    assert sensor is not None
+    run = sensor.runs[0]
+    assert run["rows"]["pending_seeded"] > 0
+    assert 0 < run["asked"] <= sensor.bound
+    assert run["calls_named_in_runs"] > 0
+
+
+def test_results_page_has_every_section(smoke: tuple[Results, Path]) -> None:
+    _, out = smoke
+    text = out.read_text()
+    for heading in ("## Machine", "## Goals", "## 1.", "## 2 and 3.", "## 4. Scale", "## 5."):
+        assert heading in text
