@@ -57,6 +57,24 @@ MAX_SKIPS_IN_METADATA = 20
 PROGRESS_EVERY_SECONDS = 10.0
 
 
+class IncompleteFetch(AptenError):
+    """Some records could not be fetched even after retries (or Apten broke the protocol for them).
+
+    Raised at the end of a step, after everything else was written, so the partition is not marked
+    materialized with records missing: a re-run fetches exactly what is still missing.
+    """
+
+
+def _incomplete(step: str, what: str, failures: list[tuple[str, str]], total: int) -> IncompleteFetch:
+    shown = failures[:MAX_SKIPS_IN_METADATA]
+    ids = ", ".join(repr(record_id) for record_id, _ in shown)
+    more = f" and {len(failures) - len(shown)} more" if len(failures) > len(shown) else ""
+    return IncompleteFetch(
+        f"{step}: {len(failures)} of {total} {what} could not be fetched ({ids}{more}); everything else "
+        f"was stored. Failing so that a re-run fetches them. First error: {failures[0][1]}"
+    )
+
+
 @dataclass
 class SkippedRecord:
     record_id: str | None
@@ -198,9 +216,11 @@ def sync_call_events(
             report.add_upsert("", upsert(con, CALL_EVENTS, rows))
         rows.clear()
 
+    unfetched: list[tuple[str, str]] = []
     for done, (lead_id, events, error) in enumerate(client.map_concurrent(fetch, lead_ids), start=1):
         if error is not None:
             report.skip(lead_id, f"lead events not fetched: {error}", log)
+            unfetched.append((lead_id, error))
         for raw in events:
             report.counts["fetched"] += 1
             try:
@@ -227,6 +247,8 @@ def sync_call_events(
     for event_type, n in ignored_types.items():
         report.counts[f"ignored_type_{event_type}"] = n
     report.counts["ignored_non_call_events"] = sum(ignored_types.values())
+    if unfetched:
+        raise _incomplete("call_events", "leads' events", unfetched, len(lead_ids))
     return report
 
 
@@ -345,9 +367,23 @@ def enrich_calls(
 
     # The fan-out keeps fetching while a full batch is written; the batch's fetch time is when
     # its last answer came in.
+    def fetch_one(call_id: str) -> tuple[CallFetch, str | None]:
+        try:
+            return client.get_call(call_id), None
+        except AptenAuthError:
+            raise
+        except AptenError as exc:
+            return CallFetch(call_id=call_id, found=False, body=None), str(exc)
+
     fetches: list[CallFetch] = []
+    unfetched: list[tuple[str, str]] = []
     last_progress = time.monotonic()
-    for fetch in client.get_calls(targets.call_ids):
+    for fetch, error in client.map_concurrent(fetch_one, targets.call_ids):
+        if error is not None:
+            # One call Apten keeps failing on must not cost the rest of the batch.
+            calls_report.skip(fetch.call_id, f"call not fetched: {error}", log)
+            unfetched.append((fetch.call_id, error))
+            continue
         fetches.append(fetch)
         if len(fetches) >= batch_size:
             _write_call_batch(open_warehouse, fetches, now(), targets, give_up_after, reports, log)
@@ -358,6 +394,8 @@ def enrich_calls(
     if fetches:
         _write_call_batch(open_warehouse, fetches, now(), targets, give_up_after, reports, log)
     progress()
+    if unfetched:
+        raise _incomplete("calls", "calls", unfetched, total)
     return reports
 
 
