@@ -1,0 +1,369 @@
+"""The drills themselves, at any scale: chaos backfill, crash safety, concurrent runs.
+
+Each returns a report with the figures RELIABILITY.md publishes; the tests run them small, and
+`python -m tools.reliability` runs them at full size.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+from apten_assets.lib.tables import TABLES
+from apten_assets.lib.warehouse import connect, duplicate_keys
+from apten_assets.sandbox.data import DatasetSpec, SandboxDataset
+from apten_assets.sandbox.server import SandboxServer
+from tools.reliability.harness import (
+    RunOutcome,
+    TableDiff,
+    TableSnapshot,
+    chaos_faults,
+    compare,
+    environment,
+    finish,
+    kill_group,
+    open_files,
+    partition_range,
+    pipeline_env,
+    read_outcomes,
+    run_pipeline,
+    snapshot,
+    start_runner,
+)
+
+
+def fault_free_snapshot(dataset: SandboxDataset, workdir: Path) -> dict[str, TableSnapshot]:
+    """Leads, then every partition in one run, against a sandbox without faults."""
+    first, last = partition_range(dataset)
+    db = workdir / "fault_free.duckdb"
+    with SandboxServer(dataset) as sandbox:
+        env = pipeline_env(sandbox.base_url, db, first)
+        with environment(env):
+            for kind in ("leads", "events_and_calls"):
+                outcome = run_pipeline(kind, partition_range_keys=(first, last))
+                if not outcome.success:
+                    raise RuntimeError(f"the fault-free {kind} run failed: {outcome.error}")
+    return snapshot(db)
+
+
+def _all_equal(diffs: dict[str, TableDiff]) -> bool:
+    return all(d.equal for d in diffs.values())
+
+
+# --------------------------------------------------------------------------- chaos
+
+
+@dataclass
+class ChaosReport:
+    spec: DatasetSpec
+    calls: int
+    requests: int
+    faults: Counter[str]
+    statuses: Counter[int]
+    runs: list[RunOutcome]
+    diffs: dict[str, TableDiff]
+    seconds: float
+
+    @property
+    def equal(self) -> bool:
+        return _all_equal(self.diffs)
+
+    @property
+    def runs_failed(self) -> int:
+        return sum(not r.success for r in self.runs)
+
+
+def chaos_drill(
+    spec: DatasetSpec,
+    workdir: Path,
+    *,
+    fault_seed: int = 2024,
+    read_timeout_seconds: float = 1.0,
+    max_attempts_per_run: int = 3,
+    expected: dict[str, TableSnapshot] | None = None,
+) -> ChaosReport:
+    """A multi-day backfill through the issue's fault mix, compared with a fault-free run.
+
+    A run that still fails (a request that failed on every retry) is run again as it is, the way
+    Dagster's run retries would; the report counts those.
+    """
+    dataset = SandboxDataset(spec)
+    expected = expected or fault_free_snapshot(dataset, workdir)
+    first, last = partition_range(dataset)
+    db = workdir / "chaos.duckdb"
+    runs: list[RunOutcome] = []
+    started = time.monotonic()
+    faults = chaos_faults(fault_seed, read_timeout_seconds)
+    with SandboxServer(dataset, faults=faults) as sandbox:
+        env = pipeline_env(sandbox.base_url, db, first, read_timeout_seconds=read_timeout_seconds)
+        with environment(env):
+            for kind in ("leads", "events_and_calls"):
+                for _ in range(max_attempts_per_run):
+                    outcome = run_pipeline(kind, partition_range_keys=(first, last))
+                    runs.append(outcome)
+                    if outcome.success:
+                        break
+        log = sandbox.state.request_log
+    return ChaosReport(
+        spec=spec,
+        calls=len(dataset.lead_call_ids),
+        requests=len(log),
+        faults=Counter(r.fault or "none" for r in log),
+        statuses=Counter(r.status for r in log),
+        runs=runs,
+        diffs=compare(expected, snapshot(db)),
+        seconds=time.monotonic() - started,
+    )
+
+
+# --------------------------------------------------------------------------- crash
+
+
+@dataclass(frozen=True)
+class KillPoint:
+    """When to SIGKILL the run process: once `requests` requests reached the sandbox, or as the
+    `write`-th DuckDB write of `write_phase` starts ("leads", "call_events" or "calls": the step
+    whose requests came last). A write is seen as DuckDB opening its write-ahead log."""
+
+    label: str
+    requests: int | None = None
+    write_phase: str | None = None
+    write: int = 1
+
+
+def phase_of(path: str) -> str:
+    for part, name in (("/calls/", "calls"), ("/events", "call_events"), ("/leads", "leads")):
+        if part in path:
+            return name
+    return "start"
+
+
+@dataclass
+class Kill:
+    """What one SIGKILL hit, and the state of the DuckDB file right after it."""
+
+    point: KillPoint
+    killed: bool
+    requests_before_kill: int
+    last_path: str
+    in_write: bool
+    duckdb_open: bool
+    wal_bytes_after_kill: int
+    opened_cleanly: bool
+    duplicates_after_kill: int
+
+    @property
+    def phase(self) -> str:
+        return phase_of(self.last_path)
+
+
+@dataclass
+class CrashSequence:
+    """Runs killed one after another on the same warehouse, then one plain re-run."""
+
+    kills: list[Kill]
+    rerun_success: bool
+    diffs: dict[str, TableDiff]
+
+    @property
+    def equal(self) -> bool:
+        return _all_equal(self.diffs)
+
+
+def _stop_at_write(
+    proc: subprocess.Popen, sandbox: SandboxServer, wal: str, point: KillPoint, deadline: float
+) -> bool:
+    """Watch the run process's open files; SIGSTOP it as the chosen write starts (DuckDB opens its
+    write-ahead log at a connection's first write). False if the process ended first."""
+    seen, was_open = 0, False
+    while time.monotonic() < deadline:
+        files = open_files(proc.pid)
+        if not files:
+            return False
+        is_open = wal in files
+        if is_open and not was_open:
+            log = sandbox.state.request_log
+            if phase_of(log[-1].path if log else "") == point.write_phase:
+                seen += 1
+                if seen >= point.write:
+                    os.killpg(proc.pid, signal.SIGSTOP)
+                    return True
+        was_open = is_open
+        time.sleep(0.0002)
+    return False
+
+
+def _stop_at_request(proc: subprocess.Popen, sandbox: SandboxServer, n: int, deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if len(sandbox.state.request_log) >= n:
+            os.killpg(proc.pid, signal.SIGSTOP)
+            return True
+        time.sleep(0.0002)
+    return False
+
+
+def crash_drill(
+    spec: DatasetSpec,
+    workdir: Path,
+    sequences: list[list[KillPoint]],
+    *,
+    expected: dict[str, TableSnapshot] | None = None,
+) -> list[CrashSequence]:
+    """For each sequence, on a fresh warehouse: run processes (leads, then every partition in one
+    run) SIGKILLed at each point in turn, each kill followed by a check that the DuckDB file opens
+    cleanly; then one plain re-run, compared with the fault-free tables."""
+    dataset = SandboxDataset(spec)
+    expected = expected or fault_free_snapshot(dataset, workdir)
+    first, last = partition_range(dataset)
+    home = workdir / "dagster_home"
+    home.mkdir(exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    args = ["leads", "events_and_calls", "--range", f"{first}...{last}"]
+    results = []
+    for n, points in enumerate(sequences):
+        db = workdir / f"crash_{n}.duckdb"
+        wal = str(db) + ".wal"
+        kills = []
+        with SandboxServer(dataset) as sandbox:
+            env = pipeline_env(sandbox.base_url, db, first, dagster_home=home)
+            for k, point in enumerate(points):
+                sandbox.state.clear_request_log()
+                proc = start_runner(args, env, workdir / f"crash_{n}_{k}.log")
+                deadline = time.monotonic() + 600
+                if point.write_phase is not None:
+                    stopped = _stop_at_write(proc, sandbox, wal, point, deadline)
+                else:
+                    stopped = _stop_at_request(proc, sandbox, point.requests or 1, deadline)
+                files = open_files(proc.pid) if stopped else []
+                request_log = sandbox.state.request_log
+                kill_group(proc)
+                finish(proc)
+                wal_bytes = Path(wal).stat().st_size if Path(wal).exists() else 0
+                opened, duplicates = _opens_cleanly(db)
+                kills.append(
+                    Kill(
+                        point=point,
+                        killed=stopped,
+                        requests_before_kill=len(request_log),
+                        last_path=request_log[-1].path if request_log else "",
+                        in_write=wal in files,
+                        duckdb_open=str(db) in files,
+                        wal_bytes_after_kill=wal_bytes,
+                        opened_cleanly=opened,
+                        duplicates_after_kill=duplicates,
+                    )
+                )
+            rerun_log = workdir / f"crash_{n}_rerun.log"
+            code = finish(start_runner(args, env, rerun_log))
+        outcomes = read_outcomes(rerun_log)
+        results.append(
+            CrashSequence(
+                kills=kills,
+                rerun_success=code == 0 and len(outcomes) == 2 and all(o["success"] for o in outcomes),
+                diffs=compare(expected, snapshot(db)),
+            )
+        )
+    return results
+
+
+def _opens_cleanly(db: Path) -> tuple[bool, int]:
+    """Open read-write (replaying the WAL), read every table; (ok, duplicate keys found)."""
+    if not db.exists():
+        return True, 0
+    try:
+        con = connect(db)
+    except duckdb.Error:
+        return False, 0
+    try:
+        from apten_assets.lib.warehouse import ensure_schema
+
+        ensure_schema(con)
+        duplicates = sum(duplicate_keys(con, spec) for spec in TABLES.values())
+        con.execute("CHECKPOINT")
+        return True, duplicates
+    except duckdb.Error:
+        return False, 0
+    finally:
+        con.close()
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+@dataclass
+class ConcurrencyReport:
+    processes: dict[str, int]  # name -> exit code
+    outcomes: dict[str, list[dict]]
+    lock_messages: int
+    diffs: dict[str, TableDiff]
+    seconds: float
+
+    @property
+    def equal(self) -> bool:
+        return _all_equal(self.diffs)
+
+
+LOCK_ERROR_MARKERS = ("WarehouseBusy", "Could not set lock", "Conflicting lock")
+
+
+def concurrency_drill(
+    spec: DatasetSpec,
+    workdir: Path,
+    *,
+    sensor_runs: int = 3,
+    calls_per_sensor_run: int = 5,
+    expected: dict[str, TableSnapshot] | None = None,
+) -> ConcurrencyReport:
+    """An intraday schedule run, a multi-day backfill and sensor-requested runs, each in its own
+    process as the daemon launches them, on one DuckDB file and one Dagster instance."""
+    dataset = SandboxDataset(spec)
+    expected = expected or fault_free_snapshot(dataset, workdir)
+    first, last = partition_range(dataset)
+    home = workdir / "dagster_home_concurrent"
+    home.mkdir(exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    db = workdir / "concurrent.duckdb"
+    started = time.monotonic()
+    with SandboxServer(dataset) as sandbox:
+        env = pipeline_env(sandbox.base_url, db, first, dagster_home=home)
+        # The first day is already loaded, as it would be on a running deployment; the sensor
+        # asks again for calls stored there.
+        with environment(env):
+            instance = dg.DagsterInstance.get()
+            for kind in ("leads", "events_and_calls"):
+                outcome = run_pipeline(kind, partition_key=first, instance=instance)
+                if not outcome.success:
+                    raise RuntimeError(f"loading the first day failed: {outcome.error}")
+        con = connect(db, read_only=True)
+        try:
+            stored = [row[0] for row in con.execute("SELECT call_id FROM apten.calls ORDER BY 1").fetchall()]
+        finally:
+            con.close()
+        launches = {
+            "backfill": ["pipeline", "--range", f"{first}...{last}"],
+            "intraday": ["pipeline", "--partition", last],
+        }
+        for i in range(sensor_runs):
+            ids = stored[i * calls_per_sensor_run : (i + 1) * calls_per_sensor_run]
+            launches[f"sensor_{i}"] = ["calls", "--partition", first, "--call-ids", ",".join(ids)]
+        procs = {name: start_runner(a, env, workdir / f"{name}.log") for name, a in launches.items()}
+        codes = {name: finish(proc) for name, proc in procs.items()}
+    outcomes = {name: read_outcomes(workdir / f"{name}.log") for name in launches}
+    text = "\n".join((workdir / f"{name}.log").read_text(errors="replace") for name in launches)
+    return ConcurrencyReport(
+        processes=codes,
+        outcomes=outcomes,
+        lock_messages=sum(text.count(marker) for marker in LOCK_ERROR_MARKERS),
+        diffs=compare(expected, snapshot(db)),
+        seconds=time.monotonic() - started,
+    )
