@@ -229,16 +229,21 @@ def test_retry_after_in_seconds_is_waited_before_the_next_request() -> None:
 
 
 def test_retry_after_as_http_date_is_honoured() -> None:
-    answers = iter([Reply(status=503, headers={"Retry-After": formatdate(time.time() + 2, usegmt=True)})])
+    replies = 0
 
     def respond(seen: Seen) -> Reply:
-        return next(answers, Reply(json={"id": "call_1"}))
+        nonlocal replies
+        replies += 1
+        if replies == 1:
+            # Dated when the answer is made, so a slow machine cannot eat into the wait.
+            return Reply(status=503, headers={"Retry-After": formatdate(time.time() + 3, usegmt=True)})
+        return Reply(json={"id": "call_1"})
 
     with ScriptedServer(respond) as server, make_client(server) as client:
         assert client.get_call("call_1").found
         first, second = server.requests
-        # The date has whole-second precision, so "2 s from now" is at least 1 s away.
-        assert second.t - first.t >= 1.0
+        # The date has whole-second precision, so "3 s from now" is at least 2 s away.
+        assert second.t - first.t >= 2.0
 
 
 def test_retry_after_is_capped() -> None:
