@@ -10,7 +10,6 @@ duplicated or changed a row.
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import tempfile
 import time
@@ -19,10 +18,10 @@ from pathlib import Path
 
 from apten_assets.sandbox.data import SandboxDataset
 from tools.reliability.drills import (
-    KillPoint,
     chaos_drill,
     concurrency_drill,
     crash_drill,
+    crash_sequences,
     fault_free_snapshot,
 )
 from tools.reliability.harness import drill_spec
@@ -30,28 +29,6 @@ from tools.reliability.harness import drill_spec
 
 def _say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def crash_sequences(n_sequences: int, seed: int, requests_per_run: int) -> list[list[KillPoint]]:
-    """Every write phase at least once, the rest at random request counts or random writes."""
-    rng = random.Random(seed)
-    fixed = [
-        [KillPoint("inside the leads write", write_phase="leads")],
-        [KillPoint("inside the call_events write", write_phase="call_events")],
-        [KillPoint("inside the first calls batch write", write_phase="calls")],
-        [KillPoint("inside the second calls batch write", write_phase="calls", write=2)],
-    ]
-    sequences = fixed[:n_sequences]
-    while len(sequences) < n_sequences:
-        kills = []
-        for _ in range(rng.randint(1, 3)):
-            if rng.random() < 0.5:
-                kills.append(KillPoint("at a random request", requests=rng.randint(1, requests_per_run)))
-            else:
-                phase = rng.choice(["leads", "call_events", "calls"])
-                kills.append(KillPoint(f"inside a random {phase} write", write_phase=phase))
-        sequences.append(kills)
-    return sequences
 
 
 def main(argv: list[str] | None = None) -> int:

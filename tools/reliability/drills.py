@@ -7,6 +7,7 @@ Each returns a report with the figures RELIABILITY.md publishes; the tests run t
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import time
@@ -210,6 +211,28 @@ def _stop_at_request(proc: subprocess.Popen, sandbox: SandboxServer, n: int, dea
             return True
         time.sleep(0.0002)
     return False
+
+
+def crash_sequences(n_sequences: int, seed: int, requests_per_run: int) -> list[list[KillPoint]]:
+    """Every write phase at least once, the rest at random request counts or random writes."""
+    rng = random.Random(seed)
+    fixed = [
+        [KillPoint("inside the leads write", write_phase="leads")],
+        [KillPoint("inside the call_events write", write_phase="call_events")],
+        [KillPoint("inside the first calls batch write", write_phase="calls")],
+        [KillPoint("inside the second calls batch write", write_phase="calls", write=2)],
+    ]
+    sequences = fixed[:n_sequences]
+    while len(sequences) < n_sequences:
+        kills = []
+        for _ in range(rng.randint(1, 3)):
+            if rng.random() < 0.5:
+                kills.append(KillPoint("at a random request", requests=rng.randint(1, requests_per_run)))
+            else:
+                phase = rng.choice(["leads", "call_events", "calls"])
+                kills.append(KillPoint(f"inside a random {phase} write", write_phase=phase))
+        sequences.append(kills)
+    return sequences
 
 
 def crash_drill(

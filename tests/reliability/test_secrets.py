@@ -1,0 +1,192 @@
+"""Secrets: after real runs with a known key (one full success, and failures where keys leak most:
+a wrong key, retries exhausted, a server echoing the key back in its errors), the key appears
+nowhere: not in the Dagster instance (event log, run storage, compute logs), not in the DuckDB
+file, not in any output. Invalid settings fail before any request, naming the variable.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from apten_assets.sandbox.app import FaultConfig
+from apten_assets.sandbox.data import SandboxDataset
+from apten_assets.sandbox.server import SandboxServer
+from tests.lib.scripted_server import Reply, Seen
+from tests.reliability.proxy import HostileProxy
+from tools.reliability.harness import (
+    REPO_ROOT,
+    drill_spec,
+    finish,
+    partition_range,
+    pipeline_env,
+    read_outcomes,
+    start_runner,
+)
+
+KEY = "sk-test-SECRET-4f9d2c81b7e6a035"
+WRONG_KEY = "sk-test-SECRET-wrong-90e1d7c3aa42"
+SPEC = drill_spec(12, 3, 2, seed=9)
+# Client debug logs go to the event log too, so every line the client writes is searched.
+DAGSTER_YAML = """\
+telemetry:
+  enabled: false
+python_logs:
+  managed_python_loggers: [apten_assets.client]
+  python_log_level: DEBUG
+"""
+
+
+@dataclass
+class Runs:
+    home: Path
+    outputs: list[Path]
+    duckdb_files: list[Path]
+    outcomes: dict[str, list[dict]]
+    statuses: dict[str, list[int]]
+
+
+def _echo_key(seen: Seen, proxy: HostileProxy) -> Reply:
+    key = seen.headers.get("x-api-key", "")
+    if seen.path.endswith("0"):
+        return Reply(status=503, text=f"<html><body>upstream rejected {key}</body></html>")
+    return Reply(status=400, json={"message": f"invalid request for key {key}"})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
+    work = tmp_path_factory.mktemp("secrets")
+    home = work / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    dataset = SandboxDataset(SPEC)
+    first, last = partition_range(dataset)
+    full = ["leads", "events_and_calls", "--range", f"{first}...{last}"]
+    outputs: list[Path] = []
+    outcomes: dict[str, list[dict]] = {}
+    statuses: dict[str, list[int]] = {}
+
+    def run(name: str, base_url: str, key: str, sandbox: SandboxServer, args: list[str] = full) -> None:
+        env = pipeline_env(base_url, work / f"{name}.duckdb", first, api_key=key, dagster_home=home)
+        output = work / f"{name}.out"
+        finish(start_runner(args, env, output))
+        outputs.append(output)
+        outcomes[name] = read_outcomes(output)
+        statuses[name] = [r.status for r in sandbox.state.request_log]
+
+    with SandboxServer(dataset, api_key=KEY) as sandbox:
+        run("success", sandbox.base_url, KEY, sandbox)
+    with SandboxServer(dataset, api_key=KEY) as sandbox:
+        run("wrong_key", sandbox.base_url, WRONG_KEY, sandbox)
+    with SandboxServer(dataset, api_key=KEY, faults=FaultConfig(p_5xx=1.0)) as sandbox:
+        run("retries_exhausted", sandbox.base_url, KEY, sandbox)
+    with SandboxServer(dataset, api_key=KEY) as sandbox, HostileProxy(sandbox) as proxy:
+        for call_id in dataset.lead_call_ids[:6]:
+            proxy.rules[("call", call_id)] = _echo_key
+        run("server_echoes_key", proxy.base_url, KEY, sandbox)
+    yield Runs(home, outputs, sorted(work.glob("*.duckdb*")), outcomes, statuses)
+
+
+def test_the_key_was_really_used(runs: Runs) -> None:
+    assert [o["success"] for o in runs.outcomes["success"]] == [True, True]
+    assert runs.statuses["success"].count(200) > 20  # the sandbox accepts only KEY
+    assert runs.statuses["wrong_key"] == [403]
+
+
+def test_failing_runs_failed_where_keys_leak_most(runs: Runs) -> None:
+    assert "check APTEN_API_KEY" in runs.outcomes["wrong_key"][0]["error"]
+    assert "failed after 6 attempts" in runs.outcomes["retries_exhausted"][0]["error"]
+    echoed = runs.outcomes["server_echoes_key"][-1]
+    assert not echoed["success"] and "calls could not be fetched" in echoed["error"]
+    output = next(p for p in runs.outputs if p.name == "server_echoes_key.out").read_text()
+    assert "Apten rejected the request (HTTP 400): invalid request for key ***" in output
+
+
+def _files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+def test_dagster_instance_storage_has_no_key(runs: Runs) -> None:
+    files = _files(runs.home)
+    names = {p.name for p in files}
+    # Run storage, event log and compute logs are all there and were searched.
+    assert any(n.endswith(".db") for n in names), names
+    assert any(p.suffix in (".out", ".err", ".complete") or "compute_logs" in str(p) for p in files), names
+    blob = b"".join(p.read_bytes() for p in files)
+    assert b"check APTEN_API_KEY" in blob  # the errors did land in the instance
+    for key in (KEY, WRONG_KEY):
+        assert key.encode() not in blob
+
+
+def test_duckdb_files_have_no_key(runs: Runs) -> None:
+    assert runs.duckdb_files
+    for path in runs.duckdb_files:
+        data = path.read_bytes()
+        assert KEY.encode() not in data and WRONG_KEY.encode() not in data, path
+
+
+def test_process_output_has_no_key(runs: Runs) -> None:
+    for path in runs.outputs:
+        text = path.read_bytes()
+        assert text and KEY.encode() not in text and WRONG_KEY.encode() not in text, path
+
+
+# --------------------------------------------------------------------------- invalid settings
+
+BAD_SETTINGS = {
+    "start_date_not_a_date": ({"APTEN_START_DATE": "2026-13-01"}, "APTEN_START_DATE"),
+    "start_date_words": ({"APTEN_START_DATE": "yesterday"}, "APTEN_START_DATE"),
+    "start_date_in_the_future": ({"APTEN_START_DATE": "2999-01-01"}, "APTEN_START_DATE"),
+    "max_rps_zero": ({"APTEN_MAX_RPS": "0"}, "APTEN_MAX_RPS"),
+    "max_rps_negative": ({"APTEN_MAX_RPS": "-5"}, "APTEN_MAX_RPS"),
+    "max_concurrency_zero": ({"APTEN_MAX_CONCURRENCY": "0"}, "APTEN_MAX_CONCURRENCY"),
+    "give_up_hours_zero": ({"APTEN_SUMMARY_GIVE_UP_HOURS": "0"}, "APTEN_SUMMARY_GIVE_UP_HOURS"),
+    "plain_http_to_a_remote_host": ({"APTEN_BASE_URL": "http://api.attent.app/v1"}, "APTEN_BASE_URL"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_settings_results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple]]:
+    """`dagster asset materialize` of the real code location with each bad setting, all at once."""
+    work = tmp_path_factory.mktemp("bad_settings")
+    dataset = SandboxDataset(SPEC)
+    with SandboxServer(dataset, api_key=KEY) as sandbox:
+        procs = {}
+        for name, (bad, _) in BAD_SETTINGS.items():
+            env = pipeline_env(sandbox.base_url, work / f"{name}.duckdb", "2026-05-13", api_key=KEY)
+            env.pop("DAGSTER_HOME", None)
+            env.update(bad)
+            procs[name] = subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "dagster"),
+                    *("asset", "materialize", "-m", "apten_assets.definitions", "--select", "apten/leads"),
+                ],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        results = {}
+        for name, proc in procs.items():
+            out, _ = proc.communicate(timeout=300)
+            results[name] = (proc.returncode, out.decode(errors="replace"))
+        requests = len(sandbox.state.request_log)
+    yield {name: (*result, requests) for name, result in results.items()}
+
+
+@pytest.mark.parametrize("case", list(BAD_SETTINGS))
+def test_invalid_setting_fails_early_naming_the_variable(
+    bad_settings_results: dict[str, tuple], case: str
+) -> None:
+    code, output, requests = bad_settings_results[case]
+    variable = BAD_SETTINGS[case][1]
+    assert code != 0
+    assert "ConfigError" in output, output[-2000:]
+    assert f"{variable} must" in output or f"{variable} uses" in output, output[-2000:]
+    assert requests == 0  # failed before any request reached the API
+    assert KEY not in output
