@@ -154,10 +154,9 @@ def _read_pending(warehouse: AptenWarehouse) -> tuple[list[PendingCall], str | N
         with warehouse.read_only(timeout_seconds=READ_TIMEOUT_SECONDS) as con:
             return pending_calls(con), None
     except WarehouseBusy as exc:
+        # Another process writes, or another DuckDB handle in this process holds the file. A writer
+        # that opened it through `warehouse.connect` in this process shares its instance instead.
         return [], f"warehouse busy: {exc}"
-    except duckdb.ConnectionException as exc:
-        # This process has the file open for writing with another configuration.
-        return [], f"warehouse busy: open for writing in this process ({exc})"
     except duckdb.CatalogException:
         return [], "no calls stored yet; nothing is pending"
 
