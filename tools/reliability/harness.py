@@ -223,11 +223,18 @@ def runner_command(args: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "tools.reliability.runner", *args]
 
 
-def start_runner(args: Sequence[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen:
-    """`python -m tools.reliability.runner ARGS` in its own session (so a kill takes the group)."""
+def start_runner(
+    args: Sequence[str], env: Mapping[str, str], log_path: Path, *, niceness: int = 0
+) -> subprocess.Popen:
+    """`python -m tools.reliability.runner ARGS` in its own session (so a kill takes the group).
+
+    A positive `niceness` lowers its CPU priority, so a watcher reacts before a short write ends.
+    """
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed by `finish`
+    # `nice` execs the command, so the pid stays the runner's own.
+    prefix = ["nice", "-n", str(niceness)] if niceness else []
     return subprocess.Popen(
-        runner_command(args),
+        [*prefix, *runner_command(args)],
         cwd=REPO_ROOT,
         env=dict(env),
         stdout=log,
