@@ -15,20 +15,18 @@ import argparse
 import contextlib
 import os
 import random
-import socket
 import statistics
 import tempfile
-import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
-import uvicorn
 
 from apten_assets.defs.apten import build_definitions
 from apten_assets.defs.apten.webhooks import SENSOR_INTERVAL_SECONDS, WEBHOOK_SENSOR_NAME
 from apten_assets.lib.config import AptenSettings
+from apten_assets.lib.serving import ThreadedServer
 from apten_assets.lib.warehouse import connect
 from apten_assets.sandbox.data import DatasetSpec
 from apten_assets.sandbox.server import SandboxServer
@@ -39,35 +37,9 @@ from apten_assets.webhooks.receiver import ROUTE
 SECRET = "bench-webhook-secret"
 
 
-class _Receiver:
+def _receiver(inbox: str) -> ThreadedServer:
     """The receiver app on uvicorn, in a thread, on a free loopback port."""
-
-    def __init__(self, inbox: str) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        config = uvicorn.Config(
-            create_app(SECRET, inbox), log_config=None, log_level="warning", lifespan="on"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}{ROUTE}"
-
-    def __enter__(self) -> _Receiver:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the receiver did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
+    return ThreadedServer(create_app(SECRET, inbox), lifespan="on")
 
 
 def _visible(database: str, keys: list[str], call_ids: list[str]) -> tuple[list[str], list[str]]:
@@ -106,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="apten-webhook-latency-"))
     spec = DatasetSpec(seed=args.seed, n_leads=200, calls_per_lead=3, days=2)
-    with SandboxServer(spec) as sandbox, _Receiver(str(workdir / "inbox")) as receiver:
+    with SandboxServer(spec) as sandbox, _receiver(str(workdir / "inbox")) as receiver:
         os.environ.update(
             APTEN_BASE_URL=sandbox.base_url,
             APTEN_DUCKDB_PATH=str(workdir / "apten.duckdb"),
@@ -119,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         sensor = defs.resolve_sensor_def(WEBHOOK_SENSOR_NAME)
         job = defs.resolve_implicit_global_asset_job_def()
         instance = dg.DagsterInstance.ephemeral()
-        emitter = WebhookEmitter(sandbox.state.dataset, receiver.url, SECRET, seed=args.seed)
+        emitter = WebhookEmitter(sandbox.state.dataset, receiver.origin + ROUTE, SECRET, seed=args.seed)
         dataset = sandbox.state.dataset
         candidates = [c for c in [*dataset.lead_call_ids, *dataset.webchat_call_ids] if emitter.lifecycle(c)]
         random.Random(args.seed).shuffle(candidates)
@@ -132,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         ticks: list[float] = []
         runs: list[float] = []
         cursor = None
-        with WebhookSender(receiver.url, SECRET) as sender:
+        with WebhookSender(receiver.origin + ROUTE, SECRET) as sender:
             for round_index in range(args.rounds):
                 chosen = candidates[
                     round_index * args.calls_per_round : (round_index + 1) * args.calls_per_round

@@ -149,10 +149,8 @@ def test_other_methods_are_refused(receiver, http) -> None:
 
 def test_app_refuses_to_start_without_the_secret(inbox_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     server = ReceiverThread(create_app(None, inbox_dir))
-    with caplog.at_level(logging.INFO):
-        started = server.start()
-        server.stop()
-    assert not started
+    with caplog.at_level(logging.INFO), pytest.raises(RuntimeError, match="did not start"):
+        server.start()
     assert "APTEN_WEBHOOK_SECRET is not set" in caplog.text
     assert not inbox_dir.exists()
 
