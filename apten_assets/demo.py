@@ -1,17 +1,21 @@
 """The main job on a fresh machine: `uv run python -m apten_assets.demo`.
 
-Starts the bundled Apten sandbox on loopback (no API key needed), materializes `apten/leads` and
-the last few days of call partitions through Dagster into the DuckDB file (default
-`data/apten.duckdb`), and ends with a short table per day. Runs are recorded in a persistent
-Dagster instance (`DAGSTER_HOME`, default `dagster_home/`), so `dagster dev` shows them afterwards.
+Starts the bundled Apten sandbox and the webhook receiver on loopback (no API key needed); the
+sandbox sends its calls' signed webhooks (with redeliveries and forged copies) to the receiver.
+Then one Dagster run materializes `apten/leads`, `apten/webhook_deliveries` and the last few days
+of call partitions into the DuckDB file (default `data/apten.duckdb`) and ends with a short table
+per day. Runs are recorded in a persistent Dagster instance (`DAGSTER_HOME`, default
+`dagster_home/`), so `dagster dev` shows them afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 import time
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,9 +23,13 @@ import dagster as dg
 
 from apten_assets.defs.apten.metadata import markdown_table
 from apten_assets.lib.config import AptenSettings
+from apten_assets.lib.serving import ThreadedServer
 from apten_assets.lib.warehouse import connect
 from apten_assets.sandbox.data import DatasetSpec
 from apten_assets.sandbox.server import SandboxServer
+from apten_assets.sandbox.webhook_sender import WebhookEmitter
+from apten_assets.webhooks import create_app
+from apten_assets.webhooks.receiver import ROUTE
 
 DAY_SUMMARY_SQL = """
 WITH days AS (
@@ -35,9 +43,12 @@ SELECT
   count(*) FILTER (WHERE d.summary_status = 'pending') AS summaries_pending,
   count(*) FILTER (WHERE d.summary_status = 'missing') AS summaries_missing,
   count(*) FILTER (WHERE d.summary_status = 'not_found') AS calls_not_found,
-  COALESCE(sum(t.turns), 0) AS turns
+  count(*) FILTER (WHERE d.session_id IS NOT NULL) AS webchat_calls,
+  COALESCE(sum(t.turns), 0) AS turns,
+  COALESCE(sum(x.attempts), 0) AS transfer_attempts
 FROM days AS d
 LEFT JOIN (SELECT call_id, count(*) AS turns FROM apten.call_transcript_turns GROUP BY 1) AS t USING (call_id)
+LEFT JOIN (SELECT call_id, count(*) AS attempts FROM apten.call_transfers GROUP BY 1) AS x USING (call_id)
 WHERE d.day >= ?
 GROUP BY 1 ORDER BY 1
 """
@@ -68,12 +79,23 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed, n_leads=args.leads, calls_per_lead=args.calls_per_lead, days=args.days + 1
     )
     started = time.monotonic()
-    with SandboxServer(spec) as sandbox:
+    with ExitStack() as running:
+        sandbox = running.enter_context(SandboxServer(spec))
         print(f"Apten sandbox on {sandbox.base_url}: {sandbox.state.dataset.describe()}", flush=True)
         os.environ["APTEN_BASE_URL"] = sandbox.base_url
         os.environ.setdefault("APTEN_MAX_RPS", "100")
         os.environ.setdefault("APTEN_START_DATE", first_day.isoformat())
+        os.environ.setdefault("APTEN_WEBHOOK_SECRET", secrets.token_hex(16))
         settings = AptenSettings.from_env()
+        assert settings.webhook_secret is not None
+        receiver = running.enter_context(
+            ThreadedServer(create_app(settings.webhook_secret, settings.webhook_inbox), lifespan="on")
+        )
+        with WebhookEmitter(
+            sandbox.state.dataset, receiver.origin + ROUTE, settings.webhook_secret
+        ) as emitter:
+            report = emitter.emit()
+        print(f"Webhooks to {receiver.origin}{ROUTE}: {report.summary()}", flush=True)
         # Imported here: the code location reads the environment set just above.
         from apten_assets.defs.apten import build_definitions
 
@@ -96,7 +118,17 @@ def main(argv: list[str] | None = None) -> int:
         summary = con.execute(DAY_SUMMARY_SQL, [first_day]).fetchall()
     finally:
         con.close()
-    columns = ["day", "calls", "summary ready", "pending", "missing", "not found", "turns"]
+    columns = [
+        "day",
+        "calls",
+        "summary ready",
+        "pending",
+        "missing",
+        "not found",
+        "webchat",
+        "turns",
+        "transfers",
+    ]
     print()
     print(markdown_table(columns, summary))
     print(

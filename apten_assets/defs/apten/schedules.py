@@ -10,8 +10,9 @@ from apten_assets.defs.apten.assets import (
     CALL_TRANSCRIPT_TURNS_KEY,
     CALLS_KEY,
     LEADS_KEY,
+    WEBHOOK_DELIVERIES_KEY,
 )
-from apten_assets.defs.apten.partitions import daily_partitions
+from apten_assets.defs.apten.webhooks import CALL_TRANSFERS_KEY
 from apten_assets.lib.config import AptenSettings
 
 INTRADAY_CRON = "*/15 * * * *"  # every 15 minutes, UTC
@@ -19,7 +20,13 @@ LOOKBACK_CRON = "30 2 * * *"  # 02:30 UTC every day
 LOOKBACK_DAYS = 3  # days before today swept again (events updated late, calls finished late)
 
 PIPELINE_SELECTION = dg.AssetSelection.assets(
-    LEADS_KEY, CALL_EVENTS_KEY, CALLS_KEY, CALL_SUMMARIES_KEY, CALL_TRANSCRIPT_TURNS_KEY
+    LEADS_KEY,
+    CALL_EVENTS_KEY,
+    WEBHOOK_DELIVERIES_KEY,
+    CALLS_KEY,
+    CALL_SUMMARIES_KEY,
+    CALL_TRANSCRIPT_TURNS_KEY,
+    CALL_TRANSFERS_KEY,
 )
 
 
@@ -33,8 +40,10 @@ def build_schedules(settings: AptenSettings) -> tuple[list, list[dg.ScheduleDefi
     job = dg.define_asset_job(
         "apten_pipeline_job",
         selection=PIPELINE_SELECTION,
-        partitions_def=daily_partitions(settings),
-        description="leads -> call_events -> calls, call_summaries, call_transcript_turns for chosen days.",
+        description=(
+            "leads and webhook deliveries, then the chosen days' call_events, calls, call_summaries, "
+            "call_transcript_turns and call_transfers."
+        ),
     )
 
     @dg.schedule(
@@ -44,8 +53,8 @@ def build_schedules(settings: AptenSettings) -> tuple[list, list[dg.ScheduleDefi
         job=job,
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description=(
-            f"Every 15 minutes (`{INTRADAY_CRON}`, UTC): new and changed leads, then today's CALL events "
-            "and calls, so today's tables trail Apten by minutes."
+            f"Every 15 minutes (`{INTRADAY_CRON}`, UTC): new and changed leads and webhook deliveries, "
+            "then today's CALL events, calls and transfers, so today's tables trail Apten by minutes."
         ),
     )
     def intraday(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
