@@ -38,6 +38,8 @@ R = TypeVar("R")
 MAX_PAGE_SIZE = 1000
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=10.0, pool=30.0)
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Requests start at this share of APTEN_MAX_RPS at most (see RequestGate).
+RATE_HEADROOM = 0.96
 # Transport failures worth another try: the request may never have reached Apten, or the
 # answer was cut off on the way back.
 _RETRYABLE_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
@@ -231,8 +233,11 @@ class ClientStats:
 class RequestGate:
     """Evenly spaced request starts plus a bound on requests in flight, shared across threads.
 
-    Starts are spaced 1/max_rps apart (a bucket of size one), so no 1-second window ever holds
-    more than max_rps starts; a bucket that starts full would allow 2x at a window edge.
+    Starts are spaced 1/(RATE_HEADROOM * max_rps) apart (a bucket of size one), so no 1-second
+    window ever holds more than max_rps starts; a bucket that starts full would allow 2x at a
+    window edge. The 4% headroom absorbs jitter between our start and Apten's count: at exactly
+    1/max_rps, a request that lands a millisecond early in Apten's window costs a 429 and a
+    Retry-After pause of a second or more for every thread (bench/RESULTS.md, scenario 1).
     Several clients in one process share one gate per base URL (see `shared_gate`); while
     clients with different settings are open, the strictest rate and concurrency win.
     """
@@ -278,10 +283,17 @@ class RequestGate:
             with self._cond:
                 now = time.monotonic()
                 start = max(now, self._next_start)
-                self._next_start = start + 1.0 / self._limits()[0]
+                spacing = 1.0 / (RATE_HEADROOM * self._limits()[0])
+                self._next_start = start + spacing
             if start > now:
                 time.sleep(start - now)
-            yield time.monotonic() - began
+            started = time.monotonic()
+            if started - start > spacing / 2:
+                # This thread woke late: keep the next start a full spacing after the real one,
+                # or the two would reach Apten closer together than the limit allows.
+                with self._cond:
+                    self._next_start = max(self._next_start, started + spacing)
+            yield started - began
         finally:
             with self._cond:
                 self._in_flight -= 1
