@@ -75,6 +75,10 @@ def _serve(conn: Connection, spec: DatasetSpec, faults: FaultConfig) -> None:
     missing = set(dataset.missing_call_ids)
     found = sum(1 for call_id in dataset.lead_call_ids if call_id not in missing)
     with SandboxServer(dataset, faults=faults) as sb:
+        # The sandbox clock stands still at the anchor: late summaries and calls in progress stay
+        # as they are, so every contender, early or late in the run, sees exactly the same data.
+        anchor = dataset.anchor
+        sb.state.now = lambda: anchor  # type: ignore[method-assign]
         conn.send(
             SandboxInfo(sb.base_url, build_seconds, dataset.describe(), len(dataset.lead_call_ids), found)
         )
@@ -100,6 +104,8 @@ def _serve(conn: Connection, spec: DatasetSpec, faults: FaultConfig) -> None:
                 cpu = time.process_time() - cpu_mark
                 span = log[-1].t - log[0].t if log else 0.0
                 conn.send(RequestCounts(dict(by_endpoint), dict(by_status), cpu, span))
+            elif command == "arrivals":
+                conn.send([(record.t, record.status) for record in sb.state.request_log])
             elif command == "rss":
                 conn.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     conn.close()
@@ -149,6 +155,10 @@ class SandboxProcess:
 
     def counts(self) -> RequestCounts:
         return self._ask("counts")
+
+    def arrivals(self) -> list[tuple[float, int]]:
+        """(monotonic arrival time, status) of every request since the last reset."""
+        return self._ask("arrivals")
 
     def stop(self) -> None:
         if self._conn is not None:

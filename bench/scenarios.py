@@ -137,7 +137,12 @@ class Bench:
         sandbox.reset_counts()
         result = run_contender(contender, params, run_dir, label)
         counts = sandbox.counts()
-        result["sandbox"] = {**asdict(counts), "per_second": counts.per_second, "total": counts.total}
+        result["sandbox"] = {
+            **asdict(counts),
+            "by_status": {str(status): n for status, n in counts.by_status.items()},
+            "per_second": counts.per_second,
+            "total": counts.total,
+        }
         # The warehouse files are the bulk of the disk use; the figures are in `result`.
         for path in run_dir.glob("warehouse.duckdb*"):
             path.unlink()
@@ -205,11 +210,21 @@ class RateLimitResult:
 
     @property
     def calls_per_second(self) -> Figure:
-        return self.ours.figure(lambda r: self.calls(r) / r["seconds"])
+        """Over the calls step (the enrichment itself)."""
+        return self.ours.figure(lambda r: self.calls(r) / r["metadata"]["apten/calls"]["seconds_total"])
 
     @property
     def fraction_of_limit(self) -> Figure:
-        return self.ours.figure(lambda r: self.calls(r) / r["seconds"] / self.limit_rps)
+        return Figure.of([v / self.limit_rps for v in self.calls_per_second.values])
+
+    @property
+    def load_calls_per_second(self) -> Figure:
+        """Over the whole load, leads and events pages included."""
+        return self.ours.figure(lambda r: self.calls(r) / r["seconds"])
+
+    @property
+    def load_fraction_of_limit(self) -> Figure:
+        return Figure.of([v / self.limit_rps for v in self.load_calls_per_second.values])
 
     @property
     def request_rate_fraction(self) -> Figure:
