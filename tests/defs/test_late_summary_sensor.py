@@ -531,4 +531,4 @@ def test_sensor_is_registered_running_with_the_refresh_assets_as_target() -> Non
     defs = build_definitions(AptenSettings())
     sensor = defs.resolve_sensor_def(LATE_SUMMARY_SENSOR_NAME)
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert sensor.minimum_interval_seconds == 60
+    assert sensor.minimum_interval_seconds == 30

@@ -44,7 +44,7 @@ def plan(calls, cursor=None, *, recheck=FIVE_MIN, give_up=timedelta(hours=72), m
 
 
 def test_checks_per_tick_follow_the_rate_limit_within_a_cap() -> None:
-    assert checks_per_tick(10) == 200
+    assert checks_per_tick(10) == 60
     assert checks_per_tick(0.01) == 1
     assert checks_per_tick(10_000) == MAX_CHECKS_PER_TICK
 

@@ -34,7 +34,7 @@ from apten_assets.lib.late_summaries import (
 from apten_assets.lib.warehouse import PendingCall, WarehouseBusy, pending_calls
 
 LATE_SUMMARY_SENSOR_NAME = "apten_late_summary_sensor"
-SENSOR_INTERVAL_SECONDS = 60
+SENSOR_INTERVAL_SECONDS = 30
 # Waiting longer for the file lock would only push the tick towards Dagster's 60 s timeout;
 # a busy warehouse is simply tried again on the next tick.
 READ_TIMEOUT_SECONDS = 3.0
