@@ -94,6 +94,8 @@ def pipeline_env(
         APTEN_BASE_URL=base_url,
         APTEN_DUCKDB_PATH=str(duckdb_path),
         APTEN_START_DATE=start_date,
+        # Each drill its own (empty) webhook inbox, never the working directory's data/webhooks/.
+        APTEN_WEBHOOK_INBOX=str(Path(duckdb_path).with_suffix("")) + "_webhook_inbox",
         APTEN_MAX_RPS="2000",
         APTEN_MAX_CONCURRENCY=str(max_concurrency),
         APTEN_INTERNAL_READ_TIMEOUT_SECONDS=str(read_timeout_seconds),
