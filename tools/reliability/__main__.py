@@ -18,6 +18,7 @@ from pathlib import Path
 
 from apten_assets.sandbox.data import SandboxDataset
 from tools.reliability.drills import (
+    Kill,
     chaos_drill,
     concurrency_drill,
     crash_drill,
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         chaos_spec = drill_spec(600, 10, 7)  # 6,000 lead calls over 7 days
         crash_spec = drill_spec(300, 10, 5)  # 3,000 calls: two calls batches of 2,000 and 1,000
         conc_spec = drill_spec(300, 10, 5)
-        n_sequences = 12
+        n_sequences = 8
     _say(f"work directory {work}")
     lines: list[str] = []
     ok = True
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             *_diff_table(report.diffs),
         ]
         _say(f"chaos: {'EQUAL' if report.equal else 'DIFFERENT'} after {report.seconds:.0f} s")
+        _flush(lines, args.out)
 
     if "crash" not in args.skip:
         dataset = SandboxDataset(crash_spec)
@@ -103,19 +105,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(results)} sequences, {len(kills)} SIGKILLs ({sum(k.killed for k in kills)} landed "
             "while the run was alive), each followed by opening the DuckDB file; then one plain re-run.",
             "",
-            "| # | kills (where they landed) | file opened cleanly | duplicate keys after kill | "
+            "| # | kills (where they landed) | attempts | file opened cleanly | duplicate keys after kill | "
             "re-run | tables equal to fault-free |",
-            "|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|",
         ]
         for i, r in enumerate(results, 1):
-            where = "; ".join(
-                f"{k.point.label}: {k.requests_before_kill} requests, {k.phase} step, "
-                f"{'inside a DuckDB write' if k.in_write else 'no write under way'}"
-                f"{f', WAL {k.wal_bytes_after_kill:,} B left' if k.wal_bytes_after_kill else ''}"
-                for k in r.kills
-            )
+            where = "; ".join(_kill_label(k) for k in r.kills)
             lines.append(
-                f"| {i} | {where} | {all(k.opened_cleanly for k in r.kills)} | "
+                f"| {i} | {where} | {r.attempts} | {all(k.opened_cleanly for k in r.kills)} | "
                 f"{sum(k.duplicates_after_kill for k in r.kills)} | "
                 f"{'success' if r.rerun_success else 'FAILED'} | {r.equal} |"
             )
@@ -125,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             for (phase, w), n in sorted(by_phase.items())
         ]
         _say(f"crash: {sum(r.equal for r in results)}/{len(results)} sequences equal")
+        _flush(lines, args.out)
 
     if "concurrency" not in args.skip:
         dataset = SandboxDataset(conc_spec)
@@ -156,6 +154,20 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(text)
     _say("all drills passed" if ok else "SOME DRILL FAILED")
     return 0 if ok else 1
+
+
+def _kill_label(k: Kill) -> str:
+    if not k.killed:
+        return f"{k.point.label}: missed (the run ended first, after {k.requests_before_kill} requests)"
+    wal = f", WAL {k.wal_bytes_after_kill:,} B left" if k.wal_bytes_after_kill else ""
+    where = "inside a DuckDB write" if k.in_write else "no write under way"
+    return f"{k.point.label}: {k.requests_before_kill} requests, {k.phase} step, {where}{wal}"
+
+
+def _flush(lines: list[str], out: Path | None) -> None:
+    """Figures so far, so a long drill leaves its finished sections behind even if stopped."""
+    if out is not None:
+        out.write_text("\n".join(lines) + "\n")
 
 
 def _diff_table(diffs: dict) -> list[str]:
