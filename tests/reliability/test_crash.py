@@ -13,7 +13,7 @@ SPEC = drill_spec(300, 10, 5) if FULL else drill_spec(30, 6, 3)
 # Quick: a run killed mid-way through the calls fetch, its re-run killed inside the calls write;
 # and a run killed inside the call_events write.
 SEQUENCES = (
-    crash_sequences(12, seed=6, requests_per_run=3300)
+    crash_sequences(8, seed=6, requests_per_run=3300)
     if FULL
     else [
         [
