@@ -343,8 +343,12 @@ class Call:
         return max(ends) if ends else None
 
     @classmethod
-    def from_json(cls, obj: object) -> Call:
-        """Parse one call body; raises MalformedRecord without a string `id`."""
+    def from_json(cls, obj: object, *, with_turns: bool = True) -> Call:
+        """Parse one call body; raises MalformedRecord without a string `id`.
+
+        `with_turns=False` leaves `turns` empty: the warehouse derives turns from `raw` in bulk
+        (`warehouse.replace_turns_from_raw`) with the same rules as `_parse_turns`.
+        """
         obj = _require_object(obj, "call")
         record_id = _require_id(obj)
         r = _Reader(obj, record_id)
@@ -375,10 +379,19 @@ class Call:
             transfer_connected_seconds=r.number("transferConnectedSeconds"),
             lead_never_spoke=r.boolean("leadNeverSpoke"),
             summary=summary,
-            turns=_parse_turns(obj.get("transcript"), r),
+            turns=_parse_turns(obj.get("transcript"), r) if with_turns else (),
             raw=obj,
             warnings=r.finish(),
         )
+
+
+def transcript_object_count(obj: Mapping[str, Any]) -> int | None:
+    """How many turns a call body's transcript holds (objects only, as `_parse_turns` keeps);
+    None when there is no transcript array."""
+    transcript = obj.get("transcript")
+    if not isinstance(transcript, list):
+        return None
+    return sum(1 for item in transcript if isinstance(item, Mapping))
 
 
 def _parse_turns(transcript: object, r: _Reader) -> tuple[TranscriptTurn, ...]:

@@ -21,11 +21,17 @@ from typing import Any, TypeVar
 import duckdb
 
 from apten_assets.lib.client import AptenAuthError, AptenClient, AptenError, CallFetch
-from apten_assets.lib.models import Call, Event, Lead, MalformedRecord, parse_timestamp
+from apten_assets.lib.models import (
+    Call,
+    Event,
+    Lead,
+    MalformedRecord,
+    parse_timestamp,
+    transcript_object_count,
+)
 from apten_assets.lib.tables import (
     CALL_EVENTS,
     CALL_SUMMARIES,
-    CALL_TRANSCRIPT_TURNS,
     CALLS,
     LEADS,
     WEBHOOK_DELIVERIES,
@@ -39,7 +45,7 @@ from apten_assets.lib.warehouse import (
     UpsertCounts,
     calls_needing_fetch,
     get_sync_state,
-    replace_children,
+    replace_turns_from_raw,
     set_sync_state,
     transaction,
     upsert,
@@ -411,8 +417,7 @@ def _write_call_batch(
     calls_report = reports["calls"]
     call_table: list[dict[str, Any]] = []
     summaries: list[dict[str, Any]] = []
-    turns: list[dict[str, Any]] = []
-    turn_parents: list[str] = []
+    found_ids: list[str] = []
     for fetch in fetches:
         calls_report.counts["fetched"] += 1
         if not fetch.found:
@@ -422,7 +427,7 @@ def _write_call_batch(
             )
             continue
         try:
-            call = Call.from_json(fetch.body)
+            call = Call.from_json(fetch.body, with_turns=False)
         except MalformedRecord as exc:
             calls_report.skip(fetch.call_id, f"malformed call: {exc.reason}", log)
             continue
@@ -435,18 +440,13 @@ def _write_call_batch(
         status = summary_status_for(call, fetched_at, give_up_after)
         calls_report.counts[f"summary_{status}"] += 1
         rows = call_rows(call, fetched_at, summary_status=status)
-        if rows.turns:
-            turn_parents.append(call.id)
-            turns.extend(rows.turns)
-        else:
-            # No transcript stored yet: keep whatever count and turns are already stored.
-            rows.call["turn_count"] = None
+        # An empty transcript is "not stored yet": NULL keeps the count already stored.
+        rows.call["turn_count"] = transcript_object_count(call.raw) or None
         call_table.append(rows.call)
+        found_ids.append(call.id)
         if rows.summary is not None:
             summaries.append(rows.summary)
     with open_warehouse() as con, transaction(con):
         reports["calls"].add_upsert("", upsert(con, CALLS, call_table, now=fetched_at))
         reports["call_summaries"].add_upsert("", upsert(con, CALL_SUMMARIES, summaries, now=fetched_at))
-        reports["call_transcript_turns"].add_replace(
-            "", replace_children(con, CALL_TRANSCRIPT_TURNS, "call_id", turn_parents, turns, now=fetched_at)
-        )
+        reports["call_transcript_turns"].add_replace("", replace_turns_from_raw(con, found_ids, fetched_at))

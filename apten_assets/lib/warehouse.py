@@ -27,7 +27,17 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from apten_assets.lib.tables import CALL_EVENTS, CALLS, LOADED_AT, SCHEMA, TABLES, Column, Merge, TableSpec
+from apten_assets.lib.tables import (
+    CALL_EVENTS,
+    CALL_TRANSCRIPT_TURNS,
+    CALLS,
+    LOADED_AT,
+    SCHEMA,
+    TABLES,
+    Column,
+    Merge,
+    TableSpec,
+)
 
 DEFAULT_LOCK_TIMEOUT_SECONDS = 30.0
 CATALOG = "apten_warehouse"
@@ -267,7 +277,10 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create schema `apten`, every contract table and `apten._sync_state` if missing; idempotent.
 
     Columns added to a spec after a table was created are added to the table (as nullable columns).
+    Every write connection calls it, so a schema already complete is recognised in one query.
     """
+    if _schema_is_complete(con):
+        return
     with transaction(con):
         (catalog,) = _run(con, "SELECT current_database()")[0]
         _run(con, f"CREATE SCHEMA IF NOT EXISTS {_quote(catalog)}.{SCHEMA}")
@@ -293,6 +306,20 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
             f"CREATE TABLE IF NOT EXISTS {table_ref(con, SCHEMA, SYNC_STATE_TABLE)} "
             "(name VARCHAR PRIMARY KEY, value VARCHAR, updated_at TIMESTAMPTZ)",
         )
+
+
+def _schema_is_complete(con: duckdb.DuckDBPyConnection) -> bool:
+    expected = {spec.name: set(spec.column_names) for spec in TABLES.values()}
+    expected[SYNC_STATE_TABLE] = {"name", "value", "updated_at"}
+    found: dict[str, set[str]] = {}
+    for table, column in _run(
+        con,
+        "SELECT table_name, column_name FROM duckdb_columns() "
+        "WHERE database_name = current_database() AND schema_name = ?",
+        [SCHEMA],
+    ):
+        found.setdefault(table, set()).add(column)
+    return all(columns <= found.get(table, set()) for table, columns in expected.items())
 
 
 def get_sync_state(con: duckdb.DuckDBPyConnection, name: str) -> str | None:
@@ -610,6 +637,97 @@ def duplicate_keys(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> int:
     key = ", ".join(_quote(name) for name in spec.primary_key)
     sql = f"SELECT count(*) FROM (SELECT {key} FROM {spec_ref(con, spec)} GROUP BY ALL HAVING count(*) > 1)"
     return _run(con, sql)[0][0]
+
+
+# Transcript turns from a call's raw JSON, with the rules of `models._parse_turns`: position in
+# the array is `turn_index`, items that are not objects are skipped, a field of the wrong JSON type
+# or an unparseable timestamp is NULL, and a timestamp without a zone is read as UTC (the session
+# time zone `connect` sets).
+_TURNS_FROM_RAW_SQL = """
+WITH parents AS (
+  SELECT call_id, json_extract(raw, '$.transcript[*]') AS items FROM {calls}
+  WHERE call_id IN (SELECT call_id FROM {parents})
+),
+items AS (
+  SELECT call_id, unnest(items) AS t, generate_subscripts(items, 1) - 1 AS turn_index FROM parents
+)
+SELECT
+  call_id,
+  CAST(turn_index AS INTEGER) AS turn_index,
+  CASE WHEN json_type(t, '$.role') = 'VARCHAR' THEN t ->> '$.role' END AS role,
+  CASE WHEN json_type(t, '$.content') = 'VARCHAR' THEN t ->> '$.content' END AS content,
+  CASE WHEN json_type(t, '$.startTime') = 'VARCHAR'
+       THEN TRY_CAST(trim(t ->> '$.startTime') AS TIMESTAMPTZ) END AS start_time,
+  CASE WHEN json_type(t, '$.endTime') = 'VARCHAR'
+       THEN TRY_CAST(trim(t ->> '$.endTime') AS TIMESTAMPTZ) END AS end_time
+FROM items
+WHERE json_type(t) = 'OBJECT'
+"""
+
+
+def replace_turns_from_raw(
+    con: duckdb.DuckDBPyConnection, call_ids: Sequence[str], written_at: datetime
+) -> ReplaceCounts:
+    """Rebuild `call_transcript_turns` for those of `call_ids` whose transcript changed.
+
+    Only calls whose `calls` row this write changed (`_loaded_at = written_at`) can have a new
+    transcript; of those, a call whose turns come out identical keeps its rows and `_loaded_at`,
+    any other has all its turns replaced. A call whose transcript is empty or absent ("not stored
+    yet") keeps the turns already stored. The turns are read out of `calls.raw` inside DuckDB, so
+    millions of turns never become Python objects.
+    """
+    if not call_ids:
+        return ReplaceCounts()
+    calls = spec_ref(con, CALLS)
+    turns = spec_ref(con, CALL_TRANSCRIPT_TURNS)
+    tag = uuid.uuid4().hex[:12]
+    names = ("ids", "parents", "new", "changed")
+    ids_view, parents, staged, changed = (f"__turns_{name}_{tag}" for name in names)
+    columns = ", ".join(_quote(c.name) for c in CALL_TRANSCRIPT_TURNS.data_columns)
+    stored = f"SELECT {columns} FROM {turns} WHERE call_id IN (SELECT call_id FROM {parents})"
+    con.register(ids_view, pa.table({"call_id": pa.array(list(call_ids), type=pa.string())}))
+    try:
+        with transaction(con):
+            _run(
+                con,
+                f"CREATE TEMP TABLE {parents} AS SELECT call_id FROM {calls} "
+                f"WHERE call_id IN (SELECT call_id FROM {ids_view}) AND {LOADED_AT} = ?::TIMESTAMPTZ "
+                "AND json_array_length(raw, '$.transcript') > 0",
+                [written_at],
+            )
+            try:
+                select = _TURNS_FROM_RAW_SQL.format(calls=calls, parents=parents)
+                _run(con, f"CREATE TEMP TABLE {staged} AS {select}")
+                _run(
+                    con,
+                    f"CREATE TEMP TABLE {changed} AS SELECT DISTINCT call_id FROM "
+                    f"((SELECT {columns} FROM {staged} EXCEPT {stored}) "
+                    f"UNION ALL ({stored} EXCEPT SELECT {columns} FROM {staged}))",
+                )
+                ((candidates,),) = _run(con, f"SELECT count(*) FROM {parents}")
+                ((replaced,),) = _run(con, f"SELECT count(*) FROM {changed}")
+                deleted = inserted = 0
+                if replaced:
+                    in_changed = f"call_id IN (SELECT call_id FROM {changed})"
+                    ((deleted,),) = _run(con, f"DELETE FROM {turns} WHERE {in_changed}")
+                    ((inserted,),) = _run(
+                        con,
+                        f"INSERT INTO {turns} ({columns}, {LOADED_AT}) "
+                        f"SELECT {columns}, ?::TIMESTAMPTZ FROM {staged} WHERE {in_changed}",
+                        [written_at],
+                    )
+            finally:
+                for table in (parents, staged, changed):
+                    _run(con, f"DROP TABLE IF EXISTS {table}")
+    finally:
+        con.unregister(ids_view)
+    return ReplaceCounts(
+        parents=candidates,
+        parents_replaced=replaced,
+        parents_unchanged=candidates - replaced,
+        deleted=deleted,
+        inserted=inserted,
+    )
 
 
 def calls_needing_fetch(

@@ -611,3 +611,72 @@ def test_upsert_of_many_transcript_turns_is_fast(con: duckdb.DuckDBPyConnection)
     second = time.perf_counter() - started
     print(f"\nupsert {n:,} turn rows: {first:.2f}s new, {second:.2f}s unchanged")
     assert counts.inserted == n and again.unchanged == n
+
+
+HOSTILE_TRANSCRIPTS = {
+    "ordinary": [turn("assistant", "Hi", "2026-06-15T14:30:01.000Z", "2026-06-15T14:30:05.000Z")],
+    "offset_and_naive": [
+        {
+            "role": "user",
+            "content": "a",
+            "startTime": "2026-06-15T16:30:01+02:00",
+            "endTime": "2026-06-15T14:30:09",
+        }
+    ],
+    "wrong_types": [{"role": 7, "content": ["x"], "startTime": 12, "endTime": None}],
+    "unparseable_time": [
+        {"role": "user", "content": "b", "startTime": "yesterday", "endTime": "2026-13-45T99:00Z"}
+    ],
+    "no_content": [{"role": "assistant", "startTime": "2026-06-15T14:30:01Z"}],
+    "not_objects_keep_positions": ["hello", None, {"role": "user", "content": "c"}, 5, {"content": "d"}],
+    "unknown_fields": [{"role": "SYSTEM", "content": "e", "confidence": 0.4, "words": [{"w": "e"}]}],
+}
+
+
+def test_turns_read_in_duckdb_match_the_python_model_on_hostile_transcripts(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    written = datetime(2026, 6, 15, 15, 0, tzinfo=UTC)
+    bodies = {
+        f"call_{name}": {"id": f"call_{name}", "transcript": transcript}
+        for name, transcript in HOSTILE_TRANSCRIPTS.items()
+    }
+    rows = [warehouse_call_row(body, written) for body in bodies.values()]
+    warehouse.upsert(con, CALLS, rows, now=written)
+
+    counts = warehouse.replace_turns_from_raw(con, list(bodies), written)
+
+    expected = sorted(
+        (r["call_id"], r["turn_index"], r["role"], r["content"], r["start_time"], r["end_time"])
+        for body in bodies.values()
+        for r in turn_rows(Call.from_json(body))
+    )
+    stored = table(con, "call_transcript_turns", "call_id, turn_index")
+    assert [row[:6] for row in stored] == expected
+    assert counts.parents_replaced == len(bodies)
+    assert counts.inserted == len(expected)
+
+
+def test_turns_read_in_duckdb_keep_rows_of_calls_whose_transcript_did_not_change(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    first = datetime(2026, 6, 15, 15, 0, tzinfo=UTC)
+    body = {"id": "c1", "transcript": HOSTILE_TRANSCRIPTS["ordinary"]}
+    warehouse.upsert(con, CALLS, [warehouse_call_row(body, first)], now=first)
+    warehouse.replace_turns_from_raw(con, ["c1"], first)
+
+    later = first + timedelta(minutes=5)
+    with_summary = {**body, "summary": "arrived late"}
+    warehouse.upsert(con, CALLS, [warehouse_call_row(with_summary, later)], now=later)
+    unchanged = warehouse.replace_turns_from_raw(con, ["c1"], later)
+    revised = {**with_summary, "transcript": []}
+    warehouse.upsert(con, CALLS, [warehouse_call_row(revised, later + timedelta(minutes=5))])
+    empty = warehouse.replace_turns_from_raw(con, ["c1"], later + timedelta(minutes=5))
+
+    assert (unchanged.parents, unchanged.parents_replaced) == (1, 0)
+    assert (empty.parents, empty.deleted) == (0, 0)
+    assert loaded_at(con, "call_transcript_turns", "call_id") == {"c1": first}
+
+
+def warehouse_call_row(body: dict, fetched_at: datetime) -> dict:
+    return call_rows(Call.from_json(body), fetched_at).call
