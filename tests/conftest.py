@@ -29,3 +29,13 @@ def sandbox(sandbox_dataset: SandboxDataset) -> Iterator[SandboxServer]:
     """A fresh server (own faults, request log and released summaries) with no API key."""
     with SandboxServer(sandbox_dataset) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def _apten_files_in_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every test starts with its warehouse and webhook inbox in a fresh temporary folder, so a
+    developer's `data/` (or another test's files) never leaks in; tests may set their own."""
+    folder = tmp_path_factory.mktemp("apten")
+    monkeypatch.setenv("APTEN_DUCKDB_PATH", str(folder / "apten.duckdb"))
+    monkeypatch.setenv("APTEN_WEBHOOK_INBOX", str(folder / "webhooks"))
+    monkeypatch.delenv("APTEN_API_KEY", raising=False)
