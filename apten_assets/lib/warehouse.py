@@ -41,6 +41,7 @@ from apten_assets.lib.tables import (
 
 DEFAULT_LOCK_TIMEOUT_SECONDS = 30.0
 CATALOG = "apten_warehouse"
+MEMORY_LIMIT = "512MB"
 SYNC_STATE_TABLE = "_sync_state"
 
 _ARROW_TYPES = {
@@ -154,6 +155,9 @@ def _open(database: str, read_only: bool) -> duckdb.DuckDBPyConnection:
         _run(con, "SET TimeZone = 'UTC'")
         # Spill next to the file, as a plain duckdb.connect(path) would, not into the working directory.
         _run(con, f"SET temp_directory = '{quoted_path}.tmp'")
+        # DuckDB's default (80% of RAM) lets its buffer pool grow with the file; bulk writes and
+        # checks spill to temp_directory past this instead.
+        _run(con, f"SET memory_limit = '{MEMORY_LIMIT}'")
     except BaseException:
         con.close()
         raise
@@ -684,24 +688,28 @@ def replace_turns_from_raw(
     names = ("ids", "parents", "new", "changed")
     ids_view, parents, staged, changed = (f"__turns_{name}_{tag}" for name in names)
     columns = ", ".join(_quote(c.name) for c in CALL_TRANSCRIPT_TURNS.data_columns)
-    stored = f"SELECT {columns} FROM {turns} WHERE call_id IN (SELECT call_id FROM {parents})"
+    stored_before = f"SELECT call_id FROM {parents} WHERE NOT first_write"
+    stored = f"SELECT {columns} FROM {turns} WHERE call_id IN ({stored_before})"
     con.register(ids_view, pa.table({"call_id": pa.array(list(call_ids), type=pa.string())}))
     try:
         with transaction(con):
             _run(
                 con,
-                f"CREATE TEMP TABLE {parents} AS SELECT call_id FROM {calls} "
-                f"WHERE call_id IN (SELECT call_id FROM {ids_view}) AND {LOADED_AT} = ?::TIMESTAMPTZ "
+                f"CREATE TEMP TABLE {parents} AS SELECT call_id, "
+                "first_fetched_at IS NOT DISTINCT FROM ?::TIMESTAMPTZ AS first_write FROM "
+                f"{calls} WHERE call_id IN (SELECT call_id FROM {ids_view}) AND {LOADED_AT} = ?::TIMESTAMPTZ "
                 "AND json_array_length(raw, '$.transcript') > 0",
-                [written_at],
+                [written_at, written_at],
             )
             try:
                 select = _TURNS_FROM_RAW_SQL.format(calls=calls, parents=parents)
                 _run(con, f"CREATE TEMP TABLE {staged} AS {select}")
+                # A call first fetched by this write has no stored turns to compare with (a first
+                # load is all such calls); only calls stored before are compared.
                 _run(
                     con,
-                    f"CREATE TEMP TABLE {changed} AS SELECT DISTINCT call_id FROM "
-                    f"((SELECT {columns} FROM {staged} EXCEPT {stored}) "
+                    f"CREATE TEMP TABLE {changed} AS SELECT call_id FROM {parents} WHERE first_write "
+                    f"UNION SELECT call_id FROM ((SELECT {columns} FROM {staged} EXCEPT {stored}) "
                     f"UNION ALL ({stored} EXCEPT SELECT {columns} FROM {staged}))",
                 )
                 ((candidates,),) = _run(con, f"SELECT count(*) FROM {parents}")

@@ -680,3 +680,23 @@ def test_turns_read_in_duckdb_keep_rows_of_calls_whose_transcript_did_not_change
 
 def warehouse_call_row(body: dict, fetched_at: datetime) -> dict:
     return call_rows(Call.from_json(body), fetched_at).call
+
+
+def test_turns_read_in_duckdb_replace_a_revised_transcript_without_stale_turns(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    first = datetime(2026, 6, 15, 15, 0, tzinfo=UTC)
+    three = [turn("user", f"t{i}", "2026-06-15T14:30:01Z", "2026-06-15T14:30:02Z") for i in range(3)]
+    body = {"id": "c1", "transcript": three}
+    warehouse.upsert(con, CALLS, [warehouse_call_row(body, first)], now=first)
+    warehouse.replace_turns_from_raw(con, ["c1"], first)
+
+    later = first + timedelta(minutes=5)
+    only = turn("assistant", "only", "2026-06-15T14:30:01Z", "2026-06-15T14:30:02Z")
+    revised = {**body, "transcript": [only]}
+    warehouse.upsert(con, CALLS, [warehouse_call_row(revised, later)], now=later)
+    counts = warehouse.replace_turns_from_raw(con, ["c1"], later)
+
+    stored = table(con, "call_transcript_turns", "turn_index")
+    assert [(row[1], row[2], row[3]) for row in stored] == [(0, "assistant", "only")]
+    assert (counts.parents_replaced, counts.deleted, counts.inserted) == (1, 3, 1)
