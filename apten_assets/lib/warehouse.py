@@ -270,8 +270,9 @@ def create_table_sql(spec: TableSpec, ref: str | None = None) -> str:
     """The CREATE TABLE IF NOT EXISTS statement for one spec (`ref` names the table in full).
 
     The primary key is not declared as a constraint: DuckDB maintains it as an ART index, which
-    made rewriting millions of transcript turns several times slower. `upsert` and
-    `replace_children` are the only writers and keep keys unique; `duplicate_keys` checks it.
+    made rewriting millions of transcript turns several times slower. `upsert`, `replace_children`
+    and `replace_turns_from_raw` are the only writers and keep keys unique; `duplicate_keys`
+    checks it (the blocking asset checks use it).
     """
     columns = ",\n  ".join(_column_ddl(column, spec.primary_key) for column in spec.columns)
     return f"CREATE TABLE IF NOT EXISTS {ref or spec.qualified_name} (\n  {columns}\n)"
