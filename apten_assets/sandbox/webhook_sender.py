@@ -37,13 +37,15 @@ def _envelope(event: str, data: dict[str, Any], when: datetime) -> Envelope:
     return {"event": event, "data": data, "timestamp": webhook_timestamp(when)}
 
 
+def _present(*fields: tuple[str, Any]) -> dict[str, Any]:
+    """`data` in the docs' field order, leaving out optional fields that are not set (None)."""
+    return {name: value for name, value in fields if value is not None}
+
+
 def _lead_fields(lead_id: str, external_lead_id: str | None, phone: str, profile: str) -> dict[str, Any]:
-    fields: dict[str, Any] = {"leadId": lead_id}
-    if external_lead_id is not None:
-        fields["externalLeadId"] = external_lead_id
-    fields["phone"] = phone
-    fields["profile"] = profile
-    return fields
+    return _present(
+        ("leadId", lead_id), ("externalLeadId", external_lead_id), ("phone", phone), ("profile", profile)
+    )
 
 
 def call_completed(
@@ -59,10 +61,12 @@ def call_completed(
     external_lead_id: str | None = None,
 ) -> Envelope:
     """`call.completed`; `summary` is left out entirely when None (it is optional in the docs)."""
-    data = _lead_fields(lead_id, external_lead_id, phone, profile)
-    data |= {"callId": call_id, "durationSeconds": duration_seconds, "direction": direction}
-    if summary is not None:
-        data["summary"] = summary
+    data = _lead_fields(lead_id, external_lead_id, phone, profile) | _present(
+        ("callId", call_id),
+        ("durationSeconds", duration_seconds),
+        ("direction", direction),
+        ("summary", summary),
+    )
     return _envelope("call.completed", data, when)
 
 
@@ -102,20 +106,18 @@ def call_transfer_connected(
     The docs' example is a lead call; for a webchat call (`session_id`, no lead) the same event
     with `sessionId` instead of the lead fields is our guess.
     """
-    data: dict[str, Any] = {}
-    if lead_id is not None:
-        data["leadId"] = lead_id
-    if session_id is not None:
-        data["sessionId"] = session_id
-    if first_name is not None:
-        data["firstName"] = first_name
-    if last_name is not None:
-        data["lastName"] = last_name
-    if external_lead_id is not None:
-        data["externalLeadId"] = external_lead_id
-    data |= {"phone": phone, "profile": profile, "callId": call_id, "transferNumber": transfer_number}
-    if close_crm_lead_id is not None:
-        data["close_crm_leadId"] = close_crm_lead_id
+    data = _present(
+        ("leadId", lead_id),
+        ("sessionId", session_id),
+        ("firstName", first_name),
+        ("lastName", last_name),
+        ("externalLeadId", external_lead_id),
+        ("phone", phone),
+        ("profile", profile),
+        ("callId", call_id),
+        ("transferNumber", transfer_number),
+        ("close_crm_leadId", close_crm_lead_id),
+    )
     return _envelope("call.transfer.connected", data, when)
 
 
@@ -139,25 +141,19 @@ def agent_missed_transfer(
     the number only when a fallback was tried). For WEBCHAT the docs show no lead fields; sending
     `sessionId` instead of `leadId` is our guess.
     """
-    data: dict[str, Any] = {}
-    if lead_id is not None:
-        data["leadId"] = lead_id
-    if session_id is not None:
-        data["sessionId"] = session_id
-    if external_lead_id is not None:
-        data["externalLeadId"] = external_lead_id
-    data |= {
-        "phone": phone,
-        "profile": profile,
-        "callId": call_id,
-        "transferNumber": transfer_number,
-        "fallbackAttempted": fallback_transfer_number is not None,
-    }
-    if fallback_transfer_number is not None:
-        data["fallbackTransferNumber"] = fallback_transfer_number
-    data["channel"] = channel
-    if close_crm_lead_id is not None:
-        data["close_crm_leadId"] = close_crm_lead_id
+    data = _present(
+        ("leadId", lead_id),
+        ("sessionId", session_id),
+        ("externalLeadId", external_lead_id),
+        ("phone", phone),
+        ("profile", profile),
+        ("callId", call_id),
+        ("transferNumber", transfer_number),
+        ("fallbackAttempted", fallback_transfer_number is not None),
+        ("fallbackTransferNumber", fallback_transfer_number),
+        ("channel", channel),
+        ("close_crm_leadId", close_crm_lead_id),
+    )
     return _envelope("agentMissedTransfer", data, when)
 
 
@@ -174,14 +170,12 @@ def transfer_fallback_triggered(
     close_crm_lead_id: str | None = None,
 ) -> Envelope:
     """`transferFallbackTriggered`: the missed warm transfer's fallback was dispatched (SMS leads only)."""
-    data = _lead_fields(lead_id, external_lead_id, phone, profile)
-    data |= {
-        "callId": call_id,
-        "originalTransferNumber": original_transfer_number,
-        "fallbackTransferNumber": fallback_transfer_number,
-    }
-    if close_crm_lead_id is not None:
-        data["close_crm_leadId"] = close_crm_lead_id
+    data = _lead_fields(lead_id, external_lead_id, phone, profile) | _present(
+        ("callId", call_id),
+        ("originalTransferNumber", original_transfer_number),
+        ("fallbackTransferNumber", fallback_transfer_number),
+        ("close_crm_leadId", close_crm_lead_id),
+    )
     return _envelope("transferFallbackTriggered", data, when)
 
 
@@ -197,10 +191,15 @@ def webchat_call_transferred(
     origin: str | None = None,
 ) -> Envelope:
     """`webchat.call.transferred`: sent instead of `call.transferred` for calls started from webchat."""
-    data: dict[str, Any] = {"sessionId": session_id, "orgId": org_id, "profile": profile}
-    if origin is not None:
-        data["origin"] = origin
-    data |= {"callId": call_id, "transferType": transfer_type, "transferTo": transfer_to}
+    data = _present(
+        ("sessionId", session_id),
+        ("orgId", org_id),
+        ("profile", profile),
+        ("origin", origin),
+        ("callId", call_id),
+        ("transferType", transfer_type),
+        ("transferTo", transfer_to),
+    )
     return _envelope("webchat.call.transferred", data, when)
 
 
