@@ -12,11 +12,13 @@ from the server is redacted before it is shown.
 
 from __future__ import annotations
 
+import bisect
 import logging
+import math
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -38,8 +40,8 @@ R = TypeVar("R")
 MAX_PAGE_SIZE = 1000
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=10.0, pool=30.0)
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-# Requests start at this share of APTEN_MAX_RPS at most (see RequestGate).
-RATE_HEADROOM = 0.96
+# Requests start at this share of APTEN_MAX_RPS at most (see RequestGate and starts_per_window).
+RATE_HEADROOM = 0.98
 # Transport failures worth another try: the request may never have reached Apten, or the
 # answer was cut off on the way back.
 _RETRYABLE_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
@@ -172,6 +174,7 @@ class ClientStats:
         self.rate_limiter_wait_seconds = 0.0
         self.pages_fetched = 0
         self.calls_not_found = 0
+        self.rate_slowdowns = 0
 
     def record_request(self, limiter_wait_seconds: float) -> None:
         with self._lock:
@@ -191,6 +194,10 @@ class ClientStats:
                 self.retry_after_wait_seconds += delay_seconds
             else:
                 self.backoff_wait_seconds += delay_seconds
+
+    def record_slowdown(self) -> None:
+        with self._lock:
+            self.rate_slowdowns += 1
 
     def record_page(self) -> None:
         with self._lock:
@@ -214,6 +221,7 @@ class ClientStats:
                 "api_retry_after_wait_seconds": round(self.retry_after_wait_seconds, 3),
                 "api_backoff_wait_seconds": round(self.backoff_wait_seconds, 3),
                 "api_rate_limiter_wait_seconds": round(self.rate_limiter_wait_seconds, 3),
+                "api_rate_slowdowns": self.rate_slowdowns,
                 "api_pages_fetched": self.pages_fetched,
                 "api_calls_not_found": self.calls_not_found,
             }
@@ -230,23 +238,56 @@ class ClientStats:
 # --------------------------------------------------------------------------- process-wide limiter
 
 
-class RequestGate:
-    """Evenly spaced request starts plus a bound on requests in flight, shared across threads.
+def starts_per_window(max_rps: float) -> int:
+    """How many request starts the gate lets into any one second: RATE_HEADROOM of `max_rps` and
+    at least one below it (the one left over absorbs jitter between our start and Apten's count),
+    never fewer than one."""
+    return max(1, min(math.floor(RATE_HEADROOM * max_rps), math.ceil(max_rps) - 1))
 
-    Starts are spaced 1/(RATE_HEADROOM * max_rps) apart (a bucket of size one), so no 1-second
-    window ever holds more than max_rps starts; a bucket that starts full would allow 2x at a
-    window edge. The 4% headroom absorbs jitter between our start and Apten's count: at exactly
-    1/max_rps, a request that lands a millisecond early in Apten's window costs a 429 and a
-    Retry-After pause of a second or more for every thread (bench/RESULTS.md, scenario 1).
-    Several clients in one process share one gate per base URL (see `shared_gate`); while
-    clients with different settings are open, the strictest rate and concurrency win.
+
+class RequestGate:
+    """Paced request starts plus a bound on requests in flight, shared across threads.
+
+    When a request may start is decided by three rules:
+
+    * even spacing: starts are 1/N s apart, N = `starts_per_window(max_rps)`, so steady traffic
+      never bunches (a bucket that starts full would burst 2x at a window edge). A start a little
+      late (sleep overshoot, a GIL switch) is made up by the next one; a longer stall is not:
+      making up several slots would send them as a burst.
+    * a sliding window: no 1-second window counts more than N requests. A request counts at its
+      start, or later when its answer shows it reached Apten later: at its answer's arrival minus
+      the fastest recent round trip. So requests that a stall held back (a batch write holding
+      the GIL, a busy machine or server) and that then reached Apten together are counted where
+      Apten counted them, and the second after them gets fewer starts, not a 429.
+    * after a 429 (Apten counts more than we do: its limit is below APTEN_MAX_RPS, or another
+      client shares the key) N drops by 5%, at most once a second and to a quarter at least,
+      and climbs back by 1% of the limit every 2 s without one.
+
+    Several clients in one process share one gate per base URL (see `_acquire_gate`); while
+    clients with different settings are open, the strictest rate and concurrency win. Above
+    `WINDOW_MAX_RPS` only the spacing applies (no real limit is that high; it is "unlimited").
     """
+
+    SLOWDOWN = 0.95
+    MIN_FACTOR = 0.25
+    RECOVER_STEP = 0.01
+    RECOVER_EVERY_SECONDS = 2.0
+    MIN_GAP_SHARE = 0.5
+    CATCH_UP_SHARE = 0.5
+    WINDOW_MAX_RPS = 5000.0
+    ROUND_TRIPS_KEPT = 32
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._next_start = 0.0
+        self._hold_until = 0.0
+        # When each request of the last second counts (sorted), and the latest round trips.
+        self._counted: list[float] = []
+        self._round_trips: deque[float] = deque(maxlen=self.ROUND_TRIPS_KEPT)
         self._in_flight = 0
         self._owners: dict[int, tuple[float, int]] = {}
+        self._factor = 1.0
+        self._factor_changed = 0.0
 
     def register(self, owner: int, max_rps: float, max_concurrency: int) -> None:
         with self._cond:
@@ -265,37 +306,102 @@ class RequestGate:
             return 1.0, 1
         return min(r for r, _ in self._owners.values()), min(c for _, c in self._owners.values())
 
+    @property
+    def rate_factor(self) -> float:
+        """The share of the configured rate the gate allows now (1.0 unless a 429 lowered it)."""
+        with self._cond:
+            self._recover(time.monotonic())
+            return self._factor
+
     def hold_until(self, monotonic_deadline: float) -> None:
         """Start nothing before this moment (Apten asked us to wait with Retry-After)."""
         with self._cond:
-            self._next_start = max(self._next_start, monotonic_deadline)
+            self._hold_until = max(self._hold_until, monotonic_deadline)
+
+    def slow_down(self) -> bool:
+        """Apten answered 429: lower the rate. False when it was lowered less than a second ago
+        (one burst of 429s is one signal) or is at its floor already."""
+        with self._cond:
+            now = time.monotonic()
+            self._recover(now)
+            if self._factor <= self.MIN_FACTOR or now - self._factor_changed < 1.0:
+                return False
+            self._factor = max(self.MIN_FACTOR, self._factor * self.SLOWDOWN)
+            self._factor_changed = now
+            return True
+
+    def _recover(self, now: float) -> None:
+        if self._factor >= 1.0:
+            return
+        steps = int((now - self._factor_changed) // self.RECOVER_EVERY_SECONDS)
+        if steps > 0:
+            self._factor = min(1.0, self._factor + steps * self.RECOVER_STEP)
+            self._factor_changed += steps * self.RECOVER_EVERY_SECONDS
+
+    def _wait_for_start(self, now: float) -> tuple[float, float]:
+        """(0, spacing) to start now, or (seconds to wait before asking again, spacing). Lock held."""
+        self._recover(now)
+        rate = self._limits()[0] * self._factor
+        cap = starts_per_window(rate)
+        spacing = 1.0 / cap
+        due = max(self._next_start, self._hold_until)
+        if rate <= self.WINDOW_MAX_RPS:
+            counted = self._counted
+            expired = bisect.bisect_right(counted, now - 1.0)
+            if expired:
+                del counted[:expired]
+            if len(counted) >= cap:
+                due = max(due, counted[-cap] + 1.0)
+            if counted:
+                due = max(due, counted[-1] + spacing * self.MIN_GAP_SHARE)
+        if due > now:
+            return due - now, spacing
+        if rate <= self.WINDOW_MAX_RPS:
+            bisect.insort(self._counted, now)
+        self._next_start = max(self._next_start, now - spacing * self.CATCH_UP_SHARE) + spacing
+        return 0.0, spacing
+
+    def _answered(self, started: float, spacing: float) -> None:
+        """The request started at `started` has its answer: move its count later if it reached
+        Apten later than it started. Lock held."""
+        now = time.monotonic()
+        round_trip = now - started
+        fastest = min(self._round_trips, default=round_trip)
+        self._round_trips.append(round_trip)
+        reached_by = now - min(fastest, round_trip)
+        if reached_by - started <= spacing * self.MIN_GAP_SHARE:
+            return
+        counted = self._counted
+        at = bisect.bisect_left(counted, started)
+        if at < len(counted) and counted[at] == started:
+            del counted[at]
+            bisect.insort(counted, reached_by)
 
     @contextmanager
     def slot(self) -> Iterator[float]:
-        """Wait for a free concurrency slot, then for this request's start time; yields seconds waited."""
+        """Wait for a free concurrency slot, then for this request's start; yields seconds waited.
+        The request is made inside the `with` block, so its end is when its answer came in."""
         began = time.monotonic()
         with self._cond:
             while self._in_flight >= self._limits()[1]:
                 self._cond.wait()
             self._in_flight += 1
+        started = None
         try:
             # Reserve the start only once a slot is held, so the start is not delayed past it.
-            with self._cond:
-                now = time.monotonic()
-                start = max(now, self._next_start)
-                spacing = 1.0 / (RATE_HEADROOM * self._limits()[0])
-                self._next_start = start + spacing
-            if start > now:
-                time.sleep(start - now)
-            started = time.monotonic()
-            if started - start > spacing / 2:
-                # This thread woke late: keep the next start a full spacing after the real one,
-                # or the two would reach Apten closer together than the limit allows.
+            while True:
                 with self._cond:
-                    self._next_start = max(self._next_start, started + spacing)
+                    now = time.monotonic()
+                    wait_seconds, spacing = self._wait_for_start(now)
+                if wait_seconds <= 0:
+                    started = now
+                    break
+                time.sleep(wait_seconds)
             yield started - began
         finally:
             with self._cond:
+                if started is not None:
+                    self._answered(started, spacing)
                 self._in_flight -= 1
                 self._cond.notify()
 
@@ -640,6 +746,13 @@ class AptenClient:
                         last_problem = f"HTTP {status}"
                         last_status, bad_body = status, False
                         retry_after = policy.retry_after_seconds(response.headers.get("retry-after"))
+                        if status == 429 and self._gate.slow_down():
+                            self.stats.record_slowdown()
+                            logger.info(
+                                "%s -> 429: slowing down to %.0f%% of APTEN_MAX_RPS",
+                                endpoint,
+                                100 * self._gate.rate_factor,
+                            )
             if attempt == policy.max_attempts:
                 break
             if retry_after is not None:

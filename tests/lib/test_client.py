@@ -23,7 +23,9 @@ from apten_assets.lib.client import (
     AptenProtocolError,
     AptenRetriesExhausted,
     CallFetch,
+    RequestGate,
     RetryPolicy,
+    starts_per_window,
     to_api_timestamp,
 )
 from apten_assets.lib.config import AptenSettings, ConfigError
@@ -462,7 +464,58 @@ def test_rate_limit_holds_over_every_one_second_window() -> None:
         assert client.stats.rate_limiter_wait_seconds > 0
     times = [r.t for r in server.requests]
     assert len(times) == 35
-    assert max_in_any_window(times) <= rps + 1
+    assert max_in_any_window(times) <= rps
+
+
+def test_starts_per_window_leaves_headroom_below_the_limit() -> None:
+    assert starts_per_window(50) == 49
+    assert starts_per_window(10) == 9
+    assert starts_per_window(1000) == 980
+    assert starts_per_window(2.5) == 2
+    assert starts_per_window(1) == 1
+    assert starts_per_window(0.5) == 1
+
+
+def test_requests_a_stall_held_back_count_where_the_server_counted_them() -> None:
+    """A server that counts a request when it gets to it, and stalls on three of them: they are
+    counted together 0.6 s late, on top of the requests that follow. The gate learns from their
+    late answers and leaves room, so no one-second window at the server holds more than the limit
+    (counting each request at its start instead puts 12 into one second here)."""
+    rps = 10
+    stalled = {5, 6, 7}
+    counted_at: list[float] = []
+    arrivals = itertools.count()
+    lock = threading.Lock()
+
+    def respond(seen: Seen) -> Reply:
+        if next(arrivals) in stalled:
+            time.sleep(0.6)
+        with lock:
+            counted_at.append(time.monotonic())
+        return Reply(json={"id": "c"})
+
+    with ScriptedServer(respond) as server, make_client(server, rps=rps, concurrency=8) as client:
+        assert sum(1 for _ in client.get_calls([f"c{i}" for i in range(40)])) == 40
+    assert len(counted_at) == 40
+    assert max_in_any_window(counted_at) <= rps
+
+
+def test_a_429_slows_the_rate_down_and_it_recovers() -> None:
+    answers = iter([Reply(status=429, json={"message": "Too Many Requests"})])
+
+    def respond(seen: Seen) -> Reply:
+        return next(answers, Reply(json={"id": "c"}))
+
+    with ScriptedServer(respond) as server, make_client(server, rps=20) as client:
+        assert [f.found for f in client.get_calls(["c1", "c2", "c3"])] == [True, True, True]
+        gate = client._gate
+        assert client.stats.rate_slowdowns == 1
+        assert client.stats.as_metadata()["api_rate_slowdowns"] == 1
+        assert gate.rate_factor == pytest.approx(RequestGate.SLOWDOWN)
+        # A burst of 429s is one signal: a second one within the second changes nothing.
+        assert gate.slow_down() is False
+        time.sleep(RequestGate.RECOVER_EVERY_SECONDS + 0.1)
+        assert gate.rate_factor == pytest.approx(RequestGate.SLOWDOWN + RequestGate.RECOVER_STEP)
 
 
 def test_two_clients_in_one_process_share_the_rate_limit_and_retries_count() -> None:
@@ -487,4 +540,4 @@ def test_two_clients_in_one_process_share_the_rate_limit_and_retries_count() -> 
             assert a.stats.retries + b.stats.retries > 0
         times = [r.t for r in server.requests]
     assert len(times) >= 28
-    assert max_in_any_window(times) <= rps + 1
+    assert max_in_any_window(times) <= rps
