@@ -7,9 +7,11 @@ slow minute on the machine hits all of them alike.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
@@ -57,7 +59,7 @@ FULL = Profile(
     head_to_head_leads=400,
     rate_latency_ms=50.0,
     rate_limit_rps=50.0,
-    rate_runs=2,
+    rate_runs=3,
     ours_runs=3,
     loop_runs=3,
     dlt_runs=2,
@@ -311,25 +313,31 @@ class Results:
 
 
 def rate_limit(bench: Bench, results: Results) -> None:
-    """Scenario 1. Its runs go one after another against one sandbox process: run side by side on
-    two cores, their scheduling jitter bunched requests at the sandbox's one-second window and
-    showed up as 429s that a real single deployment would not see."""
+    """Scenario 1. Its runs wait on the rate limit, not on the CPU, so they run at the same time,
+    each against its own sandbox process with its own limit (a few per cent of a core each). The
+    scheduling jitter two cores shared by several processes add is part of what the client's
+    rate limiter must absorb without a 429."""
     profile = bench.profile
     spec = dataset_spec(profile, profile.head_to_head_leads)
     limited = FaultConfig(latency_ms=profile.rate_latency_ms, rate_limit_rps=profile.rate_limit_rps)
     bench.say(
         f"[1] enrichment against the rate limit: {profile.rate_latency_ms:g} ms latency, "
         f"{profile.rate_limit_rps:g} req/s limit, APTEN_MAX_RPS={profile.rate_limit_rps:g}, "
-        f"{profile.rate_runs} runs on {spec.n_leads * spec.calls_per_lead:,} calls"
+        f"{profile.rate_runs} runs side by side on {spec.n_leads * spec.calls_per_lead:,} calls"
     )
-    with SandboxProcess(spec, limited) as sandbox:
-        runs = [
-            bench.run("ours", sandbox, f"rate_limit.ours.{i}", max_rps=profile.rate_limit_rps)
-            for i in range(profile.rate_runs)
-        ]
-        assert sandbox.info is not None
+    with contextlib.ExitStack() as stack:
+        sandboxes = [stack.enter_context(SandboxProcess(spec, limited)) for _ in range(profile.rate_runs)]
+        with ThreadPoolExecutor(max_workers=len(sandboxes)) as pool:
+            futures = [
+                pool.submit(
+                    bench.run, "ours", sandbox, f"rate_limit.ours.{i}", max_rps=profile.rate_limit_rps
+                )
+                for i, sandbox in enumerate(sandboxes)
+            ]
+            runs = [future.result() for future in futures]
+        assert sandboxes[0].info is not None
         results.rate_limit = RateLimitResult(
-            sandbox.info, profile.rate_latency_ms, profile.rate_limit_rps, ContenderFigures("ours", runs)
+            sandboxes[0].info, profile.rate_latency_ms, profile.rate_limit_rps, ContenderFigures("ours", runs)
         )
 
 
