@@ -256,7 +256,7 @@ class RequestGate:
       making up several slots would send them as a burst.
     * a sliding window: no 1-second window counts more than N requests. A request counts at its
       start, or later when its answer shows it reached Apten later: at its answer's arrival minus
-      the fastest recent round trip. So requests that a stall held back (a batch write holding
+      a fast recent round trip. So requests that a stall held back (a batch write holding
       the GIL, a busy machine or server) and that then reached Apten together are counted where
       Apten counted them, and the second after them gets fewer starts, not a 429.
     * after a 429 (Apten counts more than we do: its limit is below APTEN_MAX_RPS, or another
@@ -366,9 +366,11 @@ class RequestGate:
         Apten later than it started. Lock held."""
         now = time.monotonic()
         round_trip = now - started
-        fastest = min(self._round_trips, default=round_trip)
+        recent = sorted(self._round_trips)
+        # A fast recent round trip (the lower quartile: a lone fast 404 is not the rule).
+        usual = recent[len(recent) // 4] if recent else round_trip
         self._round_trips.append(round_trip)
-        reached_by = now - min(fastest, round_trip)
+        reached_by = now - min(usual, round_trip)
         if reached_by - started <= spacing * self.MIN_GAP_SHARE:
             return
         counted = self._counted
