@@ -292,7 +292,8 @@ def _rate_limit_section(results: Results) -> list[str]:
         f"`APTEN_MAX_RPS={rl.limit_rps:g}`, `APTEN_MAX_CONCURRENCY={p.max_concurrency}`. The real assets "
         "(leads -> call_events -> calls) materialized into an empty warehouse, so every call is new. "
         f"{p.rate_runs} runs at the same time, each against its own sandbox process with its own limit "
-        "(they wait on the limit, not on the CPU).",
+        f"(they wait on the limit, not on the CPU; the jitter of {2 * p.rate_runs} processes on "
+        f"{os.cpu_count()} cores is part of what the client's limiter has to absorb).",
         "",
         _dataset_line(
             rl.dataset.description, f"{p.head_to_head_leads} leads x {p.calls_per_lead} calls, one day"
@@ -315,6 +316,7 @@ def _rate_limit_section(results: Results) -> list[str]:
                     rl.request_rate_fraction.show(3),
                 ],
                 ["429 responses received", rl.too_many_requests.show(0)],
+                ["times the client slowed down after a 429", rl.slowdowns.show(0)],
                 ["requests sent (sandbox count)", rl.ours.requests.show(0)],
                 [
                     "... of which leads pages / events pages / calls (first run)",

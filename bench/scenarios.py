@@ -239,6 +239,10 @@ class RateLimitResult:
         return self.ours.figure(lambda r: r["sandbox"]["total"] / self.calls(r))
 
     @property
+    def slowdowns(self) -> Figure:
+        return self.ours.figure(lambda r: sum(m.get("api_rate_slowdowns", 0) for m in r["metadata"].values()))
+
+    @property
     def limiter_wait(self) -> Figure:
         return self.ours.figure(
             lambda r: sum(m.get("api_rate_limiter_wait_seconds", 0.0) for m in r["metadata"].values())
