@@ -42,6 +42,14 @@ from apten_assets.lib.tables import (
 DEFAULT_LOCK_TIMEOUT_SECONDS = 30.0
 CATALOG = "apten_warehouse"
 MEMORY_LIMIT = "512MB"
+# Rows per row group for data this process writes (DuckDB's default is 122,880). A `calls` row
+# carries ~10 KB of raw JSON, so a default row group holds ~1 GB of it, and DuckDB rewrites a whole
+# row group's column when a checkpoint meets any change in it: a late summary updating a few calls'
+# `raw` rewrote up to 1 GB, and appending batch after batch made each checkpoint merge the small
+# row groups of earlier batches again (1, 2, 4, 8 ... batches' worth: the write time per call grew
+# with the table). At 2,048 rows a batch of 2,000 calls is about one row group, merges stop there,
+# and an update rewrites ~20 MB at most. Smaller tables lose a little compression (a few percent).
+ROW_GROUP_SIZE = 2048
 SYNC_STATE_TABLE = "_sync_state"
 
 _ARROW_TYPES = {
@@ -146,7 +154,7 @@ def _open(database: str, read_only: bool) -> duckdb.DuckDBPyConnection:
         attached = "SELECT readonly FROM duckdb_databases() WHERE database_name = ?"
         quoted_path = database.replace("'", "''")
         if not _run(con, attached, [CATALOG]):
-            mode = " (READ_ONLY)" if read_only else ""
+            mode = " (READ_ONLY)" if read_only else f" (ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
             _run(con, f"ATTACH IF NOT EXISTS '{quoted_path}' AS {CATALOG}{mode}")
         ((attached_read_only,),) = _run(con, attached, [CATALOG])
         if attached_read_only and not read_only:

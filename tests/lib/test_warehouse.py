@@ -467,6 +467,27 @@ def test_process_killed_mid_write_leaves_the_last_committed_state(tmp_path: Path
     con.close()
 
 
+def test_batches_written_one_connection_after_another_keep_small_row_groups(tmp_path: Path) -> None:
+    # With DuckDB's default (122,880 rows), each checkpoint merged the small row groups of earlier
+    # batches again, rewriting their raw JSON: write time per call grew with the table.
+    path = tmp_path / "apten.duckdb"
+    for batch in range(3):
+        con = warehouse.connect(path)
+        warehouse.ensure_schema(con)
+        bodies = [{**CALL_BODY, "id": f"call-{batch}-{i}"} for i in range(1500)]
+        warehouse.upsert(con, CALLS, [call_rows(Call.from_json(body), T0).call for body in bodies])
+        con.close()  # the last connection checkpoints
+    con = warehouse.connect(path, read_only=True)
+    storage = f"pragma_storage_info('{warehouse.CATALOG}.apten.calls')"
+    ((groups, largest, rows),) = con.execute(
+        "SELECT count(*), max(n), sum(n) FROM (SELECT row_group_id, sum(count) AS n "
+        f"FROM {storage} WHERE column_id = 0 AND segment_type <> 'VALIDITY' GROUP BY ALL)"
+    ).fetchall()
+    con.close()
+    assert rows == 4500
+    assert largest <= warehouse.ROW_GROUP_SIZE and groups >= 3
+
+
 def _hold_write_lock(path: Path, seconds: float) -> subprocess.Popen:
     script = textwrap.dedent(
         f"""
