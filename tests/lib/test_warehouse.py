@@ -488,6 +488,23 @@ def test_batches_written_one_connection_after_another_keep_small_row_groups(tmp_
     assert largest <= warehouse.ROW_GROUP_SIZE and groups >= 3
 
 
+def test_json_documents_are_stored_with_zstd(tmp_path: Path) -> None:
+    # FSST, which DuckDB picks by itself for long strings, made compressing calls.raw most of the
+    # cost of each batch's checkpoint.
+    path = tmp_path / "apten.duckdb"
+    con = warehouse.connect(path)
+    warehouse.ensure_schema(con)
+    bodies = [{**CALL_BODY, "id": f"call-{i}"} for i in range(500)]
+    warehouse.upsert(con, CALLS, [call_rows(Call.from_json(body), T0).call for body in bodies])
+    con.execute("CHECKPOINT")
+    storage = f"pragma_storage_info('{warehouse.CATALOG}.apten.calls')"
+    methods = con.execute(
+        f"SELECT DISTINCT compression FROM {storage} WHERE column_name = 'raw' AND segment_type <> 'VALIDITY'"
+    ).fetchall()
+    con.close()
+    assert methods == [("ZSTD",)]
+
+
 def _hold_write_lock(path: Path, seconds: float) -> subprocess.Popen:
     script = textwrap.dedent(
         f"""
