@@ -45,10 +45,10 @@ from apten_assets.lib.warehouse import (
     UpsertCounts,
     calls_needing_fetch,
     get_sync_state,
-    replace_turns_from_raw,
     set_sync_state,
     transaction,
     upsert,
+    upsert_calls,
 )
 
 OpenWarehouse = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
@@ -417,7 +417,6 @@ def _write_call_batch(
     calls_report = reports["calls"]
     call_table: list[dict[str, Any]] = []
     summaries: list[dict[str, Any]] = []
-    found_ids: list[str] = []
     for fetch in fetches:
         calls_report.counts["fetched"] += 1
         if not fetch.found:
@@ -443,10 +442,10 @@ def _write_call_batch(
         # An empty transcript is "not stored yet": NULL keeps the count already stored.
         rows.call["turn_count"] = transcript_object_count(call.raw) or None
         call_table.append(rows.call)
-        found_ids.append(call.id)
         if rows.summary is not None:
             summaries.append(rows.summary)
     with open_warehouse() as con, transaction(con):
-        reports["calls"].add_upsert("", upsert(con, CALLS, call_table, now=fetched_at))
+        calls, turns = upsert_calls(con, call_table, now=fetched_at)
+        reports["calls"].add_upsert("", calls)
         reports["call_summaries"].add_upsert("", upsert(con, CALL_SUMMARIES, summaries, now=fetched_at))
-        reports["call_transcript_turns"].add_replace("", replace_turns_from_raw(con, found_ids, fetched_at))
+        reports["call_transcript_turns"].add_replace("", turns)
