@@ -417,6 +417,16 @@ def _to_arrow(spec: TableSpec, rows: Rows) -> pa.Table:
     return pa.table(arrays, names=[column.name for column in columns])
 
 
+# Rows per Arrow record batch handed to DuckDB: it scans a registered Arrow table one record batch
+# per task, so a batch of 2,000 calls in one record batch (or one temp table) is cast, parsed and
+# read on one thread while the other cores idle.
+ARROW_CHUNK_ROWS = 256
+
+
+def _chunked(data: pa.Table) -> pa.Table:
+    return pa.Table.from_batches(data.to_batches(max_chunksize=ARROW_CHUNK_ROWS), schema=data.schema)
+
+
 class _Staging:
     """A temp table holding one batch, deduplicated on the primary key (the last row wins)."""
 
@@ -439,12 +449,14 @@ class _Staging:
         con, spec = self.con, self.spec
         data = _to_arrow(spec, rows)
         self.rows_in = data.num_rows
-        data = data.append_column("__ord", pa.array(np.arange(data.num_rows, dtype=np.int64)))
+        # The rows as given, in order (`__ord` is the row's position); the upsert's merged rows
+        # join back to them through `__ord` in the staging table.
+        self.data = data = data.append_column("__ord", pa.array(np.arange(data.num_rows, dtype=np.int64)))
         casts = ", ".join(
             f"CAST({_quote(column.name)} AS {column.type}) AS {_quote(column.name)}"
             for column in spec.data_columns
         )
-        _register(con, self._view, data)
+        _register(con, self._view, _chunked(data))
         try:
             _run(con, f"CREATE TEMP TABLE {_bare(self.table)} AS SELECT {casts}, __ord FROM {self._view}")
         finally:
@@ -498,8 +510,9 @@ def _merged(column: Column, merge: Merge, old: str | None = None) -> str:
 
 
 # Called inside an upsert's transaction, after its writes, with the merged rows (a relation with
-# every data column, `__new` and `__changed`) and the staging table (the rows as given, deduplicated).
-_AfterUpsert = Callable[[str, str], None]
+# every data column, `__new` and `__changed`) and the staging (the rows as given: `data`, and
+# deduplicated with their `__ord` in `table`).
+_AfterUpsert = Callable[[str, "_Staging"], None]
 
 
 def upsert(
@@ -610,7 +623,7 @@ def _upsert(
                         [now],
                     )
             if after is not None:
-                after(classified, stage.table)
+                after(classified, stage)
         return UpsertCounts(
             inserted=inserted,
             updated=updated,
@@ -702,15 +715,18 @@ def duplicate_keys(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> int:
 # Transcript turns from calls' raw JSON, with the rules of `models._parse_turns`: position in the
 # array is `turn_index`, items that are not objects are skipped, a field of the wrong JSON type or
 # an unparseable timestamp is NULL, and a timestamp without a zone is read as UTC (the session
-# time zone `connect` sets). `{parents}` has each call's transcript items (`json_extract(raw,
-# '$.transcript[*]')`); each item is parsed twice (types, then strings) for all its fields at once.
-_TURNS_FROM_ITEMS_SQL = """
+# time zone `connect` sets). One row per transcript item, objects or not (`is_object`), so that a
+# call with a non-empty transcript is known even when none of its items is a turn. Each item is
+# parsed twice, for the types and for the strings of all its fields at once.
+_TRANSCRIPT_ITEMS_SQL = """
 WITH items AS (
-  SELECT call_id, unnest(items) AS t, generate_subscripts(items, 1) - 1 AS turn_index FROM {parents}
+  SELECT call_id, first_write, unnest(items) AS t, generate_subscripts(items, 1) - 1 AS turn_index
+  FROM (SELECT call_id, first_write, json_extract(raw, '$.transcript[*]') AS items FROM {calls})
 ),
 typed AS (
   SELECT
     call_id,
+    first_write,
     turn_index,
     json_type(t, ['$', '$.role', '$.content', '$.startTime', '$.endTime']) AS types,
     json_extract_string(t, ['$.role', '$.content', '$.startTime', '$.endTime']) AS texts
@@ -718,13 +734,14 @@ typed AS (
 )
 SELECT
   call_id,
+  first_write,
   CAST(turn_index AS INTEGER) AS turn_index,
+  types[1] = 'OBJECT' AS is_object,
   CASE WHEN types[2] = 'VARCHAR' THEN texts[1] END AS role,
   CASE WHEN types[3] = 'VARCHAR' THEN texts[2] END AS content,
   CASE WHEN types[4] = 'VARCHAR' THEN TRY_CAST(trim(texts[3]) AS TIMESTAMPTZ) END AS start_time,
   CASE WHEN types[5] = 'VARCHAR' THEN TRY_CAST(trim(texts[4]) AS TIMESTAMPTZ) END AS end_time
 FROM typed
-WHERE types[1] = 'OBJECT'
 """
 
 
@@ -743,40 +760,47 @@ def upsert_calls(
     now = now or datetime.now(UTC)
     turns = ReplaceCounts()
 
-    def write_turns(merged: str, staged: str) -> None:
+    def write_turns(merged: str, stage: _Staging) -> None:
         nonlocal turns
-        turns = _replace_turns_of_upserted_calls(con, merged, staged, now)
+        turns = _replace_turns_of_upserted_calls(con, merged, stage, now)
 
     return _upsert(con, CALLS, rows, (), now, write_turns), turns
 
 
 def _replace_turns_of_upserted_calls(
-    con: duckdb.DuckDBPyConnection, merged: str, staged: str, written_at: datetime
+    con: duckdb.DuckDBPyConnection, merged: str, stage: _Staging, written_at: datetime
 ) -> ReplaceCounts:
+    candidates = _run(
+        con,
+        f"SELECT s.__ord, m.__new FROM {stage.table} AS s JOIN {merged} AS m ON m.call_id = s.call_id "
+        "WHERE (m.__new OR m.__changed) AND s.raw IS NOT NULL ORDER BY s.__ord",
+    )
+    if not candidates:
+        return ReplaceCounts()
+    positions, first_writes = zip(*candidates, strict=True)
+    calls = stage.data.select(["call_id", "raw"]).take(pa.array(positions, type=pa.int64()))
+    calls = calls.append_column("first_write", pa.array(first_writes, type=pa.bool_()))
     turns = spec_ref(con, CALL_TRANSCRIPT_TURNS)
     tag = uuid.uuid4().hex[:12]
-    parents, new, revised = (f"__turns_{name}_{tag}" for name in ("parents", "new", "revised"))
+    view, items, revised = (f"__turns_{name}_{tag}" for name in ("calls", "items", "revised"))
     columns = ", ".join(_quote(c.name) for c in CALL_TRANSCRIPT_TURNS.data_columns)
     try:
-        _run(
+        _register(con, view, _chunked(calls))
+        try:
+            _run(con, f"CREATE TEMP TABLE {items} AS {_TRANSCRIPT_ITEMS_SQL.format(calls=view)}")
+        finally:
+            con.unregister(view)
+        ((parents, stored_before),) = _run(
             con,
-            f"CREATE TEMP TABLE {parents} AS SELECT call_id, first_write, items FROM ("
-            "SELECT call_id, __new AS first_write, json_extract(raw, '$.transcript[*]') AS items "
-            f"FROM {merged} WHERE (__new OR __changed) "
-            f"AND call_id IN (SELECT call_id FROM {staged} WHERE raw IS NOT NULL)) WHERE len(items) > 0",
+            "SELECT count(DISTINCT call_id), count(DISTINCT call_id) FILTER (WHERE NOT first_write) "
+            f"FROM {items}",
         )
-        ((candidates, stored_before),) = _run(
-            con, f"SELECT count(*), count(*) FILTER (WHERE NOT first_write) FROM {parents}"
-        )
-        if not candidates:
-            return ReplaceCounts()
-        _run(con, f"CREATE TEMP TABLE {new} AS {_TURNS_FROM_ITEMS_SQL.format(parents=parents)}")
-        deleted = changed = 0
-        to_write = "true"
+        deleted = changed = inserted = 0
+        to_write = "first_write"
         if stored_before:
             # Only calls stored before this write can have turns to compare with and delete.
-            before = f"call_id IN (SELECT call_id FROM {parents} WHERE NOT first_write)"
-            staged_turns = f"SELECT {columns} FROM {new} WHERE {before}"
+            staged_turns = f"SELECT {columns} FROM {items} WHERE is_object AND NOT first_write"
+            before = f"call_id IN (SELECT call_id FROM {items} WHERE NOT first_write)"
             stored_turns = f"SELECT {columns} FROM {turns} WHERE {before}"
             _run(
                 con,
@@ -788,26 +812,22 @@ def _replace_turns_of_upserted_calls(
                 ((deleted,),) = _run(
                     con, f"DELETE FROM {turns} WHERE call_id IN (SELECT call_id FROM {revised})"
                 )
-            to_write = (
-                f"call_id IN (SELECT call_id FROM {parents} WHERE first_write) "
-                f"OR call_id IN (SELECT call_id FROM {revised})"
-            )
-        replaced = candidates - stored_before + changed
-        inserted = 0
+                to_write = f"(first_write OR call_id IN (SELECT call_id FROM {revised}))"
+        replaced = parents - stored_before + changed
         if replaced:
             ((inserted,),) = _run(
                 con,
                 f"INSERT INTO {turns} ({columns}, {LOADED_AT}) "
-                f"SELECT {columns}, ?::TIMESTAMPTZ FROM {new} WHERE {to_write}",
+                f"SELECT {columns}, ?::TIMESTAMPTZ FROM {items} WHERE is_object AND {to_write}",
                 [written_at],
             )
     finally:
-        for table in (parents, new, revised):
+        for table in (items, revised):
             _drop_temp(con, table)
     return ReplaceCounts(
-        parents=candidates,
+        parents=parents,
         parents_replaced=replaced,
-        parents_unchanged=candidates - replaced,
+        parents_unchanged=parents - replaced,
         deleted=deleted,
         inserted=inserted,
     )
