@@ -48,7 +48,7 @@ MEMORY_LIMIT = "512MB"
 # row group's column when a checkpoint meets any change in it: a late summary updating a few calls'
 # `raw` rewrote up to 1 GB, and appending batch after batch made each checkpoint merge the small
 # row groups of earlier batches again (1, 2, 4, 8 ... batches' worth: the write time per call grew
-# with the table). At 2,048 rows a batch of 2,000 calls is about one row group, merges stop there,
+# with the table). At 2,048 rows a batch of calls fills its own row groups, merges stop there,
 # and an update rewrites ~20 MB at most. Smaller tables lose a little compression (a few percent).
 ROW_GROUP_SIZE = 2048
 SYNC_STATE_TABLE = "_sync_state"
@@ -418,8 +418,8 @@ def _to_arrow(spec: TableSpec, rows: Rows) -> pa.Table:
 
 
 # Rows per Arrow record batch handed to DuckDB: it scans a registered Arrow table one record batch
-# per task, so a batch of 2,000 calls in one record batch (or one temp table) is cast, parsed and
-# read on one thread while the other cores idle.
+# per task, so a batch of thousands of calls in one record batch (or one temp table) is cast,
+# parsed and read on one thread while the other cores idle.
 ARROW_CHUNK_ROWS = 256
 
 
