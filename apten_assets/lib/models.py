@@ -347,7 +347,7 @@ class Call:
         """Parse one call body; raises MalformedRecord without a string `id`.
 
         `with_turns=False` leaves `turns` empty: the warehouse derives turns from `raw` in bulk
-        (`warehouse.replace_turns_from_raw`) with the same rules as `_parse_turns`.
+        (`warehouse.upsert_calls`) with the same rules as `_parse_turns`.
         """
         obj = _require_object(obj, "call")
         record_id = _require_id(obj)

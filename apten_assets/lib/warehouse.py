@@ -8,6 +8,7 @@ e.g. a batch's calls, summaries and turns commit together.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -15,7 +16,7 @@ import random
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -42,6 +43,14 @@ from apten_assets.lib.tables import (
 DEFAULT_LOCK_TIMEOUT_SECONDS = 30.0
 CATALOG = "apten_warehouse"
 MEMORY_LIMIT = "512MB"
+# Rows per row group for data this process writes (DuckDB's default is 122,880). A `calls` row
+# carries ~10 KB of raw JSON, so a default row group holds ~1 GB of it, and DuckDB rewrites a whole
+# row group's column when a checkpoint meets any change in it: a late summary updating a few calls'
+# `raw` rewrote up to 1 GB, and appending batch after batch made each checkpoint merge the small
+# row groups of earlier batches again (1, 2, 4, 8 ... batches' worth: the write time per call grew
+# with the table). At 2,048 rows a batch of calls fills its own row groups, merges stop there,
+# and an update rewrites ~20 MB at most. Smaller tables lose a little compression (a few percent).
+ROW_GROUP_SIZE = 2048
 SYNC_STATE_TABLE = "_sync_state"
 
 _ARROW_TYPES = {
@@ -146,7 +155,7 @@ def _open(database: str, read_only: bool) -> duckdb.DuckDBPyConnection:
         attached = "SELECT readonly FROM duckdb_databases() WHERE database_name = ?"
         quoted_path = database.replace("'", "''")
         if not _run(con, attached, [CATALOG]):
-            mode = " (READ_ONLY)" if read_only else ""
+            mode = " (READ_ONLY)" if read_only else f" (ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
             _run(con, f"ATTACH IF NOT EXISTS '{quoted_path}' AS {CATALOG}{mode}")
         ((attached_read_only,),) = _run(con, attached, [CATALOG])
         if attached_read_only and not read_only:
@@ -241,8 +250,15 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _column_type_ddl(column: Column) -> str:
+    # JSON columns hold whole documents (a call's `raw` is ~10 KB): ZSTD writes them several times
+    # faster than the FSST DuckDB picks by itself, and smaller. DuckDB keeps the choice per column
+    # in the table's DDL; tables created before it keep choosing for themselves.
+    return f"{column.type} USING COMPRESSION ZSTD" if column.type == "JSON" else column.type
+
+
 def _column_ddl(column: Column, primary_key: Sequence[str]) -> str:
-    ddl = f"{_quote(column.name)} {column.type}"
+    ddl = f"{_quote(column.name)} {_column_type_ddl(column)}"
     if column.name in primary_key:
         ddl += " NOT NULL"
     if column.allowed_values:
@@ -271,7 +287,7 @@ def create_table_sql(spec: TableSpec, ref: str | None = None) -> str:
 
     The primary key is not declared as a constraint: DuckDB maintains it as an ART index, which
     made rewriting millions of transcript turns several times slower. `upsert`, `replace_children`
-    and `replace_turns_from_raw` are the only writers and keep keys unique; `duplicate_keys`
+    and `upsert_calls` are the only writers and keep keys unique; `duplicate_keys`
     checks it (the blocking asset checks use it).
     """
     columns = ",\n  ".join(_column_ddl(column, spec.primary_key) for column in spec.columns)
@@ -304,7 +320,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
                 if column.name not in existing:
                     _run(
                         con,
-                        f"ALTER TABLE {ref} ADD COLUMN {_quote(column.name)} {column.type}",
+                        f"ALTER TABLE {ref} ADD COLUMN {_quote(column.name)} {_column_type_ddl(column)}",
                     )
         _run(
             con,
@@ -401,6 +417,16 @@ def _to_arrow(spec: TableSpec, rows: Rows) -> pa.Table:
     return pa.table(arrays, names=[column.name for column in columns])
 
 
+# Rows per Arrow record batch handed to DuckDB: it scans a registered Arrow table one record batch
+# per task, so a batch of thousands of calls in one record batch (or one temp table) is cast,
+# parsed and read on one thread while the other cores idle.
+ARROW_CHUNK_ROWS = 256
+
+
+def _chunked(data: pa.Table) -> pa.Table:
+    return pa.Table.from_batches(data.to_batches(max_chunksize=ARROW_CHUNK_ROWS), schema=data.schema)
+
+
 class _Staging:
     """A temp table holding one batch, deduplicated on the primary key (the last row wins)."""
 
@@ -423,12 +449,14 @@ class _Staging:
         con, spec = self.con, self.spec
         data = _to_arrow(spec, rows)
         self.rows_in = data.num_rows
-        data = data.append_column("__ord", pa.array(np.arange(data.num_rows, dtype=np.int64)))
+        # The rows as given, in order (`__ord` is the row's position); the upsert's merged rows
+        # join back to them through `__ord` in the staging table.
+        self.data = data = data.append_column("__ord", pa.array(np.arange(data.num_rows, dtype=np.int64)))
         casts = ", ".join(
             f"CAST({_quote(column.name)} AS {column.type}) AS {_quote(column.name)}"
             for column in spec.data_columns
         )
-        _register(con, self._view, data)
+        _register(con, self._view, _chunked(data))
         try:
             _run(con, f"CREATE TEMP TABLE {_bare(self.table)} AS SELECT {casts}, __ord FROM {self._view}")
         finally:
@@ -469,8 +497,9 @@ class _Staging:
                 return
 
 
-def _merged(column: Column, merge: Merge) -> str:
-    new, old = f"s.{_quote(column.name)}", f"t.{_quote(column.name)}"
+def _merged(column: Column, merge: Merge, old: str | None = None) -> str:
+    """The merged value of `column`: new `s.<column>` with stored `t.<column>` (or `old`)."""
+    new, old = f"s.{_quote(column.name)}", old or f"t.{_quote(column.name)}"
     if merge is Merge.COALESCE:
         return f"COALESCE({new}, {old})"
     if merge is Merge.KEEP_FIRST:
@@ -478,6 +507,12 @@ def _merged(column: Column, merge: Merge) -> str:
     if merge is Merge.ADD:
         return f"COALESCE({old}, 0) + COALESCE({new}, 0)"
     return new
+
+
+# Called inside an upsert's transaction, after its writes, with the merged rows (a relation with
+# every data column, `__new` and `__changed`) and the staging (the rows as given: `data`, and
+# deduplicated with their `__ord` in `table`).
+_AfterUpsert = Callable[[str, "_Staging"], None]
 
 
 def upsert(
@@ -496,7 +531,17 @@ def upsert(
     merging; otherwise it keeps its `_loaded_at`. Late-arriving columns (the spec's, plus
     `keep_existing_when_null`) keep the stored value when the new one is NULL.
     """
-    now = now or datetime.now(UTC)
+    return _upsert(con, spec, rows, keep_existing_when_null, now or datetime.now(UTC), None)
+
+
+def _upsert(
+    con: duckdb.DuckDBPyConnection,
+    spec: TableSpec,
+    rows: Rows,
+    keep_existing_when_null: Iterable[str],
+    now: datetime,
+    after: _AfterUpsert | None,
+) -> UpsertCounts:
     late = set(keep_existing_when_null)
     unknown = late - set(spec.column_names)
     if unknown:
@@ -508,54 +553,77 @@ def upsert(
         key = spec.primary_key
         join = " AND ".join(f"t.{_quote(name)} = s.{_quote(name)}" for name in key)
         merged: list[str] = []
+        merged_new: list[str] = []
         content_diff: list[str] = []
         bookkeeping_diff: list[str] = []
         for column in spec.data_columns:
             name = _quote(column.name)
             if column.name in key:
                 merged.append(f"s.{name} AS {name}")
+                merged_new.append(f"s.{name} AS {name}")
                 continue
             merge = Merge.COALESCE if column.name in late and column.merge is Merge.REPLACE else column.merge
             expr = _merged(column, merge)
             merged.append(f"{expr} AS {name}")
+            merged_new.append(f"{_merged(column, merge, old='NULL')} AS {name}")
             (bookkeeping_diff if column.bookkeeping else content_diff).append(
                 f"({expr}) IS DISTINCT FROM t.{name}"
             )
         exists = f"t.{_quote(key[0])} IS NOT NULL"
         changed = " OR ".join(content_diff) or "false"
         bookkeeping_changed = " OR ".join(bookkeeping_diff) or "false"
-        classified = stage.temp_name("merge")
         non_key = [c.name for c in spec.data_columns if c.name not in key]
         assignments = ", ".join(f"{_quote(name)} = u.{_quote(name)}" for name in non_key)
         match = " AND ".join(f"t.{_quote(name)} = u.{_quote(name)}" for name in key)
         target = spec_ref(con, spec)
         column_list = ", ".join(_quote(c.name) for c in spec.data_columns)
         with transaction(con):
-            _run(
-                con,
-                f"CREATE TEMP TABLE {_bare(classified)} AS SELECT {', '.join(merged)}, "
-                f"NOT ({exists}) AS __new, ({exists} AND ({changed})) AS __changed, "
-                f"({exists} AND ({bookkeeping_changed})) AS __bookkeeping_changed "
-                f"FROM {stage.table} AS s LEFT JOIN {target} AS t ON {join}",
-            )
-            inserted, updated = con.execute(
-                f"SELECT count(*) FILTER (WHERE __new), count(*) FILTER (WHERE __changed) FROM {classified}"
-            ).fetchall()[0]
-            if assignments:
-                _run(
-                    con,
-                    f"UPDATE {target} AS t SET {assignments}, {LOADED_AT} = CASE WHEN u.__changed "
-                    f"THEN ?::TIMESTAMPTZ ELSE t.{LOADED_AT} END "
-                    f"FROM {classified} AS u WHERE {match} AND (u.__changed OR u.__bookkeeping_changed)",
-                    [now],
-                )
-            if inserted:
+            # Which keys are stored already reads only the target's key columns. A batch of new
+            # rows only (every first load) is then inserted as it is: no join with the stored
+            # rows, no copy of the batch into a merge table.
+            semi_join = f"{target} AS t SEMI JOIN {stage.table} AS s ON {join}"
+            ((stored,),) = _run(con, f"SELECT count(*) FROM {semi_join}")
+            if not stored:
+                flags = "true AS __new, false AS __changed"
+                classified = f"(SELECT {', '.join(merged_new)}, {flags} FROM {stage.table} AS s)"
+                inserted, updated = stage.rows, 0
                 _run(
                     con,
                     f"INSERT INTO {target} ({column_list}, {LOADED_AT}) "
-                    f"SELECT {column_list}, ?::TIMESTAMPTZ FROM {classified} WHERE __new",
+                    f"SELECT {column_list}, ?::TIMESTAMPTZ FROM {classified}",
                     [now],
                 )
+            else:
+                classified = stage.temp_name("merge")
+                _run(
+                    con,
+                    f"CREATE TEMP TABLE {_bare(classified)} AS SELECT {', '.join(merged)}, "
+                    f"NOT ({exists}) AS __new, ({exists} AND ({changed})) AS __changed, "
+                    f"({exists} AND ({bookkeeping_changed})) AS __bookkeeping_changed "
+                    f"FROM {stage.table} AS s LEFT JOIN {target} AS t ON {join}",
+                )
+                ((inserted, updated),) = _run(
+                    con,
+                    "SELECT count(*) FILTER (WHERE __new), count(*) FILTER (WHERE __changed) "
+                    f"FROM {classified}",
+                )
+                if assignments:
+                    _run(
+                        con,
+                        f"UPDATE {target} AS t SET {assignments}, {LOADED_AT} = CASE WHEN u.__changed "
+                        f"THEN ?::TIMESTAMPTZ ELSE t.{LOADED_AT} END "
+                        f"FROM {classified} AS u WHERE {match} AND (u.__changed OR u.__bookkeeping_changed)",
+                        [now],
+                    )
+                if inserted:
+                    _run(
+                        con,
+                        f"INSERT INTO {target} ({column_list}, {LOADED_AT}) "
+                        f"SELECT {column_list}, ?::TIMESTAMPTZ FROM {classified} WHERE __new",
+                        [now],
+                    )
+            if after is not None:
+                after(classified, stage)
         return UpsertCounts(
             inserted=inserted,
             updated=updated,
@@ -644,99 +712,131 @@ def duplicate_keys(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> int:
     return _run(con, sql)[0][0]
 
 
-# Transcript turns from a call's raw JSON, with the rules of `models._parse_turns`: position in
-# the array is `turn_index`, items that are not objects are skipped, a field of the wrong JSON type
-# or an unparseable timestamp is NULL, and a timestamp without a zone is read as UTC (the session
-# time zone `connect` sets).
-_TURNS_FROM_RAW_SQL = """
-WITH parents AS (
-  SELECT call_id, json_extract(raw, '$.transcript[*]') AS items FROM {calls}
-  WHERE call_id IN (SELECT call_id FROM {parents})
+# Transcript turns from calls' raw JSON, with the rules of `models._parse_turns`: position in the
+# array is `turn_index`, items that are not objects are skipped, a field of the wrong JSON type or
+# an unparseable timestamp is NULL, and a timestamp without a zone is read as UTC (the session
+# time zone `connect` sets). One row per transcript item, objects or not (`is_object`), so that a
+# call with a non-empty transcript is known even when none of its items is a turn. Each item is
+# parsed twice, for the types and for the strings of all its fields at once.
+_TRANSCRIPT_ITEMS_SQL = """
+WITH items AS (
+  SELECT call_id, first_write, unnest(items) AS t, generate_subscripts(items, 1) - 1 AS turn_index
+  FROM (SELECT call_id, first_write, json_extract(raw, '$.transcript[*]') AS items FROM {calls})
 ),
-items AS (
-  SELECT call_id, unnest(items) AS t, generate_subscripts(items, 1) - 1 AS turn_index FROM parents
+typed AS (
+  SELECT
+    call_id,
+    first_write,
+    turn_index,
+    json_type(t, ['$', '$.role', '$.content', '$.startTime', '$.endTime']) AS types,
+    json_extract_string(t, ['$.role', '$.content', '$.startTime', '$.endTime']) AS texts
+  FROM items
 )
 SELECT
   call_id,
+  first_write,
   CAST(turn_index AS INTEGER) AS turn_index,
-  CASE WHEN json_type(t, '$.role') = 'VARCHAR' THEN t ->> '$.role' END AS role,
-  CASE WHEN json_type(t, '$.content') = 'VARCHAR' THEN t ->> '$.content' END AS content,
-  CASE WHEN json_type(t, '$.startTime') = 'VARCHAR'
-       THEN TRY_CAST(trim(t ->> '$.startTime') AS TIMESTAMPTZ) END AS start_time,
-  CASE WHEN json_type(t, '$.endTime') = 'VARCHAR'
-       THEN TRY_CAST(trim(t ->> '$.endTime') AS TIMESTAMPTZ) END AS end_time
-FROM items
-WHERE json_type(t) = 'OBJECT'
+  types[1] = 'OBJECT' AS is_object,
+  CASE WHEN types[2] = 'VARCHAR' THEN texts[1] END AS role,
+  CASE WHEN types[3] = 'VARCHAR' THEN texts[2] END AS content,
+  CASE WHEN types[4] = 'VARCHAR' THEN TRY_CAST(trim(texts[3]) AS TIMESTAMPTZ) END AS start_time,
+  CASE WHEN types[5] = 'VARCHAR' THEN TRY_CAST(trim(texts[4]) AS TIMESTAMPTZ) END AS end_time
+FROM typed
 """
 
 
-def replace_turns_from_raw(
-    con: duckdb.DuckDBPyConnection, call_ids: Sequence[str], written_at: datetime
-) -> ReplaceCounts:
-    """Rebuild `call_transcript_turns` for those of `call_ids` whose transcript changed.
+def upsert_calls(
+    con: duckdb.DuckDBPyConnection, rows: Rows, *, now: datetime | None = None
+) -> tuple[UpsertCounts, ReplaceCounts]:
+    """`upsert(CALLS, rows)` and, in the same transaction, the transcript turns of those calls.
 
-    Only calls whose `calls` row this write changed (`_loaded_at = written_at`) can have a new
-    transcript; of those, a call whose turns come out identical keeps its rows and `_loaded_at`,
-    any other has all its turns replaced. A call whose transcript is empty or absent ("not stored
-    yet") keeps the turns already stored. The turns are read out of `calls.raw` inside DuckDB, so
-    millions of turns never become Python objects.
+    Only a call whose row this write inserted or changed, and whose row here carries `raw` (a 404
+    does not), can have a new transcript; its turns are read out of that raw JSON inside DuckDB,
+    so millions of turns never become Python objects. A call new to the table has no stored turns:
+    its turns are inserted without comparing or deleting. A call stored before whose turns come
+    out identical keeps its rows and `_loaded_at`; any other has all its turns replaced. A call
+    whose transcript is empty or absent ("not stored yet") keeps the turns already stored.
     """
-    if not call_ids:
+    now = now or datetime.now(UTC)
+    turns = ReplaceCounts()
+
+    def write_turns(merged: str, stage: _Staging) -> None:
+        nonlocal turns
+        turns = _replace_turns_of_upserted_calls(con, merged, stage, now)
+
+    return _upsert(con, CALLS, rows, (), now, write_turns), turns
+
+
+def _replace_turns_of_upserted_calls(
+    con: duckdb.DuckDBPyConnection, merged: str, stage: _Staging, written_at: datetime
+) -> ReplaceCounts:
+    candidates = _run(
+        con,
+        f"SELECT s.__ord, m.__new FROM {stage.table} AS s JOIN {merged} AS m ON m.call_id = s.call_id "
+        "WHERE (m.__new OR m.__changed) AND s.raw IS NOT NULL ORDER BY s.__ord",
+    )
+    if not candidates:
         return ReplaceCounts()
-    calls = spec_ref(con, CALLS)
+    positions, first_writes = zip(*candidates, strict=True)
+    calls = stage.data.select(["call_id", "raw"]).take(pa.array(positions, type=pa.int64()))
+    calls = calls.append_column("first_write", pa.array(first_writes, type=pa.bool_()))
     turns = spec_ref(con, CALL_TRANSCRIPT_TURNS)
     tag = uuid.uuid4().hex[:12]
-    names = ("ids", "parents", "new", "changed")
-    ids_view, parents, staged, changed = (f"__turns_{name}_{tag}" for name in names)
+    view, items, revised = (f"__turns_{name}_{tag}" for name in ("calls", "items", "revised"))
     columns = ", ".join(_quote(c.name) for c in CALL_TRANSCRIPT_TURNS.data_columns)
-    stored_before = f"SELECT call_id FROM {parents} WHERE NOT first_write"
-    stored = f"SELECT {columns} FROM {turns} WHERE call_id IN ({stored_before})"
-    con.register(ids_view, pa.table({"call_id": pa.array(list(call_ids), type=pa.string())}))
     try:
-        with transaction(con):
+        _register(con, view, _chunked(calls))
+        try:
+            _run(con, f"CREATE TEMP TABLE {items} AS {_TRANSCRIPT_ITEMS_SQL.format(calls=view)}")
+        finally:
+            con.unregister(view)
+        ((parents, stored_before),) = _run(
+            con,
+            "SELECT count(DISTINCT call_id), count(DISTINCT call_id) FILTER (WHERE NOT first_write) "
+            f"FROM {items}",
+        )
+        deleted = changed = inserted = 0
+        to_write = "first_write"
+        if stored_before:
+            # Only calls stored before this write can have turns to compare with and delete.
+            staged_turns = f"SELECT {columns} FROM {items} WHERE is_object AND NOT first_write"
+            before = f"call_id IN (SELECT call_id FROM {items} WHERE NOT first_write)"
+            stored_turns = f"SELECT {columns} FROM {turns} WHERE {before}"
             _run(
                 con,
-                f"CREATE TEMP TABLE {parents} AS SELECT call_id, "
-                "first_fetched_at IS NOT DISTINCT FROM ?::TIMESTAMPTZ AS first_write FROM "
-                f"{calls} WHERE call_id IN (SELECT call_id FROM {ids_view}) AND {LOADED_AT} = ?::TIMESTAMPTZ "
-                "AND json_array_length(raw, '$.transcript') > 0",
-                [written_at, written_at],
+                f"CREATE TEMP TABLE {revised} AS SELECT DISTINCT call_id FROM "
+                f"(({staged_turns} EXCEPT {stored_turns}) UNION ALL ({stored_turns} EXCEPT {staged_turns}))",
             )
-            try:
-                select = _TURNS_FROM_RAW_SQL.format(calls=calls, parents=parents)
-                _run(con, f"CREATE TEMP TABLE {staged} AS {select}")
-                # A call first fetched by this write has no stored turns to compare with (a first
-                # load is all such calls); only calls stored before are compared.
-                _run(
-                    con,
-                    f"CREATE TEMP TABLE {changed} AS SELECT call_id FROM {parents} WHERE first_write "
-                    f"UNION SELECT call_id FROM ((SELECT {columns} FROM {staged} EXCEPT {stored}) "
-                    f"UNION ALL ({stored} EXCEPT SELECT {columns} FROM {staged}))",
+            ((changed,),) = _run(con, f"SELECT count(*) FROM {revised}")
+            if changed:
+                ((deleted,),) = _run(
+                    con, f"DELETE FROM {turns} WHERE call_id IN (SELECT call_id FROM {revised})"
                 )
-                ((candidates,),) = _run(con, f"SELECT count(*) FROM {parents}")
-                ((replaced,),) = _run(con, f"SELECT count(*) FROM {changed}")
-                deleted = inserted = 0
-                if replaced:
-                    in_changed = f"call_id IN (SELECT call_id FROM {changed})"
-                    ((deleted,),) = _run(con, f"DELETE FROM {turns} WHERE {in_changed}")
-                    ((inserted,),) = _run(
-                        con,
-                        f"INSERT INTO {turns} ({columns}, {LOADED_AT}) "
-                        f"SELECT {columns}, ?::TIMESTAMPTZ FROM {staged} WHERE {in_changed}",
-                        [written_at],
-                    )
-            finally:
-                for table in (parents, staged, changed):
-                    _run(con, f"DROP TABLE IF EXISTS {table}")
+                to_write = f"(first_write OR call_id IN (SELECT call_id FROM {revised}))"
+        replaced = parents - stored_before + changed
+        if replaced:
+            ((inserted,),) = _run(
+                con,
+                f"INSERT INTO {turns} ({columns}, {LOADED_AT}) "
+                f"SELECT {columns}, ?::TIMESTAMPTZ FROM {items} WHERE is_object AND {to_write}",
+                [written_at],
+            )
     finally:
-        con.unregister(ids_view)
+        for table in (items, revised):
+            _drop_temp(con, table)
     return ReplaceCounts(
-        parents=candidates,
+        parents=parents,
         parents_replaced=replaced,
-        parents_unchanged=candidates - replaced,
+        parents_unchanged=parents - replaced,
         deleted=deleted,
         inserted=inserted,
     )
+
+
+def _drop_temp(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    # When the caller's transaction failed, its ROLLBACK discards the table.
+    with contextlib.suppress(duckdb.TransactionException):
+        _run(con, f"DROP TABLE IF EXISTS {table}")
 
 
 def calls_needing_fetch(

@@ -89,7 +89,7 @@ def setup(params: dict[str, Any]) -> dict[str, Any]:
     timer.wrap(assets_module, "enrich_calls", "enrich_calls")
     timer.wrap(sync, "_write_call_batch", "write_call_batch")
     timer.wrap(sync, "upsert", _call_table)
-    timer.wrap(sync, "replace_turns_from_raw", "call_tables_write")
+    timer.wrap(sync, "upsert_calls", "call_tables_write")
     # The ingestion assets and resources exactly as `build_definitions` wires them; checks,
     # schedules and sensors are left out because they take no part in a load.
     settings = AptenSettings.from_env()

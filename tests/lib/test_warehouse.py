@@ -467,6 +467,44 @@ def test_process_killed_mid_write_leaves_the_last_committed_state(tmp_path: Path
     con.close()
 
 
+def test_batches_written_one_connection_after_another_keep_small_row_groups(tmp_path: Path) -> None:
+    # With DuckDB's default (122,880 rows), each checkpoint merged the small row groups of earlier
+    # batches again, rewriting their raw JSON: write time per call grew with the table.
+    path = tmp_path / "apten.duckdb"
+    for batch in range(3):
+        con = warehouse.connect(path)
+        warehouse.ensure_schema(con)
+        bodies = [{**CALL_BODY, "id": f"call-{batch}-{i}"} for i in range(1500)]
+        warehouse.upsert(con, CALLS, [call_rows(Call.from_json(body), T0).call for body in bodies])
+        con.close()  # the last connection checkpoints
+    con = warehouse.connect(path, read_only=True)
+    storage = f"pragma_storage_info('{warehouse.CATALOG}.apten.calls')"
+    ((groups, largest, rows),) = con.execute(
+        "SELECT count(*), max(n), sum(n) FROM (SELECT row_group_id, sum(count) AS n "
+        f"FROM {storage} WHERE column_id = 0 AND segment_type <> 'VALIDITY' GROUP BY ALL)"
+    ).fetchall()
+    con.close()
+    assert rows == 4500
+    assert largest <= warehouse.ROW_GROUP_SIZE and groups >= 3
+
+
+def test_json_documents_are_stored_with_zstd(tmp_path: Path) -> None:
+    # FSST, which DuckDB picks by itself for long strings, made compressing calls.raw most of the
+    # cost of each batch's checkpoint.
+    path = tmp_path / "apten.duckdb"
+    con = warehouse.connect(path)
+    warehouse.ensure_schema(con)
+    bodies = [{**CALL_BODY, "id": f"call-{i}"} for i in range(500)]
+    warehouse.upsert(con, CALLS, [call_rows(Call.from_json(body), T0).call for body in bodies])
+    con.execute("CHECKPOINT")
+    storage = f"pragma_storage_info('{warehouse.CATALOG}.apten.calls')"
+    methods = con.execute(
+        f"SELECT DISTINCT compression FROM {storage} WHERE column_name = 'raw' AND segment_type <> 'VALIDITY'"
+    ).fetchall()
+    con.close()
+    assert methods == [("ZSTD",)]
+
+
 def _hold_write_lock(path: Path, seconds: float) -> subprocess.Popen:
     script = textwrap.dedent(
         f"""
@@ -642,9 +680,8 @@ def test_turns_read_in_duckdb_match_the_python_model_on_hostile_transcripts(
         for name, transcript in HOSTILE_TRANSCRIPTS.items()
     }
     rows = [warehouse_call_row(body, written) for body in bodies.values()]
-    warehouse.upsert(con, CALLS, rows, now=written)
 
-    counts = warehouse.replace_turns_from_raw(con, list(bodies), written)
+    calls, counts = warehouse.upsert_calls(con, rows, now=written)
 
     expected = sorted(
         (r["call_id"], r["turn_index"], r["role"], r["content"], r["start_time"], r["end_time"])
@@ -653,8 +690,17 @@ def test_turns_read_in_duckdb_match_the_python_model_on_hostile_transcripts(
     )
     stored = table(con, "call_transcript_turns", "call_id, turn_index")
     assert [row[:6] for row in stored] == expected
+    assert calls.inserted == len(bodies)
     assert counts.parents_replaced == len(bodies)
     assert counts.inserted == len(expected)
+
+    # The same transcripts read again for calls stored before: compared, found equal, kept.
+    later = written + timedelta(minutes=5)
+    again = [warehouse_call_row({**body, "summary": "late"}, later) for body in bodies.values()]
+    calls, counts = warehouse.upsert_calls(con, again, now=later)
+    assert calls.updated == len(bodies)
+    assert (counts.parents, counts.parents_replaced, counts.deleted) == (len(bodies), 0, 0)
+    assert table(con, "call_transcript_turns", "call_id, turn_index") == stored
 
 
 def test_turns_read_in_duckdb_keep_rows_of_calls_whose_transcript_did_not_change(
@@ -662,16 +708,13 @@ def test_turns_read_in_duckdb_keep_rows_of_calls_whose_transcript_did_not_change
 ) -> None:
     first = datetime(2026, 6, 15, 15, 0, tzinfo=UTC)
     body = {"id": "c1", "transcript": HOSTILE_TRANSCRIPTS["ordinary"]}
-    warehouse.upsert(con, CALLS, [warehouse_call_row(body, first)], now=first)
-    warehouse.replace_turns_from_raw(con, ["c1"], first)
+    warehouse.upsert_calls(con, [warehouse_call_row(body, first)], now=first)
 
     later = first + timedelta(minutes=5)
     with_summary = {**body, "summary": "arrived late"}
-    warehouse.upsert(con, CALLS, [warehouse_call_row(with_summary, later)], now=later)
-    unchanged = warehouse.replace_turns_from_raw(con, ["c1"], later)
+    _, unchanged = warehouse.upsert_calls(con, [warehouse_call_row(with_summary, later)], now=later)
     revised = {**with_summary, "transcript": []}
-    warehouse.upsert(con, CALLS, [warehouse_call_row(revised, later + timedelta(minutes=5))])
-    empty = warehouse.replace_turns_from_raw(con, ["c1"], later + timedelta(minutes=5))
+    _, empty = warehouse.upsert_calls(con, [warehouse_call_row(revised, later + timedelta(minutes=5))])
 
     assert (unchanged.parents, unchanged.parents_replaced) == (1, 0)
     assert (empty.parents, empty.deleted) == (0, 0)
@@ -688,15 +731,41 @@ def test_turns_read_in_duckdb_replace_a_revised_transcript_without_stale_turns(
     first = datetime(2026, 6, 15, 15, 0, tzinfo=UTC)
     three = [turn("user", f"t{i}", "2026-06-15T14:30:01Z", "2026-06-15T14:30:02Z") for i in range(3)]
     body = {"id": "c1", "transcript": three}
-    warehouse.upsert(con, CALLS, [warehouse_call_row(body, first)], now=first)
-    warehouse.replace_turns_from_raw(con, ["c1"], first)
+    warehouse.upsert_calls(con, [warehouse_call_row(body, first)], now=first)
 
     later = first + timedelta(minutes=5)
     only = turn("assistant", "only", "2026-06-15T14:30:01Z", "2026-06-15T14:30:02Z")
     revised = {**body, "transcript": [only]}
-    warehouse.upsert(con, CALLS, [warehouse_call_row(revised, later)], now=later)
-    counts = warehouse.replace_turns_from_raw(con, ["c1"], later)
+    _, counts = warehouse.upsert_calls(con, [warehouse_call_row(revised, later)], now=later)
 
     stored = table(con, "call_transcript_turns", "turn_index")
     assert [(row[1], row[2], row[3]) for row in stored] == [(0, "assistant", "only")]
     assert (counts.parents_replaced, counts.deleted, counts.inserted) == (1, 3, 1)
+
+
+def test_one_batch_of_new_revised_unchanged_and_missing_calls_writes_each_its_own_way(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    # New calls skip the comparison with stored turns; stored ones are compared; a 404 never
+    # touches turns. Mixed in one batch, each call must still end as if written alone.
+    first = datetime(2026, 6, 15, 15, 0, tzinfo=UTC)
+    two = [turn("user", f"t{i}", "2026-06-15T14:30:01Z", "2026-06-15T14:30:02Z") for i in range(2)]
+    stored = {name: {"id": name, "transcript": two} for name in ("revised", "unchanged", "gone")}
+    warehouse.upsert_calls(con, [warehouse_call_row(body, first) for body in stored.values()], now=first)
+
+    later = first + timedelta(minutes=5)
+    batch = [
+        warehouse_call_row({"id": "new", "transcript": two + two}, later),
+        warehouse_call_row({"id": "revised", "transcript": two[:1]}, later),
+        warehouse_call_row({"id": "unchanged", "transcript": two, "summary": "late"}, later),
+        not_found_call_row("gone", later),
+    ]
+    calls, counts = warehouse.upsert_calls(con, batch, now=later)
+
+    assert (calls.inserted, calls.updated, calls.unchanged) == (1, 3, 0)
+    assert (counts.parents, counts.parents_replaced, counts.parents_unchanged) == (3, 2, 1)
+    assert (counts.deleted, counts.inserted) == (2, 5)
+    per_call = "SELECT call_id, count(*), max(_loaded_at) FROM {} GROUP BY 1 ORDER BY 1"
+    turns = con.execute(per_call.format(ref(con, "call_transcript_turns"))).fetchall()
+    assert turns == [("gone", 2, first), ("new", 4, later), ("revised", 1, later), ("unchanged", 2, first)]
+    assert warehouse.duplicate_keys(con, CALL_TRANSCRIPT_TURNS) == 0
