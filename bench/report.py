@@ -215,7 +215,7 @@ def render(results: Results, webhook_output: str | None, notes: str = "") -> str
         "## How to reproduce",
         "",
         "```",
-        f"{COMMAND}            # the full run, about 17-18 minutes on 2 cores; rewrites bench/RESULTS.md",
+        f"{COMMAND}            # the full run, about 12 minutes on 2 cores; rewrites bench/RESULTS.md",
         f"{COMMAND} --smoke    # tiny sizes, seconds (the test suite runs this)",
         "```",
         "",

@@ -521,8 +521,17 @@ def test_checks_fail_on_bad_data_with_counts_and_ids(
         "VALUES ('ghost-call', 0, 'user', now())",
         f"UPDATE apten.calls SET summary_status = NULL WHERE call_id = '{null_call}'",
     )
-    # A give-up window shorter than the calls' age: every call still pending is overdue.
+    # A give-up window (36 s) shorter than almost every call's age: the calls still pending that
+    # ended before it are overdue. A call may end during the test, so the check's count lies
+    # between the overdue counts taken just before and just after it.
     defs = _settings_env(monkeypatch, {"APTEN_SUMMARY_GIVE_UP_HOURS": "0.01"})
+    overdue = (
+        "SELECT count(*) FROM apten.calls AS c LEFT JOIN apten.call_events AS e USING (call_id) "
+        "WHERE c.summary_status = 'pending' AND COALESCE(c.created_at + to_microseconds("
+        "CAST(round(c.duration_seconds * 1e6) AS BIGINT)), c.created_at, e.occurred_at) "
+        "< now() - INTERVAL 36 SECOND"
+    )
+    ((overdue_before,),) = _query(db, overdue)
 
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks],
@@ -558,7 +567,9 @@ def test_checks_fail_on_bad_data_with_counts_and_ids(
         assert meta[name]["sample_orphan_call_ids"] == ["ghost-call"]
     coverage = checks["call_summaries:summary_coverage_after_give_up"]
     assert coverage.severity == dg.AssetCheckSeverity.WARN
-    assert meta["call_summaries:summary_coverage_after_give_up"]["calls_still_pending"] == pending
+    ((overdue_after,),) = _query(db, overdue)
+    still_pending = meta["call_summaries:summary_coverage_after_give_up"]["calls_still_pending"]
+    assert 0 < overdue_before <= still_pending <= overdue_after <= pending
     assert 0 < meta["call_summaries:summary_coverage_after_give_up"]["summary_coverage_ratio"] < 1
     assert checks["call_events:unique_primary_key"].passed and checks["leads:unique_primary_key"].passed
 
