@@ -149,13 +149,25 @@ def _memory_total() -> str:
     return "unknown"
 
 
+RESULTS_PAGE = "bench/RESULTS.md"
+
+
 def _git_commit() -> str:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
+        # The results page itself (rewritten by every run) does not make the code uncommitted.
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ":/",
+                f":(top,exclude){RESULTS_PAGE}",
+            ],
             capture_output=True,
             text=True,
             check=True,
