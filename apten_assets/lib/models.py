@@ -17,7 +17,7 @@ reading it in `warnings`. The rules, in one place:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -339,7 +339,11 @@ class Call:
         """When the call ended: `createdAt + durationSeconds`, else the last turn's end, else None."""
         if self.created_at is not None and self.duration_seconds is not None:
             return self.created_at + timedelta(seconds=self.duration_seconds)
-        ends = [turn.end_time for turn in self.turns if turn.end_time is not None]
+        if self.turns:
+            ends = [turn.end_time for turn in self.turns if turn.end_time is not None]
+        else:
+            # Parsed without turns (`with_turns=False`): the same end times, read from `raw`.
+            ends = [end for end in map(_turn_end, _transcript_objects(self.raw)) if end is not None]
         return max(ends) if ends else None
 
     @classmethod
@@ -347,7 +351,9 @@ class Call:
         """Parse one call body; raises MalformedRecord without a string `id`.
 
         `with_turns=False` leaves `turns` empty: the warehouse derives turns from `raw` in bulk
-        (`warehouse.upsert_calls`) with the same rules as `_parse_turns`.
+        (`warehouse.upsert_calls`) with the same rules as `_parse_turns`. The call is otherwise the
+        same: `ended_at` still falls back to the transcript, and a transcript that is not an array
+        or holds items that are not objects still gives its warnings.
         """
         obj = _require_object(obj, "call")
         record_id = _require_id(obj)
@@ -379,7 +385,7 @@ class Call:
             transfer_connected_seconds=r.number("transferConnectedSeconds"),
             lead_never_spoke=r.boolean("leadNeverSpoke"),
             summary=summary,
-            turns=_parse_turns(obj.get("transcript"), r) if with_turns else (),
+            turns=_parse_turns(obj.get("transcript"), r) if with_turns else _check_transcript(obj, r),
             raw=obj,
             warnings=r.finish(),
         )
@@ -388,10 +394,35 @@ class Call:
 def transcript_object_count(obj: Mapping[str, Any]) -> int | None:
     """How many turns a call body's transcript holds (objects only, as `_parse_turns` keeps);
     None when there is no transcript array."""
-    transcript = obj.get("transcript")
-    if not isinstance(transcript, list):
+    if not isinstance(obj.get("transcript"), list):
         return None
-    return sum(1 for item in transcript if isinstance(item, Mapping))
+    return sum(1 for _ in _transcript_objects(obj))
+
+
+def _transcript_objects(obj: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    transcript = obj.get("transcript")
+    if isinstance(transcript, list):
+        yield from (item for item in transcript if isinstance(item, Mapping))
+
+
+def _turn_end(item: Mapping[str, Any]) -> datetime | None:
+    try:
+        return parse_timestamp(item.get("endTime"))[0]
+    except ValueError:
+        return None
+
+
+def _check_transcript(obj: Mapping[str, Any], r: _Reader) -> tuple[TranscriptTurn, ...]:
+    """No turns (the warehouse reads them from `raw` in bulk), but the same warnings as
+    `_parse_turns` for a transcript that is not an array and for items that are not objects."""
+    transcript = obj.get("transcript")
+    if transcript is not None and not isinstance(transcript, list):
+        r.warn(f"transcript: expected an array, got {type(transcript).__name__}; call kept without turns")
+    elif transcript is not None:
+        for index, item in enumerate(transcript):
+            if not isinstance(item, Mapping):
+                r.warn(f"transcript[{index}]: a {type(item).__name__}, not an object; turn skipped")
+    return ()
 
 
 def _parse_turns(transcript: object, r: _Reader) -> tuple[TranscriptTurn, ...]:

@@ -438,3 +438,25 @@ def test_warnings_are_capped_per_record() -> None:
     assert call.turns == ()
     assert len(call.warnings) == 51
     assert call.warnings[-1] == "... and 450 more warnings"
+
+
+def test_a_call_parsed_without_turns_keeps_its_end_and_transcript_warnings() -> None:
+    body = call_with(
+        durationSeconds=None,
+        transcript=[
+            {"role": "agent", "content": "Hi", "endTime": "2026-06-15T14:30:04Z"},
+            "not a turn",
+            {"role": "user", "content": "Hello", "endTime": "2026-06-15T14:30:10.500Z"},
+            {"role": "user", "content": "?", "endTime": "garbage"},
+        ],
+    )
+    full, bulk = Call.from_json(body), Call.from_json(body, with_turns=False)
+    assert bulk.turns == ()
+    assert bulk.ended_at == full.ended_at == utc(2026, 6, 15, 14, 30, 10, 500000)
+    assert (
+        [w for w in bulk.warnings if "not an object" in w]
+        == [w for w in full.warnings if "not an object" in w]
+        != []
+    )
+    shape = Call.from_json(call_with(transcript={"turns": []}), with_turns=False)
+    assert any(w.startswith("transcript: expected an array") for w in shape.warnings)
