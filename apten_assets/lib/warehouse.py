@@ -489,12 +489,7 @@ class _Staging:
     def drop(self) -> None:
         names, self._temps = self._temps, []
         for name in names:
-            try:
-                _run(self.con, f"DROP TABLE IF EXISTS {name}")
-            except duckdb.TransactionException:
-                # The caller's transaction failed; its ROLLBACK discards these tables, and the
-                # original error must surface rather than this one.
-                return
+            _drop_temp(self.con, name)
 
 
 def _merged(column: Column, merge: Merge, old: str | None = None) -> str:
@@ -834,7 +829,8 @@ def _replace_turns_of_upserted_calls(
 
 
 def _drop_temp(con: duckdb.DuckDBPyConnection, table: str) -> None:
-    # When the caller's transaction failed, its ROLLBACK discards the table.
+    # When the caller's transaction failed, its ROLLBACK discards the table, and the original
+    # error must surface rather than this one.
     with contextlib.suppress(duckdb.TransactionException):
         _run(con, f"DROP TABLE IF EXISTS {table}")
 
