@@ -278,7 +278,7 @@ class CheckResults:
 
 def summary_arrived(fetch: CallFetch) -> bool:
     """The call body now carries a summary (the same rule the calls run uses for `ready`)."""
-    return Call.from_json(fetch.body).summary is not None
+    return Call.from_json(fetch.body, with_turns=False).summary is not None
 
 
 def check_calls(client: AptenClient, call_ids: Iterable[str], deadline: float) -> CheckResults:
