@@ -14,9 +14,9 @@ import pytest
 from apten_assets.lib.models import Call
 from apten_assets.lib.tables import CALLS, LEADS, TABLES, call_rows
 from apten_assets.warehouse import WarehouseBusy, open_store
+from apten_assets.warehouse import duckdb as duckdb_store
 from apten_assets.warehouse.duckdb import DuckDBStore
 from apten_assets.warehouse.store import PREVIEW_ROWS
-from apten_assets.warehouse import duckdb as duckdb_store
 from tests.warehouse.test_store import CALL_BODY, T0, lead
 
 
