@@ -16,6 +16,7 @@ import secrets
 import sys
 import time
 from contextlib import ExitStack
+from dataclasses import astuple
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,34 +25,12 @@ import dagster as dg
 from apten_assets.defs.apten.metadata import markdown_table
 from apten_assets.lib.config import AptenSettings
 from apten_assets.lib.serving import ThreadedServer
-from apten_assets.lib.warehouse import connect
 from apten_assets.sandbox.data import DatasetSpec
 from apten_assets.sandbox.server import SandboxServer
 from apten_assets.sandbox.webhook_sender import WebhookEmitter
+from apten_assets.warehouse import open_store
 from apten_assets.webhooks import create_app
 from apten_assets.webhooks.receiver import ROUTE
-
-DAY_SUMMARY_SQL = """
-WITH days AS (
-  SELECT CAST(timezone('UTC', COALESCE(e.occurred_at, c.created_at)) AS DATE) AS day, c.*
-  FROM apten.calls AS c LEFT JOIN apten.call_events AS e USING (call_id)
-)
-SELECT
-  d.day,
-  count(*) AS calls,
-  count(*) FILTER (WHERE d.summary_status = 'ready') AS summaries_ready,
-  count(*) FILTER (WHERE d.summary_status = 'pending') AS summaries_pending,
-  count(*) FILTER (WHERE d.summary_status = 'missing') AS summaries_missing,
-  count(*) FILTER (WHERE d.summary_status = 'not_found') AS calls_not_found,
-  count(*) FILTER (WHERE d.session_id IS NOT NULL) AS webchat_calls,
-  COALESCE(sum(t.turns), 0) AS turns,
-  COALESCE(sum(x.attempts), 0) AS transfer_attempts
-FROM days AS d
-LEFT JOIN (SELECT call_id, count(*) AS turns FROM apten.call_transcript_turns GROUP BY 1) AS t USING (call_id)
-LEFT JOIN (SELECT call_id, count(*) AS attempts FROM apten.call_transfers GROUP BY 1) AS x USING (call_id)
-WHERE d.day >= ?
-GROUP BY 1 ORDER BY 1
-"""
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -113,11 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     if not result.success:
         print("The run failed; see the Dagster log above.", file=sys.stderr)
         return 1
-    con = connect(settings.duckdb_path, read_only=True)
-    try:
-        summary = con.execute(DAY_SUMMARY_SQL, [first_day]).fetchall()
-    finally:
-        con.close()
+    with open_store(settings.warehouse, read_only=True) as store:
+        summary = [astuple(day) for day in store.day_summaries(first_day)]
     columns = [
         "day",
         "calls",
@@ -133,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(columns, summary))
     print(
         f"\nDone in {time.monotonic() - started:.1f}s: {sum(r[1] for r in summary):,} calls in "
-        f"{settings.duckdb_path}.\nExplore the runs and lineage with "
+        f"{settings.warehouse}.\nExplore the runs and lineage with "
         f"`DAGSTER_HOME={os.environ['DAGSTER_HOME']} uv run dagster dev`."
     )
     return 0

@@ -27,10 +27,10 @@ from apten_assets.defs.apten import build_definitions
 from apten_assets.defs.apten.webhooks import SENSOR_INTERVAL_SECONDS, WEBHOOK_SENSOR_NAME
 from apten_assets.lib.config import AptenSettings
 from apten_assets.lib.serving import ThreadedServer
-from apten_assets.lib.warehouse import connect
 from apten_assets.sandbox.data import DatasetSpec
 from apten_assets.sandbox.server import SandboxServer
 from apten_assets.sandbox.webhook_sender import WebhookEmitter, WebhookSender, encode
+from apten_assets.warehouse.duckdb import connect
 from apten_assets.webhooks import create_app, delivery_key
 from apten_assets.webhooks.receiver import ROUTE
 

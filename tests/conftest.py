@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from apten_assets.sandbox.data import DatasetSpec, SandboxDataset
 from apten_assets.sandbox.server import SandboxServer
+from apten_assets.warehouse import Store, open_store
 
 # A fixed "now" keeps data, partitions and summary timing identical on every run.
 SANDBOX_ANCHOR = datetime(2026, 5, 14, 15, 30, tzinfo=UTC)
@@ -39,3 +41,24 @@ def _apten_files_in_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytes
     monkeypatch.setenv("APTEN_DUCKDB_PATH", str(folder / "apten.duckdb"))
     monkeypatch.setenv("APTEN_WEBHOOK_INBOX", str(folder / "webhooks"))
     monkeypatch.delenv("APTEN_API_KEY", raising=False)
+    monkeypatch.delenv("APTEN_WAREHOUSE_URL", raising=False)
+
+
+# Every backend the store suite and the end-to-end suites run against.
+WAREHOUSE_BACKENDS = ["duckdb"]
+
+
+@pytest.fixture(params=WAREHOUSE_BACKENDS)
+def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, empty warehouse for one test, also set as APTEN_WAREHOUSE_URL."""
+    url = f"duckdb:///{tmp_path / 'warehouse' / 'apten.duckdb'}"
+    monkeypatch.setenv("APTEN_WAREHOUSE_URL", url)
+    return url
+
+
+@pytest.fixture
+def store(warehouse_url: str) -> Iterator[Store]:
+    """A write session on `warehouse_url` with the schema in place."""
+    with open_store(warehouse_url) as session:
+        session.ensure_schema()
+        yield session

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from apten_assets.lib.warehouse import connect
+from apten_assets.warehouse.duckdb import connect
 
 ROOT = Path(__file__).resolve().parents[1]
 

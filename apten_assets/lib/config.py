@@ -9,6 +9,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from apten_assets.warehouse.url import WarehouseURL, WarehouseURLError
+
 DEFAULT_BASE_URL = "https://api.attent.app/v1"
 # Internal (test and fault-drill) settings; deliberately not in CONTRACT.md.
 INTERNAL_READ_TIMEOUT_VAR = "APTEN_INTERNAL_READ_TIMEOUT_SECONDS"
@@ -35,6 +37,9 @@ class AptenSettings:
     base_url: str = DEFAULT_BASE_URL
     api_key: str | None = field(default=None, repr=False)
     duckdb_path: str = "data/apten.duckdb"
+    # APTEN_WAREHOUSE_URL as given (it may hold a password, hence repr=False); None means the
+    # DuckDB file at `duckdb_path`. Read it through `warehouse`, whose str() hides the password.
+    warehouse_url: str | None = field(default=None, repr=False)
     start_date: date = field(default_factory=lambda: datetime.now(UTC).date() - timedelta(days=30))
     max_rps: float = 10.0
     max_concurrency: int = 8
@@ -80,6 +85,11 @@ class AptenSettings:
             raise ConfigError(
                 f"{INTERNAL_RETRY_BASE_VAR} must be 0 or more, got {self.retry_base_delay_seconds}"
             )
+        if self.warehouse_url is not None:
+            try:
+                WarehouseURL.parse(self.warehouse_url)
+            except WarehouseURLError as exc:
+                raise ConfigError(str(exc)) from None
         if self.start_date > datetime.now(UTC).date():
             raise ConfigError(f"APTEN_START_DATE must not be in the future, got {self.start_date}")
 
@@ -96,6 +106,13 @@ class AptenSettings:
                 f"before calling {self.base_url}"
             )
         return self.api_key
+
+    @property
+    def warehouse(self) -> WarehouseURL:
+        """Where the tables live: APTEN_WAREHOUSE_URL, else `duckdb:///` + APTEN_DUCKDB_PATH."""
+        if self.warehouse_url is None:
+            return WarehouseURL.for_duckdb_file(self.duckdb_path)
+        return WarehouseURL.parse(self.warehouse_url)
 
     @property
     def duckdb_file(self) -> Path:
@@ -126,6 +143,8 @@ class AptenSettings:
             kwargs["api_key"] = v
         if (v := text("APTEN_DUCKDB_PATH")) is not None:
             kwargs["duckdb_path"] = v
+        if (v := text("APTEN_WAREHOUSE_URL")) is not None:
+            kwargs["warehouse_url"] = v
         if (v := text("APTEN_START_DATE")) is not None:
             try:
                 kwargs["start_date"] = date.fromisoformat(v)

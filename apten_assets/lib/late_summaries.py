@@ -31,7 +31,7 @@ import httpx
 from apten_assets.lib.client import AptenAuthError, AptenClient, AptenError, CallFetch, RetryPolicy
 from apten_assets.lib.config import AptenSettings
 from apten_assets.lib.models import Call, MalformedRecord
-from apten_assets.lib.warehouse import PendingCall
+from apten_assets.warehouse import PendingCall
 
 CURSOR_VERSION = 1
 # Seconds of API work one tick may plan for: Dagster stops a tick after 60 s, and a short tick
@@ -278,7 +278,7 @@ class CheckResults:
 
 def summary_arrived(fetch: CallFetch) -> bool:
     """The call body now carries a summary (the same rule the calls run uses for `ready`)."""
-    return Call.from_json(fetch.body, with_turns=False).summary is not None
+    return Call.from_json(fetch.body).summary is not None
 
 
 def check_calls(client: AptenClient, call_ids: Iterable[str], deadline: float) -> CheckResults:

@@ -1,4 +1,4 @@
-"""Typed views of Apten JSON: `Lead`, `Event` (+ `CallEventData`), `Call`, `TranscriptTurn`.
+"""Typed views of Apten JSON: `Lead`, `Event` (+ `CallEventData`), `Call`.
 
 Every model is a frozen dataclass that keeps the untouched JSON in `raw` and the problems met while
 reading it in `warnings`. The rules, in one place:
@@ -296,20 +296,14 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
-class TranscriptTurn:
-    """One transcript turn. `index` is its position in the API's `transcript` array."""
-
-    index: int
-    role: str | None
-    content: str | None
-    start_time: datetime | None
-    end_time: datetime | None
-    raw: Mapping[str, Any] = field(repr=False, compare=False)
-
-
-@dataclass(frozen=True, slots=True)
 class Call:
-    """A call from `GET /calls/{callId}` with its transcript turns (API order) and summary."""
+    """A call from `GET /calls/{callId}` and its summary.
+
+    Its transcript turns are not parsed here: the warehouse derives them from `raw` in bulk
+    (`Store.upsert_calls`, the one implementation of the turn rules), so they never become Python
+    objects. `from_json` still warns about a transcript that is not an array or holds items that
+    are not objects.
+    """
 
     id: str
     lead_id: str | None
@@ -330,31 +324,21 @@ class Call:
     transfer_connected_seconds: float | None
     lead_never_spoke: bool | None
     summary: str | None
-    turns: tuple[TranscriptTurn, ...] = field(repr=False)
     raw: Mapping[str, Any] = field(repr=False)
     warnings: tuple[str, ...] = ()
 
     @property
     def ended_at(self) -> datetime | None:
-        """When the call ended: `createdAt + durationSeconds`, else the last turn's end, else None."""
+        """When the call ended, by the warehouse's `CALL_END_RULE` applied to this body before it
+        is stored: `createdAt + durationSeconds`, else the latest turn `endTime`, else None."""
         if self.created_at is not None and self.duration_seconds is not None:
             return self.created_at + timedelta(seconds=self.duration_seconds)
-        if self.turns:
-            ends = [turn.end_time for turn in self.turns if turn.end_time is not None]
-        else:
-            # Parsed without turns (`with_turns=False`): the same end times, read from `raw`.
-            ends = [end for end in map(_turn_end, _transcript_objects(self.raw)) if end is not None]
+        ends = [end for end in map(_turn_end, _transcript_objects(self.raw)) if end is not None]
         return max(ends) if ends else None
 
     @classmethod
-    def from_json(cls, obj: object, *, with_turns: bool = True) -> Call:
-        """Parse one call body; raises MalformedRecord without a string `id`.
-
-        `with_turns=False` leaves `turns` empty: the warehouse derives turns from `raw` in bulk
-        (`warehouse.upsert_calls`) with the same rules as `_parse_turns`. The call is otherwise the
-        same: `ended_at` still falls back to the transcript, and a transcript that is not an array
-        or holds items that are not objects still gives its warnings.
-        """
+    def from_json(cls, obj: object) -> Call:
+        """Parse one call body; raises MalformedRecord without a string `id`."""
         obj = _require_object(obj, "call")
         record_id = _require_id(obj)
         r = _Reader(obj, record_id)
@@ -385,15 +369,14 @@ class Call:
             transfer_connected_seconds=r.number("transferConnectedSeconds"),
             lead_never_spoke=r.boolean("leadNeverSpoke"),
             summary=summary,
-            turns=_parse_turns(obj.get("transcript"), r) if with_turns else _check_transcript(obj, r),
-            raw=obj,
+            raw=_check_transcript(obj, r),
             warnings=r.finish(),
         )
 
 
 def transcript_object_count(obj: Mapping[str, Any]) -> int | None:
-    """How many turns a call body's transcript holds (objects only, as `_parse_turns` keeps);
-    None when there is no transcript array."""
+    """How many turns a call body's transcript holds (its items that are objects, as the warehouse
+    keeps them); None when there is no transcript array."""
     if not isinstance(obj.get("transcript"), list):
         return None
     return sum(1 for _ in _transcript_objects(obj))
@@ -412,9 +395,9 @@ def _turn_end(item: Mapping[str, Any]) -> datetime | None:
         return None
 
 
-def _check_transcript(obj: Mapping[str, Any], r: _Reader) -> tuple[TranscriptTurn, ...]:
-    """No turns (the warehouse reads them from `raw` in bulk), but the same warnings as
-    `_parse_turns` for a transcript that is not an array and for items that are not objects."""
+def _check_transcript(obj: Mapping[str, Any], r: _Reader) -> Mapping[str, Any]:
+    """`obj`, after warning about a transcript that is not an array and about items that are not
+    objects (the warehouse skips them when it derives the turns)."""
     transcript = obj.get("transcript")
     if transcript is not None and not isinstance(transcript, list):
         r.warn(f"transcript: expected an array, got {type(transcript).__name__}; call kept without turns")
@@ -422,29 +405,4 @@ def _check_transcript(obj: Mapping[str, Any], r: _Reader) -> tuple[TranscriptTur
         for index, item in enumerate(transcript):
             if not isinstance(item, Mapping):
                 r.warn(f"transcript[{index}]: a {type(item).__name__}, not an object; turn skipped")
-    return ()
-
-
-def _parse_turns(transcript: object, r: _Reader) -> tuple[TranscriptTurn, ...]:
-    if transcript is None:
-        return ()
-    if not isinstance(transcript, list):
-        r.warn(f"transcript: expected an array, got {type(transcript).__name__}; call kept without turns")
-        return ()
-    turns = []
-    for index, item in enumerate(transcript):
-        if not isinstance(item, Mapping):
-            r.warn(f"transcript[{index}]: a {type(item).__name__}, not an object; turn skipped")
-            continue
-        where = f"transcript[{index}]."
-        turns.append(
-            TranscriptTurn(
-                index=index,
-                role=r.text("role", item, where + "role"),
-                content=r.text("content", item, where + "content"),
-                start_time=r.timestamp("startTime", item, where + "startTime"),
-                end_time=r.timestamp("endTime", item, where + "endTime"),
-                raw=item,
-            )
-        )
-    return tuple(turns)
+    return obj

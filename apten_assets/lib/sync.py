@@ -2,7 +2,8 @@
 
 Plain Python (no Dagster): the assets call these with a client, a way to open a short write
 connection, and a logger. HTTP results are gathered in bounded batches and each batch is
-written in one transaction, so the DuckDB writer lock is never held across HTTP calls and a
+written in one transaction, so the warehouse (DuckDB: its one writer lock) is never held
+across HTTP calls and a
 run killed at any point leaves the last committed batch (a re-run picks up the rest).
 """
 
@@ -18,8 +19,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-import duckdb
-
 from apten_assets.lib.client import AptenAuthError, AptenClient, AptenError, CallFetch
 from apten_assets.lib.models import (
     Call,
@@ -27,31 +26,20 @@ from apten_assets.lib.models import (
     Lead,
     MalformedRecord,
     parse_timestamp,
-    transcript_object_count,
 )
 from apten_assets.lib.tables import (
     CALL_EVENTS,
     CALL_SUMMARIES,
-    CALLS,
     LEADS,
-    WEBHOOK_DELIVERIES,
     call_event_row,
     call_rows,
     lead_row,
     not_found_call_row,
 )
-from apten_assets.lib.warehouse import (
-    ReplaceCounts,
-    UpsertCounts,
-    calls_needing_fetch,
-    get_sync_state,
-    set_sync_state,
-    transaction,
-    upsert,
-    upsert_calls,
-)
+from apten_assets.warehouse import CallEventFacts, ReplaceCounts, Store, UpsertCounts
 
-OpenWarehouse = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
+# A short write session on the warehouse (`AptenWarehouse.get_store` in Dagster).
+OpenWarehouse = Callable[[], AbstractContextManager[Store]]
 T = TypeVar("T")
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -146,17 +134,17 @@ def sync_leads(
     resumes from its last committed batch; soft-deleted leads are kept with `is_deleted = true`.
     """
     report = StepReport()
-    with open_warehouse() as con:
-        stored = get_sync_state(con, LEADS_CURSOR)
+    with open_warehouse() as store:
+        stored = store.get_sync_state(LEADS_CURSOR)
     since = parse_timestamp(stored)[0] - CURSOR_OVERLAP if stored else EPOCH
     log.info(f"leads: fetching leads updated since {since.isoformat()}")
     watermark = parse_timestamp(stored)[0] if stored else None
 
     def flush(rows: list[dict[str, Any]], batch_watermark: datetime | None) -> None:
-        with open_warehouse() as con, transaction(con):
-            report.add_upsert("", upsert(con, LEADS, rows))
+        with open_warehouse() as store, store.transaction():
+            report.add_upsert("", store.upsert(LEADS, rows))
             if batch_watermark is not None:
-                set_sync_state(con, LEADS_CURSOR, batch_watermark.isoformat())
+                store.set_sync_state(LEADS_CURSOR, batch_watermark.isoformat())
         log.info(f"leads: {report.counts['fetched']:,} fetched, {report.counts['inserted']:,} new so far")
 
     rows: list[dict[str, Any]] = []
@@ -181,17 +169,6 @@ def sync_leads(
 # --------------------------------------------------------------------------- call events
 
 
-def _leads_active_since(con: duckdb.DuckDBPyConnection, start: datetime) -> list[str]:
-    # A CALL event at or after `start` moves its lead's lastActivityAt to at least `start`; a lead
-    # without lastActivityAt cannot be ruled out, so it is asked too.
-    rows = con.execute(
-        f"SELECT lead_id FROM {LEADS.qualified_name} "
-        "WHERE last_activity_at IS NULL OR last_activity_at >= ? OR updated_at >= ? ORDER BY lead_id",
-        [start, start],
-    ).fetchall()
-    return [lead_id for (lead_id,) in rows]
-
-
 def sync_call_events(
     client: AptenClient,
     open_warehouse: OpenWarehouse,
@@ -208,8 +185,8 @@ def sync_call_events(
     anything else the API returns is counted by type, never mistaken for a call.
     """
     report = StepReport()
-    with open_warehouse() as con:
-        lead_ids = _leads_active_since(con, start)
+    with open_warehouse() as store:
+        lead_ids = store.leads_active_since(start)
     report.counts["leads_scanned"] = len(lead_ids)
     log.info(f"call_events: scanning {len(lead_ids):,} leads active since {start.isoformat()}")
 
@@ -225,8 +202,8 @@ def sync_call_events(
     ignored_types: Counter[str] = Counter()
 
     def flush() -> None:
-        with open_warehouse() as con:
-            report.add_upsert("", upsert(con, CALL_EVENTS, rows))
+        with open_warehouse() as store:
+            report.add_upsert("", store.upsert(CALL_EVENTS, rows))
         rows.clear()
 
     unfetched: list[tuple[str, str]] = []
@@ -274,30 +251,14 @@ def _with_lead(event: Event, lead_id: str) -> Event:
 
 @dataclass(frozen=True)
 class CallTargets:
-    """The calls one enrichment run fetches, and the lead each CALL event named."""
+    """The calls one enrichment run fetches, and what their CALL events say (a 404 keeps it)."""
 
     call_ids: list[str]
-    lead_of: dict[str, str | None]
-
-
-def _webhook_call_ids(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime) -> list[str]:
-    """Calls known only from webhooks (e.g. webchat) whose webhook falls in [start, end) and that
-    have no final row yet."""
-    rows = con.execute(
-        f"""
-        SELECT DISTINCT w.call_id FROM {WEBHOOK_DELIVERIES.qualified_name} AS w
-        LEFT JOIN {CALLS.qualified_name} AS c ON c.call_id = w.call_id
-        WHERE w.call_id IS NOT NULL AND w.event_timestamp >= ? AND w.event_timestamp < ?
-          AND (c.call_id IS NULL OR c.summary_status = 'pending' OR c.call_status = 'IN_PROGRESS')
-        ORDER BY 1
-        """,
-        [start, end],
-    ).fetchall()
-    return [call_id for (call_id,) in rows]
+    events: dict[str, CallEventFacts]
 
 
 def choose_call_targets(
-    con: duckdb.DuckDBPyConnection,
+    store: Store,
     start: datetime,
     end: datetime,
     now: datetime,
@@ -311,25 +272,17 @@ def choose_call_targets(
     if call_ids:
         chosen = list(dict.fromkeys(call_ids))
     elif refresh_all:
-        rows = con.execute(
-            f"SELECT call_id FROM {CALL_EVENTS.qualified_name} WHERE occurred_at >= ? AND occurred_at < ? "
-            f"UNION SELECT call_id FROM {WEBHOOK_DELIVERIES.qualified_name} "
-            "WHERE call_id IS NOT NULL AND event_timestamp >= ? AND event_timestamp < ? ORDER BY 1",
-            [start, end, start, end],
-        ).fetchall()
-        chosen = [call_id for (call_id,) in rows]
+        chosen = store.calls_in_window(start, end)
     else:
         chosen = list(
-            dict.fromkeys(calls_needing_fetch(con, start, end, now) + _webhook_call_ids(con, start, end))
+            dict.fromkeys(
+                store.calls_needing_fetch(start, end, now) + store.webhook_calls_needing_fetch(start, end)
+            )
         )
-    lead_of: dict[str, str | None] = {}
+    events: dict[str, CallEventFacts] = {}
     for batch in chunks(chosen, 10000):
-        for call_id, lead_id in con.execute(
-            f"SELECT call_id, lead_id FROM {CALL_EVENTS.qualified_name} WHERE call_id IN (SELECT unnest(?))",
-            [batch],
-        ).fetchall():
-            lead_of[call_id] = lead_id
-    return CallTargets(chosen, lead_of)
+        events.update(store.call_event_facts(batch))
+    return CallTargets(chosen, events)
 
 
 def summary_status_for(call: Call, now: datetime, give_up_after: timedelta) -> str:
@@ -360,13 +313,14 @@ def enrich_calls(
     `call_transcript_turns` for each batch in one transaction.
 
     A call's turns are replaced as a whole; an empty transcript ("not stored yet") never wipes
-    turns already stored. A 404 keeps the row (from its CALL event) as `not_found`. Returns one
+    turns already stored. A 404 keeps the row as `not_found`, with what its CALL event says
+    (start, direction, status, duration) where nothing better is stored. Returns one
     report per table, keyed by table name.
     """
     reports = {name: StepReport() for name in ("calls", "call_summaries", "call_transcript_turns")}
     calls_report = reports["calls"]
-    with open_warehouse() as con:
-        targets = choose_call_targets(con, start, end, now(), call_ids=call_ids, refresh_all=refresh_all)
+    with open_warehouse() as store:
+        targets = choose_call_targets(store, start, end, now(), call_ids=call_ids, refresh_all=refresh_all)
     total = len(targets.call_ids)
     calls_report.counts["targeted"] = total
     log.info(f"calls: fetching {total:,} calls from {start.date()} to {end.date()} (exclusive)")
@@ -428,12 +382,21 @@ def _write_call_batch(
         calls_report.counts["fetched"] += 1
         if not fetch.found:
             calls_report.counts["not_found"] += 1
+            event = targets.events.get(fetch.call_id, CallEventFacts())
             call_table.append(
-                not_found_call_row(fetch.call_id, fetched_at, lead_id=targets.lead_of.get(fetch.call_id))
+                not_found_call_row(
+                    fetch.call_id,
+                    fetched_at,
+                    lead_id=event.lead_id,
+                    created_at=event.occurred_at,
+                    direction=event.direction,
+                    call_status=event.call_status,
+                    duration_seconds=event.duration_seconds,
+                )
             )
             continue
         try:
-            call = Call.from_json(fetch.body, with_turns=False)
+            call = Call.from_json(fetch.body)
         except MalformedRecord as exc:
             calls_report.skip(fetch.call_id, f"malformed call: {exc.reason}", log)
             continue
@@ -446,13 +409,11 @@ def _write_call_batch(
         status = summary_status_for(call, fetched_at, give_up_after)
         calls_report.counts[f"summary_{status}"] += 1
         rows = call_rows(call, fetched_at, summary_status=status)
-        # An empty transcript is "not stored yet": NULL keeps the count already stored.
-        rows.call["turn_count"] = transcript_object_count(call.raw) or None
         call_table.append(rows.call)
         if rows.summary is not None:
             summaries.append(rows.summary)
-    with open_warehouse() as con, transaction(con):
-        calls, turns = upsert_calls(con, call_table, now=fetched_at)
+    with open_warehouse() as store, store.transaction():
+        calls, turns = store.upsert_calls(call_table, now=fetched_at)
         reports["calls"].add_upsert("", calls)
-        reports["call_summaries"].add_upsert("", upsert(con, CALL_SUMMARIES, summaries, now=fetched_at))
+        reports["call_summaries"].add_upsert("", store.upsert(CALL_SUMMARIES, summaries, now=fetched_at))
         reports["call_transcript_turns"].add_replace("", turns)

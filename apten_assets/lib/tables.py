@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from apten_assets.lib.models import Call, Event, Lead
+from apten_assets.lib.models import Call, Event, Lead, transcript_object_count
 
 SCHEMA = "apten"
 LOADED_AT = "_loaded_at"
@@ -361,11 +361,11 @@ def call_event_row(event: Event) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class CallRows:
-    """Everything one fetched call writes: its `calls` row, `call_summaries` row (if any) and turns."""
+    """What one fetched call writes besides its turns (the warehouse derives those from `raw`):
+    its `calls` row and its `call_summaries` row, if any."""
 
     call: dict[str, Any]
     summary: dict[str, Any] | None
-    turns: list[dict[str, Any]]
 
 
 def call_rows(
@@ -384,7 +384,6 @@ def call_rows(
     status = summary_status or ("ready" if call.summary is not None else "pending")
     if status not in SUMMARY_STATUSES:
         raise ValueError(f"summary_status must be one of {SUMMARY_STATUSES}, got {status!r}")
-    turns = turn_rows(call)
     row = {
         "call_id": call.id,
         "lead_id": call.lead_id,
@@ -404,7 +403,8 @@ def call_rows(
         "answered_by": call.answered_by,
         "transfer_connected_seconds": call.transfer_connected_seconds,
         "lead_never_spoke": call.lead_never_spoke,
-        "turn_count": len(turns),
+        # An empty transcript is "not stored yet": NULL keeps the count already stored.
+        "turn_count": transcript_object_count(call.raw) or None,
         "summary_status": status,
         "first_fetched_at": fetched_at,
         "last_fetched_at": fetched_at,
@@ -421,32 +421,34 @@ def call_rows(
             "summary_first_seen_at": fetched_at,
             "summary_latency_seconds": (fetched_at - ended_at).total_seconds() if ended_at else None,
         }
-    return CallRows(call=row, summary=summary, turns=turns)
+    return CallRows(call=row, summary=summary)
 
 
-def not_found_call_row(call_id: str, fetched_at: datetime, *, lead_id: str | None = None) -> dict[str, Any]:
-    """`calls` row for a call whose `GET /calls/{id}` answered 404; stored values are kept."""
+def not_found_call_row(
+    call_id: str,
+    fetched_at: datetime,
+    *,
+    lead_id: str | None = None,
+    created_at: datetime | None = None,
+    direction: str | None = None,
+    call_status: str | None = None,
+    duration_seconds: float | None = None,
+) -> dict[str, Any]:
+    """`calls` row for a call whose `GET /calls/{id}` answered 404.
+
+    The other values come from the call's CALL event (its time is when the call started); they
+    are late-arriving columns, so they never clear what is stored, and a later API answer
+    replaces them.
+    """
     return {
         "call_id": call_id,
         "lead_id": lead_id,
+        "direction": direction,
+        "call_status": call_status,
+        "duration_seconds": duration_seconds,
+        "created_at": created_at,
         "summary_status": "not_found",
         "first_fetched_at": fetched_at,
         "last_fetched_at": fetched_at,
         "fetch_attempts": 1,
     }
-
-
-def turn_rows(call: Call) -> list[dict[str, Any]]:
-    """Rows for `apten.call_transcript_turns`, in API order."""
-    call_id = call.id
-    return [
-        {
-            "call_id": call_id,
-            "turn_index": turn.index,
-            "role": turn.role,
-            "content": turn.content,
-            "start_time": turn.start_time,
-            "end_time": turn.end_time,
-        }
-        for turn in call.turns
-    ]

@@ -19,23 +19,13 @@ recomputing is idempotent whatever order the deliveries came in.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import duckdb
-
 from apten_assets.lib.sync import chunks
-from apten_assets.lib.tables import (
-    CALL_EVENTS,
-    CALL_TRANSFERS,
-    CALLS,
-    TRANSFER_OUTCOMES,
-    WEBHOOK_DELIVERIES,
-)
-from apten_assets.lib.warehouse import ReplaceCounts, replace_children, transaction
+from apten_assets.lib.tables import CALL_TRANSFERS, TRANSFER_OUTCOMES
 from apten_assets.lib.webhook_events import (
     TRANSFER_CONNECTED_EVENT,
     TRANSFER_EVENTS,
@@ -43,6 +33,7 @@ from apten_assets.lib.webhook_events import (
     TRANSFER_MISSED_EVENT,
     TRANSFER_STARTED_EVENTS,
 )
+from apten_assets.warehouse import CallTransferRecord, ReplaceCounts, Store, TransferDelivery
 
 OUTCOMES = TRANSFER_OUTCOMES
 # At equal timestamps (webhooks have whole seconds) a start comes before its outcome, and a
@@ -55,34 +46,15 @@ _EVENT_RANK = {
 }
 
 
-@dataclass(frozen=True)
-class TransferDelivery:
-    """One stored transfer webhook of a call."""
-
-    delivery_key: str
-    event: str
-    event_timestamp: datetime | None
-    received_at: datetime | None
-    data: Mapping[str, Any]
-
-    def sort_key(self) -> tuple:
-        when = self.event_timestamp or self.received_at
-        return (when is None, when, _EVENT_RANK.get(self.event, 9), self.received_at, self.delivery_key)
-
-
-@dataclass(frozen=True)
-class CallTransferRecord:
-    """What `apten.calls` knows about a call's transfer."""
-
-    call_id: str
-    lead_id: str | None = None
-    session_id: str | None = None
-    is_transfer: bool | None = None
-    transfer_type: str | None = None
-    transfer_number: str | None = None
-    fallback_transfer_number: str | None = None
-    transfer_status: str | None = None
-    transfer_connected_seconds: float | None = None
+def _delivery_order(delivery: TransferDelivery) -> tuple:
+    when = delivery.event_timestamp or delivery.received_at
+    return (
+        when is None,
+        when,
+        _EVENT_RANK.get(delivery.event, 9),
+        delivery.received_at,
+        delivery.delivery_key,
+    )
 
 
 @dataclass
@@ -162,7 +134,7 @@ def transfer_attempt_rows(
     call_id: str, deliveries: Iterable[TransferDelivery], record: CallTransferRecord | None = None
 ) -> list[dict[str, Any]]:
     """The `apten.call_transfers` rows of one call (possibly none), attempt 1 first."""
-    ordered = sorted((d for d in deliveries if d.event in TRANSFER_EVENTS), key=TransferDelivery.sort_key)
+    ordered = sorted((d for d in deliveries if d.event in TRANSFER_EVENTS), key=_delivery_order)
     starts = [d for d in ordered if d.event in TRANSFER_STARTED_EVENTS]
     attempts = [
         _Attempt(
@@ -229,68 +201,6 @@ def transfer_attempt_rows(
 
 # --------------------------------------------------------------------------- warehouse
 
-_TRANSFER_EVENT_LIST = ", ".join(f"'{name}'" for name in TRANSFER_EVENTS)
-# When a call happened, for its daily partition: its CALL event, else the call record, else its
-# first transfer webhook (a webchat call not fetched yet).
-_CALL_TIMES_SQL = f"""
-    WITH hooks AS (
-      SELECT call_id, min(event_timestamp) AS first_hook_at
-      FROM {WEBHOOK_DELIVERIES.qualified_name}
-      WHERE call_id IS NOT NULL AND event IN ({_TRANSFER_EVENT_LIST})
-      GROUP BY call_id
-    )
-    SELECT COALESCE(c.call_id, h.call_id) AS call_id,
-           COALESCE(e.occurred_at, c.created_at, h.first_hook_at) AS call_at,
-           COALESCE(c.is_transfer, false) OR h.call_id IS NOT NULL AS has_transfer
-    FROM {CALLS.qualified_name} AS c
-    FULL JOIN hooks AS h ON h.call_id = c.call_id
-    LEFT JOIN {CALL_EVENTS.qualified_name} AS e ON e.call_id = COALESCE(c.call_id, h.call_id)
-"""
-
-
-def transfer_calls_in_window(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime) -> list[str]:
-    """Calls of [start, end) that have or had transfer attempts."""
-    rows = con.execute(
-        f"""
-        WITH times AS ({_CALL_TIMES_SQL})
-        SELECT call_id FROM times WHERE call_at >= ? AND call_at < ?
-          AND (has_transfer OR call_id IN (SELECT call_id FROM {CALL_TRANSFERS.qualified_name}))
-        ORDER BY call_id
-        """,
-        [start, end],
-    ).fetchall()
-    return [call_id for (call_id,) in rows]
-
-
-def _load_facts(
-    con: duckdb.DuckDBPyConnection, call_ids: Sequence[str]
-) -> tuple[dict[str, list[TransferDelivery]], dict[str, CallTransferRecord]]:
-    deliveries: dict[str, list[TransferDelivery]] = {}
-    for call_id, key, event, timestamp, received_at, data in con.execute(
-        f"""
-        SELECT call_id, delivery_key, event, event_timestamp, received_at, CAST(raw -> '$.data' AS VARCHAR)
-        FROM {WEBHOOK_DELIVERIES.qualified_name}
-        WHERE call_id IN (SELECT unnest(?)) AND event IN ({_TRANSFER_EVENT_LIST})
-        """,
-        [list(call_ids)],
-    ).fetchall():
-        parsed = json.loads(data) if data else {}
-        deliveries.setdefault(call_id, []).append(
-            TransferDelivery(key, event, timestamp, received_at, parsed if isinstance(parsed, dict) else {})
-        )
-    records = {
-        row[0]: CallTransferRecord(*row)
-        for row in con.execute(
-            f"""
-            SELECT call_id, lead_id, session_id, is_transfer, raw ->> '$.transferType', transfer_number,
-                   fallback_transfer_number, transfer_status, transfer_connected_seconds
-            FROM {CALLS.qualified_name} WHERE call_id IN (SELECT unnest(?))
-            """,
-            [list(call_ids)],
-        ).fetchall()
-    }
-    return deliveries, records
-
 
 @dataclass
 class TransferRefresh:
@@ -302,7 +212,7 @@ class TransferRefresh:
 
 
 def refresh_call_transfers(
-    con: duckdb.DuckDBPyConnection,
+    store: Store,
     start: datetime,
     end: datetime,
     *,
@@ -311,16 +221,17 @@ def refresh_call_transfers(
 ) -> TransferRefresh:
     """Recompute the transfer attempts of the window's calls (plus `call_ids`) and replace each
     call's rows as a whole; a call whose rows come out the same keeps them untouched."""
-    chosen = sorted(set(transfer_calls_in_window(con, start, end)) | set(call_ids))
+    chosen = sorted(set(store.transfer_calls_in_window(start, end, TRANSFER_EVENTS)) | set(call_ids))
     refresh = TransferRefresh(calls=len(chosen))
     for batch in chunks(chosen, batch_size):
-        deliveries, records = _load_facts(con, batch)
+        deliveries = store.transfer_deliveries(batch, TRANSFER_EVENTS)
+        records = store.call_transfer_records(batch)
         rows = [
             row
             for call_id in batch
             for row in transfer_attempt_rows(call_id, deliveries.get(call_id, ()), records.get(call_id))
         ]
         refresh.attempts += len(rows)
-        with transaction(con):
-            refresh.counts += replace_children(con, CALL_TRANSFERS, "call_id", batch, rows)
+        with store.transaction():
+            refresh.counts += store.replace_children(CALL_TRANSFERS, "call_id", batch, rows)
     return refresh

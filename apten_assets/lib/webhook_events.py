@@ -20,7 +20,6 @@ import pyarrow as pa
 from apten_assets.lib.models import parse_timestamp
 from apten_assets.lib.sync import OpenWarehouse, StepReport, chunks
 from apten_assets.lib.tables import WEBHOOK_DELIVERIES
-from apten_assets.lib.warehouse import get_sync_state, set_sync_state, transaction, upsert
 from apten_assets.webhooks.inbox import Delivery, Inbox
 
 TRANSFER_STARTED_EVENTS = ("call.transferred", "webchat.call.transferred")
@@ -140,18 +139,18 @@ def load_webhook_deliveries(
     """
     load = DeliveryLoad()
     report = load.report
-    with open_warehouse() as con:
-        stored_cursor = get_sync_state(con, INBOX_CURSOR)
+    with open_warehouse() as store:
+        stored_cursor = store.get_sync_state(INBOX_CURSOR)
     load.cursor = stored_cursor
     log.info(f"webhook_deliveries: reading {inbox} after {stored_cursor or 'the beginning'}")
     for batch in chunks(inbox.iter_deliveries(after=stored_cursor), batch_size):
         table = _delivery_table(batch, report, log)
         batch_cursor = batch[-1].cursor
-        with open_warehouse() as con, transaction(con):
-            counts = upsert(con, WEBHOOK_DELIVERIES, table)
-            current = get_sync_state(con, INBOX_CURSOR)
+        with open_warehouse() as store, store.transaction():
+            counts = store.upsert(WEBHOOK_DELIVERIES, table)
+            current = store.get_sync_state(INBOX_CURSOR)
             if current is None or batch_cursor > current:
-                set_sync_state(con, INBOX_CURSOR, batch_cursor)
+                store.set_sync_state(INBOX_CURSOR, batch_cursor)
                 load.cursor = batch_cursor
         report.counts["read"] += len(batch)
         report.counts["new"] += counts.inserted

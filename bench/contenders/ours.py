@@ -94,7 +94,10 @@ def setup(params: dict[str, Any]) -> dict[str, Any]:
     # schedules and sensors are left out because they take no part in a load.
     settings = AptenSettings.from_env()
     by_name = {key.path[-1]: a for a in assets_module.build_assets(settings) for key in a.keys}
-    resources = {"apten": AptenApiResource(), "duckdb": AptenWarehouse(database=settings.duckdb_path)}
+    resources = {
+        "apten": AptenApiResource(),
+        "warehouse": AptenWarehouse(url=f"duckdb:///{settings.duckdb_path}"),
+    }
     instance = dg.DagsterInstance.ephemeral()
     return {"assets": by_name, "resources": resources, "instance": instance, "timer": timer}
 

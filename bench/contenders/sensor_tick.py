@@ -22,8 +22,8 @@ from apten_assets.lib.config import AptenSettings
 from apten_assets.lib.late_summaries import checks_per_tick
 from apten_assets.lib.models import Call, Event
 from apten_assets.lib.tables import CALL_EVENTS, CALLS, call_event_row, call_rows
-from apten_assets.lib.warehouse import connect, ensure_schema, transaction, upsert
 from apten_assets.sandbox.data import DatasetSpec, SandboxDataset
+from apten_assets.warehouse.duckdb import connect, ensure_schema, transaction, upsert
 from bench.contenders._harness import run
 
 CALLS_PER_LEAD = 25
@@ -79,7 +79,10 @@ def setup(params: dict[str, Any]) -> dict[str, Any]:
     seeded = _seed(params["db_path"], SandboxDataset(sensor_spec(params["pending"], day)))
     settings = AptenSettings.from_env()
     sensor = sensors_module.build_late_summary_sensor(settings)
-    resources = {"apten": AptenApiResource(), "duckdb": AptenWarehouse(database=params["db_path"])}
+    resources = {
+        "apten": AptenApiResource(),
+        "warehouse": AptenWarehouse(url=f"duckdb:///{params['db_path']}"),
+    }
     # The sensor among the assets it targets, as the daemon sees it in the code location.
     defs = dg.Definitions(assets=build_assets(settings), sensors=[sensor], resources=resources)
     instance = dg.DagsterInstance.ephemeral()
@@ -102,7 +105,7 @@ def load(params: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     context = dg.build_sensor_context(
         instance=state["instance"],
         definitions=state["defs"],
-        resources={"duckdb": AptenWarehouse(database=params["db_path"])},
+        resources={"warehouse": AptenWarehouse(url=f"duckdb:///{params['db_path']}")},
     )
     started = time.perf_counter()
     result = state["sensor"].evaluate_tick(context)

@@ -24,9 +24,9 @@ from apten_assets.lib.tables import (
     LEADS,
     TableSpec,
 )
-from apten_assets.lib.warehouse import connect
 from apten_assets.sandbox.data import DatasetSpec
 from apten_assets.sandbox.server import SandboxServer
+from apten_assets.warehouse.duckdb import connect
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -248,8 +248,19 @@ def _assert_matches_ground_truth(pipeline: Pipeline, skip_call_ids: frozenset[st
     expected_calls = {}
     for call_id, body in bodies.items():
         if body is None:
-            lead_id = events[call_id]["roomId"]
-            expected_calls[call_id] = (lead_id, None, None, None, None, None, None, "not_found", None)
+            # A 404 keeps what the call's CALL event says; Apten never sent the rest.
+            event = events[call_id]
+            expected_calls[call_id] = (
+                event["roomId"],
+                event["data"]["direction"],
+                event["data"]["callStatus"],
+                event["data"]["durationSeconds"],
+                _ts(event["timestamp"]),
+                None,
+                None,
+                "not_found",
+                None,
+            )
             continue
         expected_calls[call_id] = (
             body["leadId"],

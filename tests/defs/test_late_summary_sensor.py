@@ -33,9 +33,9 @@ from apten_assets.defs.apten.sensors import LATE_SUMMARY_SENSOR_NAME, build_late
 from apten_assets.lib.config import AptenSettings
 from apten_assets.lib.late_summaries import SensorCursor
 from apten_assets.lib.tables import CALL_EVENTS, CALL_SUMMARIES, CALL_TRANSCRIPT_TURNS, CALLS
-from apten_assets.lib.warehouse import connect, ensure_schema
 from apten_assets.sandbox.data import DatasetSpec, SandboxDataset
 from apten_assets.sandbox.server import SandboxServer
+from apten_assets.warehouse.duckdb import connect, ensure_schema
 
 # Calls of yesterday and today (anchor None = now), so none is past the 72 h give-up window;
 # late summaries are due in 30 days, i.e. only when a test releases them.
@@ -64,7 +64,7 @@ class Env:
 
     @property
     def resources(self) -> dict[str, object]:
-        return {"apten": AptenApiResource(), "duckdb": AptenWarehouse(database=str(self.path))}
+        return {"apten": AptenApiResource(), "warehouse": AptenWarehouse(url=f"duckdb:///{str(self.path)}")}
 
     def tick(
         self, cursor: str | None, settings: AptenSettings | None = None, budget: float | None = None
@@ -72,7 +72,7 @@ class Env:
         kwargs = {} if budget is None else {"check_budget_seconds": budget}
         sensor = build_late_summary_sensor(settings or self.settings, **kwargs)
         context = dg.build_sensor_context(
-            cursor=cursor, resources={"duckdb": AptenWarehouse(database=str(self.path))}
+            cursor=cursor, resources={"warehouse": AptenWarehouse(url=f"duckdb:///{str(self.path)}")}
         )
         result = sensor(context)
         assert isinstance(result, dg.SensorResult)
@@ -136,7 +136,7 @@ def base_warehouse(late_dataset: SandboxDataset, tmp_path_factory: pytest.TempPa
         settings = _settings(path, sandbox.base_url)
         _env_vars(monkeypatch, settings)
         assets = build_assets(settings)
-        resources = {"apten": AptenApiResource(), "duckdb": AptenWarehouse(database=str(path))}
+        resources = {"apten": AptenApiResource(), "warehouse": AptenWarehouse(url=f"duckdb:///{str(path)}")}
         instance = dg.DagsterInstance.ephemeral()
         assert dg.materialize(assets, selection=[LEADS_KEY], resources=resources, instance=instance).success
         for day in _days(late_dataset):
@@ -448,7 +448,9 @@ def test_tick_without_a_warehouse_skips(tmp_path: Path, sandbox: SandboxServer, 
     settings = _settings(tmp_path / "none" / "warehouse.duckdb", sandbox.base_url)
     _env_vars(monkeypatch, settings)
     sensor = build_late_summary_sensor(settings)
-    context = dg.build_sensor_context(resources={"duckdb": AptenWarehouse(database=settings.duckdb_path)})
+    context = dg.build_sensor_context(
+        resources={"warehouse": AptenWarehouse(url=f"duckdb:///{settings.duckdb_path}")}
+    )
     result = sensor(context)
     assert not result.run_requests
     assert "does not exist yet" in result.skip_reason.skip_message

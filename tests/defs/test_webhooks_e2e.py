@@ -14,11 +14,11 @@ import pytest
 
 from apten_assets.defs.apten import build_definitions
 from apten_assets.defs.apten.assets import CALLS_KEY, WEBHOOK_DELIVERIES_KEY
-from apten_assets.defs.apten.webhooks import CALL_TRANSFERS_KEY, WEBHOOK_RUN_SELECTION, WEBHOOK_SENSOR_NAME
+from apten_assets.defs.apten.webhooks import CALL_TRANSFERS_KEY, WEBHOOK_RUN_ASSETS, WEBHOOK_SENSOR_NAME
 from apten_assets.lib.config import AptenSettings
-from apten_assets.lib.warehouse import connect
 from apten_assets.sandbox.server import SandboxServer
 from apten_assets.sandbox.webhook_sender import WebhookEmitter, WebhookSender, call_transferred, encode
+from apten_assets.warehouse.duckdb import connect
 from apten_assets.webhooks import create_app
 from tests.webhooks.conftest import SECRET, ReceiverThread
 
@@ -127,7 +127,7 @@ def test_webchat_call_from_webhooks_lands_in_calls_and_a_later_poll_changes_noth
     (request,) = pipeline.tick_and_run()
     assert request.partition_key == "2026-05-12"
     assert request.run_config["ops"]["calls"]["config"]["call_ids"] == [WEBCHAT_TRANSFER_CONNECTED]
-    assert set(request.asset_selection) == set(WEBHOOK_RUN_SELECTION)
+    assert set(request.asset_selection) == set(WEBHOOK_RUN_ASSETS)
 
     rows = pipeline.query(
         "SELECT lead_id, session_id, summary_status, turn_count FROM apten.calls WHERE call_id = ?",
@@ -138,7 +138,7 @@ def test_webchat_call_from_webhooks_lands_in_calls_and_a_later_poll_changes_noth
     stored = pipeline.query(f"SELECT {CONTENT_COLUMNS} FROM apten.calls WHERE call_id = ?", [call.id])
 
     # A later poll of the day, even one that fetches every call again, changes nothing for it.
-    calls_op = [CALLS_KEY, *[k for k in WEBHOOK_RUN_SELECTION if k.path[-1].startswith("call_")]]
+    calls_op = [CALLS_KEY, *[k for k in WEBHOOK_RUN_ASSETS if k.path[-1].startswith("call_")]]
     pipeline.materialize(calls_op, "2026-05-12")
     pipeline.materialize(calls_op, "2026-05-12", {"ops": {"calls": {"config": {"refresh_all": True}}}})
     assert pipeline.query(f"SELECT {CONTENT_COLUMNS} FROM apten.calls WHERE call_id = ?", [call.id]) == stored
@@ -295,7 +295,7 @@ def test_a_second_attempt_arriving_first_is_still_attempt_two(pipeline: Pipeline
 def test_transfer_calls_without_webhooks_get_one_attempt_from_the_call_record(pipeline: Pipeline) -> None:
     dataset = pipeline.sandbox.state.dataset
     day = "2026-05-13"
-    selection = [k for k in WEBHOOK_RUN_SELECTION if k != WEBHOOK_DELIVERIES_KEY]
+    selection = [k for k in WEBHOOK_RUN_ASSETS if k != WEBHOOK_DELIVERIES_KEY]
     events = [dg.AssetKey(["apten", "leads"]), dg.AssetKey(["apten", "call_events"])]
     pipeline.materialize(events[:1])
     pipeline.materialize([*events[1:], *selection], day)

@@ -89,3 +89,45 @@ def test_key_and_webhook_secret_are_hidden_from_repr() -> None:
     assert settings.require_api_key() == "sk-live-abc"
     assert "sk-live-abc" not in repr(settings)
     assert "whsec-xyz" not in repr(settings)
+
+
+def test_warehouse_defaults_to_the_duckdb_file() -> None:
+    settings = AptenSettings.from_env({"APTEN_DUCKDB_PATH": "/tmp/x/apten.duckdb"})
+    assert settings.warehouse.backend == "duckdb"
+    assert settings.warehouse.path == "/tmp/x/apten.duckdb"
+    assert str(settings.warehouse) == "duckdb:////tmp/x/apten.duckdb"
+    assert AptenSettings.from_env({}).warehouse.path == "data/apten.duckdb"
+
+
+def test_warehouse_url_password_never_shows() -> None:
+    secret = "s3cr3t-pa55"
+    settings = AptenSettings.from_env(
+        {"APTEN_WAREHOUSE_URL": f"postgresql://etl:{secret}@db.internal:6543/analytics"}
+    )
+    url = settings.warehouse
+    assert (url.backend, url.user, url.password, url.host, url.port, url.database) == (
+        "postgresql",
+        "etl",
+        secret,
+        "db.internal",
+        6543,
+        "analytics",
+    )
+    for shown in (str(url), repr(url), url.redacted, repr(settings), str(settings)):
+        assert secret not in shown
+    assert str(url) == "postgresql://etl:***@db.internal:6543/analytics"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "postgresql://etl:s3cr3t-pa55@db.internal:notaport/analytics",
+        "postgresql://:s3cr3t-pa55@db.internal/analytics",
+        "mysql://etl:s3cr3t-pa55@db.internal/analytics",
+        "duckdb://s3cr3t-pa55",
+    ],
+)
+def test_bad_warehouse_url_names_the_variable_and_hides_the_password(value: str) -> None:
+    with pytest.raises(ConfigError, match="APTEN_WAREHOUSE_URL") as caught:
+        AptenSettings.from_env({"APTEN_WAREHOUSE_URL": value})
+    assert "s3cr3t-pa55" not in str(caught.value)

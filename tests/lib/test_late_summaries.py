@@ -18,7 +18,7 @@ from apten_assets.lib.late_summaries import (
     recheck_interval,
     refresh_requests,
 )
-from apten_assets.lib.warehouse import PendingCall
+from apten_assets.warehouse import PendingCall
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 FIVE_MIN = timedelta(minutes=5)

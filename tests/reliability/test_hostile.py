@@ -27,9 +27,9 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from apten_assets.lib.warehouse import connect
 from apten_assets.sandbox.data import SandboxDataset
 from apten_assets.sandbox.server import SandboxServer
+from apten_assets.warehouse.duckdb import connect
 from tests.lib.scripted_server import Reply, ScriptedServer, Seen
 from tests.reliability.proxy import HostileProxy
 from tools.reliability.harness import (

@@ -19,9 +19,9 @@ import dagster as dg
 import duckdb
 
 from apten_assets.lib.tables import TABLES
-from apten_assets.lib.warehouse import connect, duplicate_keys
 from apten_assets.sandbox.data import DatasetSpec, SandboxDataset
 from apten_assets.sandbox.server import SandboxServer
+from apten_assets.warehouse.duckdb import DuckDBStore, connect
 from tools.reliability.harness import (
     RunOutcome,
     TableDiff,
@@ -333,10 +333,10 @@ def _opens_cleanly(db: Path) -> tuple[bool, int]:
     except duckdb.Error:
         return False, 0
     try:
-        from apten_assets.lib.warehouse import ensure_schema
+        from apten_assets.warehouse.duckdb import ensure_schema
 
         ensure_schema(con)
-        duplicates = sum(duplicate_keys(con, spec) for spec in TABLES.values())
+        duplicates = sum(DuckDBStore(con).duplicate_keys(spec) for spec in TABLES.values())
         con.execute("CHECKPOINT")
         return True, duplicates
     except duckdb.Error:

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from apten_assets.lib.tables import TABLES
-from apten_assets.lib.warehouse import connect, duplicate_keys, table_ref
 from apten_assets.sandbox.app import FaultConfig
 from apten_assets.sandbox.data import DatasetSpec, SandboxDataset
+from apten_assets.warehouse.duckdb import DuckDBStore, connect, table_ref
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # A fixed "now" for the sandbox: the same spec serves byte-identical data in every run.
@@ -322,7 +322,7 @@ def snapshot(duckdb_path: Path | str) -> dict[str, TableSnapshot]:
 def duplicate_key_counts(duckdb_path: Path | str) -> dict[str, int]:
     con = connect(duckdb_path, read_only=True)
     try:
-        return {name: duplicate_keys(con, spec) for name, spec in TABLES.items()}
+        return {name: DuckDBStore(con).duplicate_keys(spec) for name, spec in TABLES.items()}
     finally:
         con.close()
 

@@ -23,6 +23,6 @@ def build_definitions(settings: AptenSettings) -> dg.Definitions:
         sensors=[build_webhook_sensor(settings), build_late_summary_sensor(settings)],
         resources={
             "apten": AptenApiResource(),
-            "duckdb": AptenWarehouse(database=settings.duckdb_path),
+            "warehouse": AptenWarehouse(),
         },
     )

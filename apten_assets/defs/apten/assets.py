@@ -9,14 +9,16 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 from pydantic import Field
 
-from apten_assets.defs.apten.metadata import preview, run_metadata, table_definition_metadata, window_label
+from apten_assets.defs.apten.metadata import figures, run_metadata, table_definition_metadata, window_label
 from apten_assets.defs.apten.partitions import daily_partitions, partition_window
 from apten_assets.defs.apten.resources import AptenApiResource, AptenWarehouse
 from apten_assets.lib.config import AptenSettings
 from apten_assets.lib.sync import enrich_calls, sync_call_events, sync_leads
 from apten_assets.lib.tables import CALL_EVENTS, CALL_SUMMARIES, CALL_TRANSCRIPT_TURNS, CALLS, LEADS
+from apten_assets.warehouse import DUCKDB, POSTGRES
 
 GROUP = "apten"
+
 API_POOL = "apten_api"
 LEADS_KEY = dg.AssetKey(["apten", "leads"])
 CALL_EVENTS_KEY = dg.AssetKey(["apten", "call_events"])
@@ -25,13 +27,10 @@ CALL_SUMMARIES_KEY = dg.AssetKey(["apten", "call_summaries"])
 CALL_TRANSCRIPT_TURNS_KEY = dg.AssetKey(["apten", "call_transcript_turns"])
 WEBHOOK_DELIVERIES_KEY = dg.AssetKey(["apten", "webhook_deliveries"])
 
-# A call's partition is the UTC day of its CALL event, or of the call itself for calls known
-# only from webhooks (webchat).
-CALL_TIME_SQL = "COALESCE(e.occurred_at, c.created_at, c.first_fetched_at)"
-CALLS_IN_WINDOW_SQL = (
-    f"FROM {CALLS.qualified_name} AS c LEFT JOIN {CALL_EVENTS.qualified_name} AS e USING (call_id) "
-    f"WHERE {CALL_TIME_SQL} >= ? AND {CALL_TIME_SQL} < ?"
-)
+
+def warehouse_kinds(settings: AptenSettings) -> set[str]:
+    """The kinds the UI shows for a table asset: Python, and the warehouse it is written to."""
+    return {"python", "postgres" if settings.warehouse.backend == POSTGRES else DUCKDB}
 
 
 class CallsRunConfig(dg.Config):
@@ -49,13 +48,14 @@ class CallsRunConfig(dg.Config):
 
 def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
     partitions = daily_partitions(settings)
+    kinds = warehouse_kinds(settings)
     give_up_after = timedelta(hours=settings.summary_give_up_hours)
     freshness = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=2), warn_window=timedelta(hours=1))
 
     @dg.asset(
         key=LEADS_KEY,
         group_name=GROUP,
-        kinds={"python", "duckdb"},
+        kinds=kinds,
         pool=API_POOL,
         description=(
             "Every Apten lead, loaded incrementally on `updatedAt` (GET /leads?updatedSince=) from a "
@@ -65,28 +65,24 @@ def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
         freshness_policy=freshness,
     )
     def leads(
-        context: dg.AssetExecutionContext, apten: AptenApiResource, duckdb: AptenWarehouse
+        context: dg.AssetExecutionContext, apten: AptenApiResource, warehouse: AptenWarehouse
     ) -> dg.MaterializeResult:
         with apten.get_client() as client:
-            report = sync_leads(client, duckdb.get_connection, context.log)
+            report = sync_leads(client, warehouse.get_store, context.log)
             api_stats = client.stats.as_metadata()
-        with duckdb.get_connection() as con:
-            (total,) = con.execute(f"SELECT count(*) FROM {LEADS.qualified_name}").fetchone()
-            sample = preview(
-                con,
-                f"SELECT lead_id, first_name, last_name, updated_at, is_deleted FROM {LEADS.qualified_name} "
-                "ORDER BY updated_at DESC NULLS LAST, lead_id",
-            )
+        with warehouse.get_store() as store:
+            meta = figures(store.leads_metadata())
+        total = meta.pop("dagster/row_count")
         context.log.info(f"leads: {report.counts['fetched']:,} fetched; table holds {total:,} leads")
         return dg.MaterializeResult(
-            metadata=run_metadata(report, row_count=total, api_stats=api_stats, extra={"preview": sample})
+            metadata=run_metadata(report, row_count=total, api_stats=api_stats, extra=meta)
         )
 
     @dg.asset(
         key=CALL_EVENTS_KEY,
         deps=[LEADS_KEY],
         group_name=GROUP,
-        kinds={"python", "duckdb"},
+        kinds=kinds,
         pool=API_POOL,
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
@@ -99,24 +95,15 @@ def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
         freshness_policy=freshness,
     )
     def call_events(
-        context: dg.AssetExecutionContext, apten: AptenApiResource, duckdb: AptenWarehouse
+        context: dg.AssetExecutionContext, apten: AptenApiResource, warehouse: AptenWarehouse
     ) -> dg.MaterializeResult:
         start, end = partition_window(context)
         with apten.get_client() as client:
-            report = sync_call_events(client, duckdb.get_connection, start, end, context.log)
+            report = sync_call_events(client, warehouse.get_store, start, end, context.log)
             api_stats = client.stats.as_metadata()
-        table = CALL_EVENTS.qualified_name
-        with duckdb.get_connection() as con:
-            (total,) = con.execute(f"SELECT count(*) FROM {table}").fetchone()
-            (in_window,) = con.execute(
-                f"SELECT count(*) FROM {table} WHERE occurred_at >= ? AND occurred_at < ?", [start, end]
-            ).fetchone()
-            sample = preview(
-                con,
-                "SELECT call_id, lead_id, occurred_at, direction, call_status, duration_seconds "
-                f"FROM {table} WHERE occurred_at >= ? AND occurred_at < ? ORDER BY occurred_at DESC, call_id",
-                [start, end],
-            )
+        with warehouse.get_store() as store:
+            meta = figures(store.call_events_metadata(start, end))
+        total, in_window = meta.pop("dagster/row_count"), meta.pop("dagster/partition_row_count")
         context.log.info(f"call_events {window_label(start, end)}: {in_window:,} CALL events stored")
         return dg.MaterializeResult(
             metadata=run_metadata(
@@ -124,7 +111,7 @@ def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
                 row_count=total,
                 partition_row_count=in_window,
                 api_stats=api_stats,
-                extra={"preview": sample, "window": window_label(start, end)},
+                extra={**meta, "window": window_label(start, end)},
             )
         )
 
@@ -134,7 +121,7 @@ def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
                 CALLS_KEY,
                 deps=[CALL_EVENTS_KEY, WEBHOOK_DELIVERIES_KEY],
                 group_name=GROUP,
-                kinds={"python", "duckdb"},
+                kinds=kinds,
                 description=(
                     "Calls enriched with GET /calls/{callId}: status, transfer metadata, transcript size "
                     "and `summary_status` (ready | pending | missing | not_found). Only calls that are "
@@ -147,7 +134,7 @@ def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
                 CALL_SUMMARIES_KEY,
                 deps=[CALLS_KEY],
                 group_name=GROUP,
-                kinds={"python", "duckdb"},
+                kinds=kinds,
                 description=(
                     "One row per call with an AI summary, with when it was first seen and how late it "
                     "arrived after the call ended."
@@ -158,7 +145,7 @@ def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
                 CALL_TRANSCRIPT_TURNS_KEY,
                 deps=[CALLS_KEY],
                 group_name=GROUP,
-                kinds={"python", "duckdb"},
+                kinds=kinds,
                 description="One row per transcript turn; a call's turns are replaced as a whole.",
                 metadata=table_definition_metadata(CALL_TRANSCRIPT_TURNS),
             ),
@@ -174,13 +161,13 @@ def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
         context: dg.AssetExecutionContext,
         config: CallsRunConfig,
         apten: AptenApiResource,
-        duckdb: AptenWarehouse,
+        warehouse: AptenWarehouse,
     ):
         start, end = partition_window(context)
         with apten.get_client() as client:
             reports = enrich_calls(
                 client,
-                duckdb.get_connection,
+                warehouse.get_store,
                 start,
                 end,
                 context.log,
@@ -189,11 +176,10 @@ def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
                 refresh_all=config.refresh_all,
             )
             api_stats = client.stats.as_metadata()
-        window = [start, end]
-        with duckdb.get_connection() as con:
-            calls_meta = _calls_metadata(con, window)
-            summaries_meta = _summaries_metadata(con, window)
-            turns_meta = _turns_metadata(con, window)
+        with warehouse.get_store() as store:
+            calls_meta = figures(store.calls_metadata(start, end, datetime.now(UTC)))
+            summaries_meta = figures(store.summaries_metadata(start, end))
+            turns_meta = figures(store.turns_metadata(start, end))
         context.log.info(
             f"calls {window_label(start, end)}: {calls_meta['dagster/partition_row_count']:,} calls, "
             f"{calls_meta['calls_pending_summary']:,} still pending a summary"
@@ -232,72 +218,3 @@ def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
         )
 
     return [leads, call_events, calls]
-
-
-def _calls_metadata(con, window: list[datetime]) -> dict:
-    (total,) = con.execute(f"SELECT count(*) FROM {CALLS.qualified_name}").fetchone()
-    by_status = dict(
-        con.execute(f"SELECT c.summary_status, count(*) {CALLS_IN_WINDOW_SQL} GROUP BY 1", window).fetchall()
-    )
-    oldest_pending = con.execute(
-        f"SELECT min(c.created_at) {CALLS_IN_WINDOW_SQL} AND c.summary_status = 'pending'", window
-    ).fetchone()[0]
-    meta = {
-        "dagster/row_count": total,
-        "dagster/partition_row_count": sum(by_status.values()),
-        "calls_ready": by_status.get("ready", 0),
-        "calls_pending_summary": by_status.get("pending", 0),
-        "calls_missing_summary": by_status.get("missing", 0),
-        "calls_not_found": by_status.get("not_found", 0),
-        "preview": preview(
-            con,
-            f"SELECT c.call_id, c.lead_id, c.session_id, c.call_status, c.summary_status, c.turn_count "
-            f"{CALLS_IN_WINDOW_SQL} ORDER BY c.created_at DESC NULLS LAST, c.call_id",
-            window,
-        ),
-    }
-    if oldest_pending is not None:
-        age = datetime.now(UTC) - oldest_pending
-        meta["oldest_pending_age_minutes"] = round(age.total_seconds() / 60, 1)
-    return meta
-
-
-def _summaries_metadata(con, window: list[datetime]) -> dict:
-    table = CALL_SUMMARIES.qualified_name
-    in_window = f"FROM {table} AS s WHERE s.call_id IN (SELECT c.call_id {CALLS_IN_WINDOW_SQL})"
-    (total,) = con.execute(f"SELECT count(*) FROM {table}").fetchone()
-    count, p50, p95, worst = con.execute(
-        "SELECT count(*), quantile_cont(summary_latency_seconds, 0.5), "
-        f"quantile_cont(summary_latency_seconds, 0.95), max(summary_latency_seconds) {in_window}",
-        window,
-    ).fetchone()
-    meta = {"dagster/row_count": total, "dagster/partition_row_count": count}
-    for name, value in (("p50", p50), ("p95", p95), ("max", worst)):
-        if value is not None:
-            meta[f"summary_latency_seconds_{name}"] = round(float(value), 1)
-    meta["preview"] = preview(
-        con,
-        f"SELECT s.call_id, s.summary_first_seen_at, s.summary_latency_seconds, s.summary {in_window} "
-        "ORDER BY s.summary_first_seen_at DESC, s.call_id",
-        window,
-    )
-    return meta
-
-
-def _turns_metadata(con, window: list[datetime]) -> dict:
-    table = CALL_TRANSCRIPT_TURNS.qualified_name
-    in_window = f"FROM {table} AS t WHERE t.call_id IN (SELECT c.call_id {CALLS_IN_WINDOW_SQL})"
-    (total,) = con.execute(f"SELECT count(*) FROM {table}").fetchone()
-    count, calls_with_turns = con.execute(
-        f"SELECT count(*), count(DISTINCT t.call_id) {in_window}", window
-    ).fetchone()
-    return {
-        "dagster/row_count": total,
-        "dagster/partition_row_count": count,
-        "calls_with_turns": calls_with_turns,
-        "preview": preview(
-            con,
-            f"SELECT t.call_id, t.turn_index, t.role, t.content {in_window} ORDER BY t.call_id, t.turn_index",
-            window,
-        ),
-    }

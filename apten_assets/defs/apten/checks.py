@@ -1,4 +1,4 @@
-"""Asset checks: the warehouse rules of `apten_assets.lib.quality`, one check op per table.
+"""Asset checks: the warehouse store's quality rules, one check op per table.
 
 The checks are unpartitioned and read the whole table: a duplicate key or an orphan anywhere is a
 problem, whichever day's run wrote it. Dagster runs unpartitioned checks of partitioned assets in
@@ -14,12 +14,9 @@ from datetime import timedelta
 from typing import Any
 
 import dagster as dg
-import duckdb
 
 from apten_assets.defs.apten.resources import AptenWarehouse
-from apten_assets.lib import quality
 from apten_assets.lib.config import AptenSettings
-from apten_assets.lib.quality import Finding
 from apten_assets.lib.tables import (
     CALL_EVENTS,
     CALL_SUMMARIES,
@@ -28,6 +25,7 @@ from apten_assets.lib.tables import (
     TABLES,
     TableSpec,
 )
+from apten_assets.warehouse import Finding, Store
 
 # Downstream steps read these tables by key; a duplicate there multiplies rows further down.
 BLOCKING_UNIQUE_KEYS = frozenset({CALL_EVENTS.name, CALLS.name})
@@ -39,7 +37,7 @@ class TableCheck:
 
     name: str
     description: str
-    rule: Callable[[duckdb.DuckDBPyConnection], Finding]
+    rule: Callable[[Store], Finding]
     blocking: bool = False
     severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR
 
@@ -55,7 +53,7 @@ def _table_checks(settings: AptenSettings) -> dict[str, list[TableCheck]]:
             TableCheck(
                 "unique_primary_key",
                 f"No ({', '.join(spec.primary_key)}) occurs twice in {spec.qualified_name}.",
-                lambda con, spec=spec: quality.unique_primary_key(con, spec),
+                lambda store, spec=spec: store.unique_primary_key(spec),
                 blocking=spec.name in BLOCKING_UNIQUE_KEYS,
             )
         ]
@@ -65,21 +63,21 @@ def _table_checks(settings: AptenSettings) -> dict[str, list[TableCheck]]:
         TableCheck(
             "summary_status_allowed",
             "summary_status is one of ready | pending | missing | not_found.",
-            quality.summary_status_allowed,
+            lambda store: store.summary_status_allowed(),
         )
     )
     checks[CALL_SUMMARIES.name] += [
         TableCheck(
             "summaries_belong_to_stored_calls",
             "Every summary's call_id is in apten.calls.",
-            lambda con: quality.children_have_stored_call(con, CALL_SUMMARIES),
+            lambda store: store.children_have_stored_call(CALL_SUMMARIES),
         ),
         TableCheck(
             "summary_coverage_after_give_up",
             f"No call that ended more than {settings.summary_give_up_hours:g} h ago "
             "(APTEN_SUMMARY_GIVE_UP_HOURS) is still pending a summary; reports the share of those "
             "calls that have one.",
-            lambda con: quality.summary_coverage(con, give_up_after),
+            lambda store: store.summary_coverage(give_up_after),
             severity=dg.AssetCheckSeverity.WARN,
         ),
     ]
@@ -87,12 +85,12 @@ def _table_checks(settings: AptenSettings) -> dict[str, list[TableCheck]]:
         TableCheck(
             "turn_indexes_contiguous",
             "Each call's turn_index values are 0, 1, ..., n-1 (no gaps, no repeats).",
-            lambda con: quality.turns_contiguous(con),
+            lambda store: store.turns_contiguous(),
         ),
         TableCheck(
             "turns_belong_to_stored_calls",
             "Every transcript turn's call_id is in apten.calls.",
-            lambda con: quality.children_have_stored_call(con, CALL_TRANSCRIPT_TURNS),
+            lambda store: store.children_have_stored_call(CALL_TRANSCRIPT_TURNS),
         ),
     ]
     return checks
@@ -119,12 +117,12 @@ def _check_op(spec: TableSpec, table_checks: list[TableCheck]) -> dg.AssetChecks
         description=f"Data-quality checks of {spec.qualified_name}.",
     )
     def run_checks(
-        context: dg.AssetCheckExecutionContext, duckdb: AptenWarehouse
+        context: dg.AssetCheckExecutionContext, warehouse: AptenWarehouse
     ) -> Iterator[dg.AssetCheckResult]:
         selected = sorted(check_key.name for check_key in context.selected_asset_check_keys)
-        # The write connection creates missing tables first, so a check before any load sees empty ones.
-        with duckdb.get_connection() as con:
-            findings = {name: by_name[name].rule(con) for name in selected}
+        # The write session creates missing tables first, so a check before any load sees empty ones.
+        with warehouse.get_store() as store:
+            findings = {name: by_name[name].rule(store) for name in selected}
         for name, finding in findings.items():
             check = by_name[name]
             if not finding.passed:

@@ -7,12 +7,11 @@ from datetime import datetime
 from typing import Any
 
 import dagster as dg
-import duckdb
 
 from apten_assets.lib.sync import StepReport
 from apten_assets.lib.tables import TableSpec
+from apten_assets.warehouse import Preview
 
-PREVIEW_ROWS = 5
 PREVIEW_CELL_CHARS = 60
 
 
@@ -42,16 +41,14 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join([header, rule, *body])
 
 
-def preview(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> dg.MetadataValue:
-    """The first rows of `sql` (a SELECT ending in its ORDER BY, without LIMIT) as a markdown table.
-
-    The LIMIT lets DuckDB keep only those rows while it scans: fetching them from the full result
-    sorted every row first (all 4,000,000 transcript turns, with their content, at 100,000 calls),
-    and that sort was the run's peak memory.
-    """
-    result = con.execute(f"{sql} LIMIT {PREVIEW_ROWS}", list(params))
-    columns = [d[0] for d in result.description]
-    return dg.MetadataValue.md(markdown_table(columns, result.fetchmany(PREVIEW_ROWS)))
+def figures(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """A store's metadata figures for Dagster: its `Preview`s as markdown tables."""
+    return {
+        name: dg.MetadataValue.md(markdown_table(value.columns, value.rows))
+        if isinstance(value, Preview)
+        else value
+        for name, value in metadata.items()
+    }
 
 
 def run_metadata(

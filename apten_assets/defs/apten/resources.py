@@ -1,4 +1,4 @@
-"""Resources: the Apten API client and the DuckDB warehouse."""
+"""Resources: the Apten API client and the warehouse store."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dagster as dg
-import duckdb
-from dagster_duckdb import DuckDBResource
+from pydantic import Field
 
 from apten_assets.lib.client import AptenClient
 from apten_assets.lib.config import AptenSettings
-from apten_assets.lib.warehouse import connect, ensure_schema
+from apten_assets.warehouse import Store, WarehouseURL, open_store
 
 
 class AptenApiResource(dg.ConfigurableResource):
@@ -27,29 +26,38 @@ class AptenApiResource(dg.ConfigurableResource):
             client.close()
 
 
-class AptenWarehouse(DuckDBResource):
-    """DuckDB with the `apten` schema in place. Connections are opened per write batch and
-    closed at once, so other runs and the sensor wait on DuckDB's file lock only briefly.
+class AptenWarehouse(dg.ConfigurableResource):
+    """The warehouse (DuckDB file or PostgreSQL database) with the `apten` schema in place.
 
-    `warehouse.connect` attaches the file under a fixed catalog name: with the default
-    `data/apten.duckdb`, DuckDB would otherwise call the catalog `apten` and `apten.leads` would
-    be ambiguous between it and the `apten` schema."""
+    Sessions are opened per write batch and closed at once, so other runs and the sensors wait
+    on DuckDB's file lock only briefly (`lock_timeout_seconds`, then `WarehouseBusy`).
+    """
 
+    url: str | None = Field(
+        default=None,
+        description=(
+            "Warehouse URL; empty reads APTEN_WAREHOUSE_URL at run time, so a database password "
+            "never becomes resource config shown in the UI."
+        ),
+    )
     lock_timeout_seconds: float = 120.0
 
-    @contextmanager
-    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = connect(self.database, timeout_seconds=self.lock_timeout_seconds)
-        try:
-            ensure_schema(con)
-            yield con
-        finally:
-            con.close()
+    @property
+    def location(self) -> WarehouseURL:
+        """Where the tables live; `str()` of it hides the password."""
+        if self.url:
+            return WarehouseURL.parse(self.url)
+        return AptenSettings.from_env().warehouse
 
     @contextmanager
-    def read_only(self, timeout_seconds: float = 5.0) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = connect(self.database, read_only=True, timeout_seconds=timeout_seconds)
-        try:
-            yield con
-        finally:
-            con.close()
+    def get_store(self) -> Iterator[Store]:
+        """A write session, with the schema created or migrated first."""
+        with open_store(self.location, timeout_seconds=self.lock_timeout_seconds) as store:
+            store.ensure_schema()
+            yield store
+
+    @contextmanager
+    def read_only(self, timeout_seconds: float = 5.0) -> Iterator[Store]:
+        """A read-only session (the sensors); `WarehouseNotReady` before anything was stored."""
+        with open_store(self.location, read_only=True, timeout_seconds=timeout_seconds) as store:
+            yield store

@@ -19,7 +19,7 @@ INTRADAY_CRON = "*/15 * * * *"  # every 15 minutes, UTC
 LOOKBACK_CRON = "30 2 * * *"  # 02:30 UTC every day
 LOOKBACK_DAYS = 3  # days before today swept again (events updated late, calls finished late)
 
-PIPELINE_SELECTION = dg.AssetSelection.assets(
+PIPELINE_ASSETS = dg.AssetSelection.assets(
     LEADS_KEY,
     CALL_EVENTS_KEY,
     WEBHOOK_DELIVERIES_KEY,
@@ -39,7 +39,7 @@ def lookback_range(today: date, days: int, first_partition: date) -> tuple[str, 
 def build_schedules(settings: AptenSettings) -> tuple[list, list[dg.ScheduleDefinition]]:
     job = dg.define_asset_job(
         "apten_pipeline_job",
-        selection=PIPELINE_SELECTION,
+        selection=PIPELINE_ASSETS,
         description=(
             "leads and webhook deliveries, then the chosen days' call_events, calls, call_summaries, "
             "call_transcript_turns and call_transfers."

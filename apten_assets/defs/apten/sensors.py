@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import dagster as dg
-import duckdb
 
 from apten_assets.defs.apten.assets import CALL_SUMMARIES_KEY, CALL_TRANSCRIPT_TURNS_KEY, CALLS_KEY
 from apten_assets.defs.apten.partitions import daily_partitions
@@ -31,16 +29,16 @@ from apten_assets.lib.late_summaries import (
     refresh_requests,
     tick_client,
 )
-from apten_assets.lib.warehouse import PendingCall, WarehouseBusy, pending_calls
+from apten_assets.warehouse import PendingCall, WarehouseBusy, WarehouseNotReady
 
 LATE_SUMMARY_SENSOR_NAME = "apten_late_summary_sensor"
 SENSOR_INTERVAL_SECONDS = 30
-# Waiting longer for the file lock would only push the tick towards Dagster's 60 s timeout;
-# a busy warehouse is simply tried again on the next tick.
+# Waiting longer for the warehouse (DuckDB's file lock) would only push the tick towards
+# Dagster's 60 s timeout; a busy warehouse is simply tried again on the next tick.
 READ_TIMEOUT_SECONDS = 3.0
 # Look-ups stop starting this long after the budget, leaving room for those in flight (TICK_RETRY).
 DEADLINE_SLACK_SECONDS = 5.0
-REFRESH_SELECTION = [CALLS_KEY, CALL_SUMMARIES_KEY, CALL_TRANSCRIPT_TURNS_KEY]
+REFRESH_ASSETS = [CALLS_KEY, CALL_SUMMARIES_KEY, CALL_TRANSCRIPT_TURNS_KEY]
 
 
 def build_late_summary_sensor(
@@ -52,7 +50,7 @@ def build_late_summary_sensor(
 
     @dg.sensor(
         name=LATE_SUMMARY_SENSOR_NAME,
-        target=REFRESH_SELECTION,
+        target=REFRESH_ASSETS,
         minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
@@ -64,12 +62,12 @@ def build_late_summary_sensor(
         ),
     )
     def apten_late_summary_sensor(
-        context: dg.SensorEvaluationContext, duckdb: AptenWarehouse
+        context: dg.SensorEvaluationContext, warehouse: AptenWarehouse
     ) -> dg.SensorResult:
         started = time.monotonic()
         now = datetime.now(UTC)
         cursor = SensorCursor.parse(context.cursor)
-        pending, problem = _read_pending(duckdb)
+        pending, problem = _read_pending(warehouse)
         if problem is not None:
             context.log.info(problem)
             return dg.SensorResult(skip_reason=problem, cursor=context.cursor)
@@ -130,7 +128,7 @@ def build_late_summary_sensor(
                 dg.RunRequest(
                     run_key=request.run_key,
                     partition_key=request.partition_date.isoformat(),
-                    asset_selection=REFRESH_SELECTION,
+                    asset_selection=REFRESH_ASSETS,
                     run_config={"ops": {"calls": {"config": {"call_ids": list(request.call_ids)}}}},
                     tags={
                         "apten/trigger": "late_summary",
@@ -148,17 +146,15 @@ def build_late_summary_sensor(
 
 def _read_pending(warehouse: AptenWarehouse) -> tuple[list[PendingCall], str | None]:
     """The pending calls, or why they cannot be read this tick (never raises for a busy warehouse)."""
-    if not Path(warehouse.database).exists():
-        return [], f"warehouse {warehouse.database} does not exist yet; nothing is pending"
     try:
-        with warehouse.read_only(timeout_seconds=READ_TIMEOUT_SECONDS) as con:
-            return pending_calls(con), None
+        with warehouse.read_only(timeout_seconds=READ_TIMEOUT_SECONDS) as store:
+            return store.pending_calls(), None
     except WarehouseBusy as exc:
         # Another process writes, or another DuckDB handle in this process holds the file. A writer
-        # that opened it through `warehouse.connect` in this process shares its instance instead.
+        # that opened it through the store in this process shares its instance instead.
         return [], f"warehouse busy: {exc}"
-    except duckdb.CatalogException:
-        return [], "no calls stored yet; nothing is pending"
+    except WarehouseNotReady as exc:
+        return [], f"no calls stored yet; nothing is pending ({exc})"
 
 
 def _in_partitions(

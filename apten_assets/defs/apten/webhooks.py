@@ -5,7 +5,6 @@ and `apten_webhook_sensor`, which turns new call deliveries into targeted runs o
 """
 
 import time
-from datetime import datetime
 
 import dagster as dg
 from pydantic import Field
@@ -16,19 +15,20 @@ from apten_assets.defs.apten.assets import (
     CALLS_KEY,
     GROUP,
     WEBHOOK_DELIVERIES_KEY,
+    warehouse_kinds,
 )
-from apten_assets.defs.apten.metadata import preview, run_metadata, table_definition_metadata, window_label
+from apten_assets.defs.apten.metadata import figures, run_metadata, table_definition_metadata, window_label
 from apten_assets.defs.apten.partitions import daily_partitions, partition_window
 from apten_assets.defs.apten.resources import AptenWarehouse
 from apten_assets.lib.config import AptenSettings
 from apten_assets.lib.sync import StepReport
-from apten_assets.lib.tables import CALL_EVENTS, CALL_TRANSFERS, CALLS, WEBHOOK_DELIVERIES
+from apten_assets.lib.tables import CALL_TRANSFERS, WEBHOOK_DELIVERIES
 from apten_assets.lib.transfers import OUTCOMES, refresh_call_transfers
 from apten_assets.lib.webhook_events import InboxScanCursor, load_webhook_deliveries, scan_inbox
 from apten_assets.webhooks.inbox import Inbox
 
 CALL_TRANSFERS_KEY = dg.AssetKey(["apten", "call_transfers"])
-WRITE_POOL = "duckdb_write"
+WRITE_POOL = "warehouse_write"
 WEBHOOK_SENSOR_NAME = "apten_webhook_sensor"
 SENSOR_INTERVAL_SECONDS = 15
 MAX_DELIVERIES_PER_TICK = 5000
@@ -36,7 +36,7 @@ MAX_CALLS_PER_RUN = 1000
 # Deliveries that name no call (SMS, tags, webchat messages) are loaded at most this often on
 # their own; any call run loads them too.
 OTHER_EVENTS_LOAD_EVERY_SECONDS = 300
-WEBHOOK_RUN_SELECTION = [
+WEBHOOK_RUN_ASSETS = [
     WEBHOOK_DELIVERIES_KEY,
     CALLS_KEY,
     CALL_SUMMARIES_KEY,
@@ -56,11 +56,12 @@ class CallTransfersRunConfig(dg.Config):
 
 def build_webhook_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
     inbox = Inbox(settings.webhook_inbox)
+    kinds = warehouse_kinds(settings)
 
     @dg.asset(
         key=WEBHOOK_DELIVERIES_KEY,
         group_name=GROUP,
-        kinds={"python", "duckdb"},
+        kinds=kinds,
         pool=WRITE_POOL,
         description=(
             "Every distinct webhook delivery Apten sent, loaded from the receiver's inbox "
@@ -69,16 +70,13 @@ def build_webhook_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
         ),
         metadata=table_definition_metadata(WEBHOOK_DELIVERIES),
     )
-    def webhook_deliveries(context: dg.AssetExecutionContext, duckdb: AptenWarehouse) -> dg.MaterializeResult:
-        load = load_webhook_deliveries(inbox, duckdb.get_connection, context.log)
-        table = WEBHOOK_DELIVERIES.qualified_name
-        with duckdb.get_connection() as con:
-            (total,) = con.execute(f"SELECT count(*) FROM {table}").fetchone()
-            sample = preview(
-                con,
-                f"SELECT event, event_timestamp, call_id, lead_id, session_id, received_at FROM {table} "
-                "ORDER BY received_at DESC, delivery_key",
-            )
+    def webhook_deliveries(
+        context: dg.AssetExecutionContext, warehouse: AptenWarehouse
+    ) -> dg.MaterializeResult:
+        load = load_webhook_deliveries(inbox, warehouse.get_store, context.log)
+        with warehouse.get_store() as store:
+            meta = figures(store.webhook_deliveries_metadata())
+        total = meta.pop("dagster/row_count")
         context.log.info(
             f"webhook_deliveries: {load.report.counts['new']:,} new of {load.report.counts['read']:,} read; "
             f"table holds {total:,}"
@@ -91,7 +89,7 @@ def build_webhook_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
                     "by_event": dg.MetadataValue.json(dict(sorted(load.by_event.items()))),
                     "unknown_event_names": dg.MetadataValue.json(load.unknown_events),
                     "inbox_cursor": load.cursor or "",
-                    "preview": sample,
+                    **meta,
                 },
             )
         )
@@ -103,7 +101,7 @@ def build_webhook_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
                 CALL_TRANSFERS_KEY,
                 deps=[CALLS_KEY, WEBHOOK_DELIVERIES_KEY],
                 group_name=GROUP,
-                kinds={"python", "duckdb"},
+                kinds=kinds,
                 description=(
                     "One row per transfer attempt: type, target, fallback number, outcome (connected, "
                     "missed, fallback_triggered) and timestamps, from the transfer webhooks and the call "
@@ -117,12 +115,12 @@ def build_webhook_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
         pool=WRITE_POOL,
     )
     def call_transfers(
-        context: dg.AssetExecutionContext, config: CallTransfersRunConfig, duckdb: AptenWarehouse
+        context: dg.AssetExecutionContext, config: CallTransfersRunConfig, warehouse: AptenWarehouse
     ) -> dg.MaterializeResult:
         start, end = partition_window(context)
-        with duckdb.get_connection() as con:
-            refresh = refresh_call_transfers(con, start, end, call_ids=config.call_ids)
-            meta = _transfers_metadata(con, [start, end])
+        with warehouse.get_store() as store:
+            refresh = refresh_call_transfers(store, start, end, call_ids=config.call_ids)
+            meta = figures(store.transfers_metadata(start, end, OUTCOMES))
         report = StepReport()
         report.counts["calls_recomputed"] = refresh.calls
         report.counts["attempts_derived"] = refresh.attempts
@@ -143,40 +141,13 @@ def build_webhook_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
     return [webhook_deliveries, call_transfers]
 
 
-def _transfers_metadata(con, window: list[datetime]) -> dict:
-    table = CALL_TRANSFERS.qualified_name
-    in_window = (
-        f"FROM {table} AS t LEFT JOIN {CALLS.qualified_name} AS c USING (call_id) "
-        f"LEFT JOIN {CALL_EVENTS.qualified_name} AS e USING (call_id) "
-        "WHERE COALESCE(e.occurred_at, c.created_at, t.started_at) >= ? "
-        "AND COALESCE(e.occurred_at, c.created_at, t.started_at) < ?"
-    )
-    (total,) = con.execute(f"SELECT count(*) FROM {table}").fetchone()
-    by_outcome = dict(con.execute(f"SELECT t.outcome, count(*) {in_window} GROUP BY 1", window).fetchall())
-    by_source = dict(con.execute(f"SELECT t.source, count(*) {in_window} GROUP BY 1", window).fetchall())
-    meta = {
-        "dagster/row_count": total,
-        "dagster/partition_row_count": sum(by_outcome.values()),
-        **{f"attempts_{outcome}": by_outcome.get(outcome, 0) for outcome in OUTCOMES},
-        "attempts_from_webhooks": by_source.get("webhook", 0),
-        "attempts_from_api_only": by_source.get("api", 0),
-        "preview": preview(
-            con,
-            "SELECT t.call_id, t.attempt, t.transfer_type, t.target_number, t.outcome, t.source "
-            f"{in_window} ORDER BY t.call_id, t.attempt",
-            window,
-        ),
-    }
-    return meta
-
-
 def build_webhook_sensor(settings: AptenSettings) -> dg.SensorDefinition:
     inbox = Inbox(settings.webhook_inbox)
     partitions = daily_partitions(settings)
 
     @dg.sensor(
         name=WEBHOOK_SENSOR_NAME,
-        target=WEBHOOK_RUN_SELECTION,
+        target=WEBHOOK_RUN_ASSETS,
         minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
@@ -205,7 +176,7 @@ def build_webhook_sensor(settings: AptenSettings) -> dg.SensorDefinition:
                     dg.RunRequest(
                         run_key=f"webhook:{key}:{index // MAX_CALLS_PER_RUN}:{scan.watermark}",
                         partition_key=key,
-                        asset_selection=WEBHOOK_RUN_SELECTION,
+                        asset_selection=WEBHOOK_RUN_ASSETS,
                         run_config={
                             "ops": {
                                 "calls": {"config": {"call_ids": chunk}},

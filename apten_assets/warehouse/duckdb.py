@@ -1,35 +1,31 @@
-"""The DuckDB warehouse: connect (waiting out another process's lock), DDL, upserts, queries.
+"""The DuckDB backend: connect (waiting out another process's lock), DDL, staged upserts, turns.
 
 Writes stage rows through Arrow into a temp table (never row-by-row INSERTs), then change the
-target tables inside one explicit transaction, so a process killed mid-write leaves the last
-committed state. Inside `with transaction(con):` several writes share the caller's transaction,
-e.g. a batch's calls, summaries and turns commit together.
+target tables inside one explicit transaction with MERGE, so a process killed mid-write leaves the
+last committed state. Inside `with store.transaction():` several writes share the caller's
+transaction, e.g. a batch's calls, summaries and turns commit together. The read queries are
+`SqlStore`'s; `connect` is public for tests and tools that read the file directly.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import math
 import random
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from apten_assets.lib.tables import (
-    CALL_EVENTS,
     CALL_TRANSCRIPT_TURNS,
     CALLS,
     LOADED_AT,
@@ -38,6 +34,15 @@ from apten_assets.lib.tables import (
     Column,
     Merge,
     TableSpec,
+)
+from apten_assets.warehouse.arrow import to_arrow
+from apten_assets.warehouse.sql import SqlStore
+from apten_assets.warehouse.store import (
+    ReplaceCounts,
+    Rows,
+    UpsertCounts,
+    WarehouseBusy,
+    WarehouseNotReady,
 )
 
 DEFAULT_LOCK_TIMEOUT_SECONDS = 30.0
@@ -53,76 +58,10 @@ MEMORY_LIMIT = "512MB"
 ROW_GROUP_SIZE = 2048
 SYNC_STATE_TABLE = "_sync_state"
 
-_ARROW_TYPES = {
-    "VARCHAR": pa.string(),
-    "JSON": pa.string(),
-    "TIMESTAMPTZ": pa.timestamp("us", tz="UTC"),
-    "BOOLEAN": pa.bool_(),
-    "INTEGER": pa.int32(),
-    "BIGINT": pa.int64(),
-    "DOUBLE": pa.float64(),
-}
 
-Rows = Iterable[Mapping[str, Any]] | pa.Table | pd.DataFrame
-
-
-class WarehouseBusy(RuntimeError):
-    """Another process held the DuckDB file's lock for longer than the timeout."""
-
-
-@dataclass(frozen=True)
-class UpsertCounts:
-    """What one upsert did. `duplicates` are staged rows dropped because a later row had the same key."""
-
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    duplicates: int = 0
-
-    def __add__(self, other: UpsertCounts) -> UpsertCounts:
-        return UpsertCounts(
-            self.inserted + other.inserted,
-            self.updated + other.updated,
-            self.unchanged + other.unchanged,
-            self.duplicates + other.duplicates,
-        )
-
-
-@dataclass(frozen=True)
-class ReplaceCounts:
-    """What one `replace_children` did, per parent and per child row."""
-
-    parents: int = 0
-    parents_replaced: int = 0
-    parents_unchanged: int = 0
-    deleted: int = 0
-    inserted: int = 0
-    duplicates: int = 0
-
-    def __add__(self, other: ReplaceCounts) -> ReplaceCounts:
-        return ReplaceCounts(
-            self.parents + other.parents,
-            self.parents_replaced + other.parents_replaced,
-            self.parents_unchanged + other.parents_unchanged,
-            self.deleted + other.deleted,
-            self.inserted + other.inserted,
-            self.duplicates + other.duplicates,
-        )
-
-
-@dataclass(frozen=True)
-class PendingCall:
-    """A stored call still waiting for its summary, as the late-summary sensor needs it."""
-
-    call_id: str
-    partition_date: date | None
-    last_fetched_at: datetime | None
-    created_at: datetime | None
-    ended_at: datetime | None
-    fetch_attempts: int
-
-
-def _run(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
+def _run(
+    con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | dict[str, Any] | None = None
+) -> list[tuple]:
     """Execute and drain the result: DuckDB refuses other work while a result is unfinished."""
     return con.execute(sql, params).fetchall()
 
@@ -363,60 +302,6 @@ def set_sync_state(
         )
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite(item) for item in value]
-    return value
-
-
-def _to_json_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
-    except ValueError:
-        # NaN/Infinity are not JSON; Python's parser accepts them, DuckDB's JSON type does not.
-        return json.dumps(_finite(value), ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-def _to_arrow(spec: TableSpec, rows: Rows) -> pa.Table:
-    """Rows as an Arrow table with every data column of `spec` (absent columns are NULL)."""
-    columns = spec.data_columns
-    if isinstance(rows, pd.DataFrame):
-        rows = pa.Table.from_pandas(rows, preserve_index=False)
-    if isinstance(rows, pa.Table):
-        unknown = set(rows.column_names) - {column.name for column in columns}
-        if unknown:
-            raise ValueError(f"{spec.qualified_name} has no columns {sorted(unknown)}")
-        arrays = [
-            rows.column(column.name) if column.name in rows.column_names else pa.nulls(rows.num_rows)
-            for column in columns
-        ]
-        return pa.table(arrays, names=[column.name for column in columns])
-    rows = rows if isinstance(rows, list) else list(rows)
-    if rows:
-        unknown = set(rows[0]) - {column.name for column in columns}
-        if unknown:
-            raise ValueError(f"{spec.qualified_name} has no columns {sorted(unknown)}")
-    arrays = []
-    for column in columns:
-        name = column.name
-        values = [row.get(name) for row in rows]
-        if column.type == "JSON":
-            values = [_to_json_text(value) for value in values]
-        try:
-            arrays.append(pa.array(values, type=_ARROW_TYPES[column.type]))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
-            raise ValueError(
-                f"{spec.qualified_name}.{name}: value does not fit {column.type}: {exc}"
-            ) from exc
-    return pa.table(arrays, names=[column.name for column in columns])
-
-
 # Rows per Arrow record batch handed to DuckDB: it scans a registered Arrow table one record batch
 # per task, so a batch of thousands of calls in one record batch (or one temp table) is cast,
 # parsed and read on one thread while the other cores idle.
@@ -447,7 +332,7 @@ class _Staging:
 
     def _load(self, rows: Rows) -> None:
         con, spec = self.con, self.spec
-        data = _to_arrow(spec, rows)
+        data = to_arrow(spec, rows)
         self.rows_in = data.num_rows
         # The rows as given, in order (`__ord` is the row's position); the upsert's merged rows
         # join back to them through `__ord` in the staging table.
@@ -602,21 +487,21 @@ def _upsert(
                     "SELECT count(*) FILTER (WHERE __new), count(*) FILTER (WHERE __changed) "
                     f"FROM {classified}",
                 )
-                if assignments:
-                    _run(
-                        con,
-                        f"UPDATE {target} AS t SET {assignments}, {LOADED_AT} = CASE WHEN u.__changed "
-                        f"THEN ?::TIMESTAMPTZ ELSE t.{LOADED_AT} END "
-                        f"FROM {classified} AS u WHERE {match} AND (u.__changed OR u.__bookkeeping_changed)",
-                        [now],
-                    )
-                if inserted:
-                    _run(
-                        con,
-                        f"INSERT INTO {target} ({column_list}, {LOADED_AT}) "
-                        f"SELECT {column_list}, ?::TIMESTAMPTZ FROM {classified} WHERE __new",
-                        [now],
-                    )
+                update = (
+                    f"WHEN MATCHED AND (u.__changed OR u.__bookkeeping_changed) THEN UPDATE SET "
+                    f"{assignments}, {LOADED_AT} = CASE WHEN u.__changed THEN $now ELSE t.{LOADED_AT} END "
+                    if assignments
+                    else ""
+                )
+                values = ", ".join(f"u.{_quote(c.name)}" for c in spec.data_columns)
+                _run(
+                    con,
+                    f"MERGE INTO {target} AS t USING (SELECT * FROM {classified} "
+                    "WHERE __new OR __changed OR __bookkeeping_changed) AS u "
+                    f"ON {match} {update}"
+                    f"WHEN NOT MATCHED THEN INSERT ({column_list}, {LOADED_AT}) VALUES ({values}, $now)",
+                    {"now": now},
+                )
             if after is not None:
                 after(classified, stage)
         return UpsertCounts(
@@ -698,13 +583,6 @@ def replace_children(
         )
     finally:
         stage.drop()
-
-
-def duplicate_keys(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> int:
-    """How many primary-key values occur more than once in the table (0 when healthy)."""
-    key = ", ".join(_quote(name) for name in spec.primary_key)
-    sql = f"SELECT count(*) FROM (SELECT {key} FROM {spec_ref(con, spec)} GROUP BY ALL HAVING count(*) > 1)"
-    return _run(con, sql)[0][0]
 
 
 # Transcript turns from calls' raw JSON, with the rules of `models._parse_turns`: position in the
@@ -835,60 +713,117 @@ def _drop_temp(con: duckdb.DuckDBPyConnection, table: str) -> None:
         _run(con, f"DROP TABLE IF EXISTS {table}")
 
 
-def calls_needing_fetch(
-    con: duckdb.DuckDBPyConnection,
-    start: datetime,
-    end: datetime,
-    now: datetime,
-    *,
-    recheck_after: timedelta = timedelta(0),
-) -> list[str]:
-    """Call ids of CALL events that happened in [start, end) and need a `GET /calls/{id}`.
-
-    That is: no call row yet, never fetched, the event changed after the last fetch, or the call
-    is still `pending` a summary or `IN_PROGRESS` and was last fetched at least `recheck_after`
-    before `now`. Calls `missing` or `not_found` are asked again only when their event changes.
-    Ordered by event time.
-    """
-    rows = con.execute(
-        f"""
-        SELECT e.call_id
-        FROM {spec_ref(con, CALL_EVENTS)} AS e
-        LEFT JOIN {spec_ref(con, CALLS)} AS c ON c.call_id = e.call_id
-        WHERE e.occurred_at >= ? AND e.occurred_at < ?
-          AND (
-            c.call_id IS NULL
-            OR c.last_fetched_at IS NULL
-            OR e.updated_at > c.last_fetched_at
-            OR ((c.summary_status = 'pending' OR c.call_status = 'IN_PROGRESS')
-                AND c.last_fetched_at <= ?::TIMESTAMPTZ - ?::INTERVAL)
-          )
-        ORDER BY e.occurred_at, e.call_id
-        """,
-        [start, end, now, recheck_after],
-    ).fetchall()
-    return [call_id for (call_id,) in rows]
+@contextmanager
+def _refusing_bad_values() -> Iterator[None]:
+    """A value a column's CHECK refuses is the caller's bad row (ValueError), as on every backend."""
+    try:
+        yield
+    except duckdb.ConstraintException as exc:
+        raise ValueError(f"a value breaks a column rule: {exc}") from exc
 
 
-def pending_calls(con: duckdb.DuckDBPyConnection) -> list[PendingCall]:
-    """Stored calls whose summary is still `pending`, least recently fetched first.
+class DuckDBStore(SqlStore):
+    """A session on one DuckDB file (see `connect` for the locking and catalog rules)."""
 
-    `partition_date` is the UTC date of the call's CALL event, or of its `created_at` for calls
-    known only from webhooks (webchat); `ended_at` is `created_at + duration_seconds`.
-    """
-    rows = con.execute(
-        f"""
-        SELECT
-          c.call_id,
-          CAST(timezone('UTC', COALESCE(e.occurred_at, c.created_at, c.first_fetched_at)) AS DATE),
-          c.last_fetched_at,
-          c.created_at,
-          c.created_at + to_microseconds(CAST(round(c.duration_seconds * 1e6) AS BIGINT)),
-          COALESCE(c.fetch_attempts, 0)
-        FROM {spec_ref(con, CALLS)} AS c
-        LEFT JOIN {spec_ref(con, CALL_EVENTS)} AS e ON e.call_id = c.call_id
-        WHERE c.summary_status = 'pending'
-        ORDER BY c.last_fetched_at NULLS FIRST, c.call_id
-        """
-    ).fetchall()
-    return [PendingCall(*row) for row in rows]
+    backend = "duckdb"
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+        self._catalog: str | None = None
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        read_only: bool = False,
+        timeout_seconds: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
+    ) -> DuckDBStore:
+        """A session on the file at `path`; a read-only one on a file not created yet raises
+        `WarehouseNotReady` (a read-only open cannot create it)."""
+        if read_only and str(path) != ":memory:" and not Path(path).exists():
+            raise WarehouseNotReady(f"the DuckDB file {path} does not exist yet; nothing is stored")
+        return cls(connect(path, read_only, timeout_seconds=timeout_seconds))
+
+    def close(self) -> None:
+        self.con.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with transaction(self.con):
+            yield
+
+    # ---------------------------------------------------------------- SqlStore hooks
+
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        try:
+            return _run(self.con, sql, list(params))
+        except duckdb.CatalogException as exc:
+            raise WarehouseNotReady(f"the warehouse has no apten tables yet ({exc})") from exc
+
+    def _ref(self, spec: TableSpec) -> str:
+        if self._catalog is None:
+            ((self._catalog,),) = _run(self.con, "SELECT current_database()")
+        return f"{_quote(self._catalog)}.{_quote(spec.schema)}.{_quote(spec.name)}"
+
+    def _in_list(self, expr: str) -> str:
+        # A hash semi-join on the unnested list: `= ANY(list)` compares every row with every id.
+        return f"{expr} IN (SELECT unnest(?))"
+
+    def _seconds(self, expr: str) -> str:
+        return f"to_microseconds(CAST(round({expr} * 1e6) AS BIGINT))"
+
+    def _json_string(self, column: str, key: str) -> str:
+        return f"({column} ->> '$.{key}')"
+
+    def _json_text(self, column: str, key: str) -> str:
+        return f"CAST({column} -> '$.{key}' AS VARCHAR)"
+
+    # ---------------------------------------------------------------- Store
+
+    def ensure_schema(self) -> None:
+        ensure_schema(self.con)
+
+    def column_types(self) -> dict[str, dict[str, str]]:
+        types: dict[str, dict[str, str]] = {}
+        for table, column, data_type in _run(
+            self.con,
+            "SELECT table_name, column_name, data_type FROM duckdb_columns() "
+            "WHERE database_name = current_database() AND schema_name = ?",
+            [SCHEMA],
+        ):
+            types.setdefault(table, {})[column] = data_type
+        return types
+
+    def upsert(
+        self,
+        spec: TableSpec,
+        rows: Rows,
+        *,
+        keep_existing_when_null: Iterable[str] = (),
+        now: datetime | None = None,
+    ) -> UpsertCounts:
+        with _refusing_bad_values():
+            return upsert(self.con, spec, rows, keep_existing_when_null=keep_existing_when_null, now=now)
+
+    def upsert_calls(self, rows: Rows, *, now: datetime | None = None) -> tuple[UpsertCounts, ReplaceCounts]:
+        with _refusing_bad_values():
+            return upsert_calls(self.con, rows, now=now)
+
+    def replace_children(
+        self,
+        spec: TableSpec,
+        parent_key: str,
+        parent_ids: Iterable[str],
+        rows: Rows,
+        *,
+        now: datetime | None = None,
+    ) -> ReplaceCounts:
+        with _refusing_bad_values():
+            return replace_children(self.con, spec, parent_key, parent_ids, rows, now=now)
+
+    def get_sync_state(self, name: str) -> str | None:
+        return get_sync_state(self.con, name)
+
+    def set_sync_state(self, name: str, value: str, *, now: datetime | None = None) -> None:
+        set_sync_state(self.con, name, value, now=now)

@@ -1,0 +1,77 @@
+"""Rows to Arrow: the one conversion every backend stages its writes from."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from apten_assets.lib.tables import TableSpec
+from apten_assets.warehouse.store import Rows
+
+_ARROW_TYPES = {
+    "VARCHAR": pa.string(),
+    "JSON": pa.string(),
+    "TIMESTAMPTZ": pa.timestamp("us", tz="UTC"),
+    "BOOLEAN": pa.bool_(),
+    "INTEGER": pa.int32(),
+    "BIGINT": pa.int64(),
+    "DOUBLE": pa.float64(),
+}
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _to_json_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
+    except ValueError:
+        # NaN/Infinity are not JSON; Python's parser accepts them, DuckDB's JSON type does not.
+        return json.dumps(_finite(value), ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def to_arrow(spec: TableSpec, rows: Rows) -> pa.Table:
+    """Rows as an Arrow table with every data column of `spec` (absent columns are NULL)."""
+    columns = spec.data_columns
+    if isinstance(rows, pd.DataFrame):
+        rows = pa.Table.from_pandas(rows, preserve_index=False)
+    if isinstance(rows, pa.Table):
+        unknown = set(rows.column_names) - {column.name for column in columns}
+        if unknown:
+            raise ValueError(f"{spec.qualified_name} has no columns {sorted(unknown)}")
+        arrays = [
+            rows.column(column.name) if column.name in rows.column_names else pa.nulls(rows.num_rows)
+            for column in columns
+        ]
+        return pa.table(arrays, names=[column.name for column in columns])
+    rows = rows if isinstance(rows, list) else list(rows)
+    if rows:
+        unknown = set(rows[0]) - {column.name for column in columns}
+        if unknown:
+            raise ValueError(f"{spec.qualified_name} has no columns {sorted(unknown)}")
+    arrays = []
+    for column in columns:
+        name = column.name
+        values = [row.get(name) for row in rows]
+        if column.type == "JSON":
+            values = [_to_json_text(value) for value in values]
+        try:
+            arrays.append(pa.array(values, type=_ARROW_TYPES[column.type]))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+            raise ValueError(
+                f"{spec.qualified_name}.{name}: value does not fit {column.type}: {exc}"
+            ) from exc
+    return pa.table(arrays, names=[column.name for column in columns])
