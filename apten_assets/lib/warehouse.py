@@ -892,3 +892,71 @@ def pending_calls(con: duckdb.DuckDBPyConnection) -> list[PendingCall]:
         """
     ).fetchall()
     return [PendingCall(*row) for row in rows]
+
+
+def read_column_page(
+    con: duckdb.DuckDBPyConnection,
+    spec: TableSpec,
+    columns: Sequence[str],
+    *,
+    after: Sequence[Any] | None,
+    limit: int,
+) -> list[tuple]:
+    """One page of `(primary key..., columns...)` in key order, starting after key `after`
+    (None: from the start). JSON columns come back as text. Paging by key, not OFFSET, keeps
+    each page one index range however large the table."""
+    key = [_quote(name) for name in spec.primary_key]
+    selected = ", ".join([*key, *(_quote(name) for name in columns)])
+    where, params = "", []
+    if after is not None:
+        where = f"WHERE ({', '.join(key)}) > ({', '.join('?' for _ in key)})"
+        params = list(after)
+    return _run(
+        con,
+        f"SELECT {selected} FROM {spec_ref(con, spec)} {where} ORDER BY {', '.join(key)} LIMIT {int(limit)}",
+        params,
+    )
+
+
+def overwrite_columns(
+    con: duckdb.DuckDBPyConnection,
+    spec: TableSpec,
+    columns: Sequence[str],
+    rows: Sequence[tuple],
+    *,
+    now: datetime | None = None,
+) -> int:
+    """Set `columns` of existing rows to exactly the given values (NULL included, no merge rule),
+    by primary key; `rows` are `(primary key..., columns...)` tuples, JSON values as Python values
+    (serialised as `upsert` does). Returns how many rows were written; they get `_loaded_at = now`."""
+    if not rows:
+        return 0
+    names = [*spec.primary_key, *columns]
+    arrays = []
+    for i, name in enumerate(names):
+        column = spec.column(name)
+        values = [row[i] for row in rows]
+        if column.type == "JSON":
+            values = [_to_json_text(value) for value in values]
+        arrays.append(pa.array(values, type=_ARROW_TYPES[column.type]))
+    view = f"__overwrite_{uuid.uuid4().hex[:12]}"
+    match = " AND ".join(f"t.{_quote(name)} = u.{_quote(name)}" for name in spec.primary_key)
+    casts = {name: "::JSON" if spec.column(name).type == "JSON" else "" for name in columns}
+    assignments = ", ".join(f"{_quote(name)} = u.{_quote(name)}{casts[name]}" for name in columns)
+    _register(con, view, pa.table(arrays, names=names))
+    try:
+        with transaction(con):
+            ((written,),) = _run(
+                con,
+                f"UPDATE {spec_ref(con, spec)} AS t SET {assignments}, {LOADED_AT} = ?::TIMESTAMPTZ "
+                f"FROM {view} AS u WHERE {match}",
+                [now or datetime.now(UTC)],
+            )
+    finally:
+        con.unregister(view)
+    return written
+
+
+def delete_sync_state(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Forget cursor `name` (the next sync starts from the beginning)."""
+    _run(con, f"DELETE FROM {table_ref(con, SCHEMA, SYNC_STATE_TABLE)} WHERE name = ?", [name])

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from apten_assets.defs.apten.metadata import preview, run_metadata, table_definition_metadata, window_label
 from apten_assets.defs.apten.partitions import daily_partitions, partition_window
+from apten_assets.defs.apten.pii import pii_for_run
 from apten_assets.defs.apten.resources import AptenApiResource, AptenWarehouse
 from apten_assets.lib.config import AptenSettings
 from apten_assets.lib.sync import enrich_calls, sync_call_events, sync_leads
@@ -67,8 +68,9 @@ def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
     def leads(
         context: dg.AssetExecutionContext, apten: AptenApiResource, duckdb: AptenWarehouse
     ) -> dg.MaterializeResult:
+        pii, pii_meta = pii_for_run(context, duckdb)
         with apten.get_client() as client:
-            report = sync_leads(client, duckdb.get_connection, context.log)
+            report = sync_leads(client, duckdb.get_connection, context.log, pii=pii)
             api_stats = client.stats.as_metadata()
         with duckdb.get_connection() as con:
             (total,) = con.execute(f"SELECT count(*) FROM {LEADS.qualified_name}").fetchone()
@@ -79,7 +81,9 @@ def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
             )
         context.log.info(f"leads: {report.counts['fetched']:,} fetched; table holds {total:,} leads")
         return dg.MaterializeResult(
-            metadata=run_metadata(report, row_count=total, api_stats=api_stats, extra={"preview": sample})
+            metadata=run_metadata(
+                report, row_count=total, api_stats=api_stats, extra={"preview": sample, **pii_meta}
+            )
         )
 
     @dg.asset(
@@ -102,8 +106,9 @@ def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
         context: dg.AssetExecutionContext, apten: AptenApiResource, duckdb: AptenWarehouse
     ) -> dg.MaterializeResult:
         start, end = partition_window(context)
+        pii, pii_meta = pii_for_run(context, duckdb)
         with apten.get_client() as client:
-            report = sync_call_events(client, duckdb.get_connection, start, end, context.log)
+            report = sync_call_events(client, duckdb.get_connection, start, end, context.log, pii=pii)
             api_stats = client.stats.as_metadata()
         table = CALL_EVENTS.qualified_name
         with duckdb.get_connection() as con:
@@ -124,7 +129,7 @@ def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
                 row_count=total,
                 partition_row_count=in_window,
                 api_stats=api_stats,
-                extra={"preview": sample, "window": window_label(start, end)},
+                extra={"preview": sample, "window": window_label(start, end), **pii_meta},
             )
         )
 
@@ -177,6 +182,7 @@ def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
         duckdb: AptenWarehouse,
     ):
         start, end = partition_window(context)
+        pii, pii_meta = pii_for_run(context, duckdb)
         with apten.get_client() as client:
             reports = enrich_calls(
                 client,
@@ -185,6 +191,7 @@ def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
                 end,
                 context.log,
                 give_up_after=give_up_after,
+                pii=pii,
                 call_ids=config.call_ids or None,
                 refresh_all=config.refresh_all,
             )
@@ -209,6 +216,7 @@ def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
                     **calls_meta,
                     "window": window_label(start, end),
                     "targeted_call_ids": len(config.call_ids),
+                    **pii_meta,
                 },
             ),
         )

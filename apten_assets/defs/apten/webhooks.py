@@ -19,6 +19,7 @@ from apten_assets.defs.apten.assets import (
 )
 from apten_assets.defs.apten.metadata import preview, run_metadata, table_definition_metadata, window_label
 from apten_assets.defs.apten.partitions import daily_partitions, partition_window
+from apten_assets.defs.apten.pii import pii_for_run
 from apten_assets.defs.apten.resources import AptenWarehouse
 from apten_assets.lib.config import AptenSettings
 from apten_assets.lib.sync import StepReport
@@ -70,7 +71,8 @@ def build_webhook_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
         metadata=table_definition_metadata(WEBHOOK_DELIVERIES),
     )
     def webhook_deliveries(context: dg.AssetExecutionContext, duckdb: AptenWarehouse) -> dg.MaterializeResult:
-        load = load_webhook_deliveries(inbox, duckdb.get_connection, context.log)
+        pii, pii_meta = pii_for_run(context, duckdb)
+        load = load_webhook_deliveries(inbox, duckdb.get_connection, context.log, pii=pii)
         table = WEBHOOK_DELIVERIES.qualified_name
         with duckdb.get_connection() as con:
             (total,) = con.execute(f"SELECT count(*) FROM {table}").fetchone()
@@ -92,6 +94,7 @@ def build_webhook_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
                     "unknown_event_names": dg.MetadataValue.json(load.unknown_events),
                     "inbox_cursor": load.cursor or "",
                     "preview": sample,
+                    **pii_meta,
                 },
             )
         )
