@@ -235,8 +235,10 @@ class PiiPolicy:
             and isinstance(transcript, list)
             and _nothing_to_redact(transcript)
         ):
-            rest = self._walk({key: value for key, value in body.items() if key != "transcript"})
-            return {**rest, "transcript": transcript} if "transcript" in body else rest
+            # Key order kept, so the stored JSON text is the same however the body was walked.
+            return {
+                key: value if key == "transcript" else self._walk(value, key) for key, value in body.items()
+            }
         return self._walk(body)
 
     def _walk(self, value: Any, key: str | None = None) -> Any:

@@ -31,7 +31,9 @@ MUST_REDACT: tuple[Case, ...] = (
     Case("My mobile is 07911 123456.", ("07911 123456",), ("[PHONE]",)),
     Case("From abroad dial +44 20 7946 0321.", ("+44 20 7946 0321",), ("[PHONE]",)),
     # Germany.
-    Case("Meine Nummer ist 030 901820 oder mobil 0151 23456789.", ("030 901820", "0151 23456789"), ("[PHONE]",)),
+    Case(
+        "Meine Nummer ist 030 901820 oder mobil 0151 23456789.", ("030 901820", "0151 23456789"), ("[PHONE]",)
+    ),
     Case("International: +49 30 901820.", ("+49 30 901820",), ("[PHONE]",)),
     # France.
     Case("Appelez le 01 42 68 53 00 demain.", ("01 42 68 53 00",), ("[PHONE]",)),
@@ -44,7 +46,9 @@ MUST_REDACT: tuple[Case, ...] = (
     # E-mail addresses.
     Case("Send it to jane.doe+billing@example.com today.", ("jane.doe+billing@example.com",), ("[EMAIL]",)),
     Case("Use JOHN.SMITH@EXAMPLE.ORG for the invoice.", ("JOHN.SMITH@EXAMPLE.ORG",), ("[EMAIL]",)),
-    Case("it's maria_garcia-2024@mail.example.co.uk", ("maria_garcia-2024@mail.example.co.uk",), ("[EMAIL]",)),
+    Case(
+        "it's maria_garcia-2024@mail.example.co.uk", ("maria_garcia-2024@mail.example.co.uk",), ("[EMAIL]",)
+    ),
     # Payment cards (all Luhn-valid test numbers).
     Case("My card is 4111 1111 1111 1111, expiry in May.", ("4111 1111 1111 1111",), ("[CARD]",)),
     Case("Charge 5555-5555-5555-4444 please.", ("5555-5555-5555-4444",), ("[CARD]",)),
