@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from apten_assets.lib.pii import LeadPii, PiiPolicy, TranscriptMode
 from apten_assets.warehouse.url import WarehouseURL, WarehouseURLError
 
 DEFAULT_BASE_URL = "https://api.attent.app/v1"
@@ -47,6 +48,9 @@ class AptenSettings:
     summary_give_up_hours: float = 72.0
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_inbox: str = "data/webhooks/"
+    transcript_mode: TranscriptMode = TranscriptMode.FULL
+    lead_pii: LeadPii = LeadPii.FULL
+    pii_salt: str | None = field(default=None, repr=False)
     # Internal knobs for tests and fault drills, not part of the public contract: the HTTP read
     # timeout and the first retry backoff, so injected slow answers and retries cost milliseconds.
     http_read_timeout_seconds: float = 30.0
@@ -90,6 +94,11 @@ class AptenSettings:
                 WarehouseURL.parse(self.warehouse_url)
             except WarehouseURLError as exc:
                 raise ConfigError(str(exc)) from None
+        if self.lead_pii is LeadPii.HASHED and not self.pii_salt:
+            raise ConfigError(
+                "APTEN_PII_SALT is not set: APTEN_LEAD_PII=hashed needs a secret key for the hashes "
+                "(keep it stable: changing it changes every stored hash)"
+            )
         if self.start_date > datetime.now(UTC).date():
             raise ConfigError(f"APTEN_START_DATE must not be in the future, got {self.start_date}")
 
@@ -113,6 +122,10 @@ class AptenSettings:
         if self.warehouse_url is None:
             return WarehouseURL.for_duckdb_file(self.duckdb_path)
         return WarehouseURL.parse(self.warehouse_url)
+
+    @property
+    def pii(self) -> PiiPolicy:
+        return PiiPolicy(self.transcript_mode, self.lead_pii, self.pii_salt)
 
     @property
     def duckdb_file(self) -> Path:
@@ -164,4 +177,16 @@ class AptenSettings:
             kwargs["webhook_secret"] = v
         if (v := text("APTEN_WEBHOOK_INBOX")) is not None:
             kwargs["webhook_inbox"] = v
+        for name, attr, kind in (
+            ("APTEN_TRANSCRIPT_MODE", "transcript_mode", TranscriptMode),
+            ("APTEN_LEAD_PII", "lead_pii", LeadPii),
+        ):
+            if (v := text(name)) is not None:
+                try:
+                    kwargs[attr] = kind(v.lower())
+                except ValueError:
+                    choices = " | ".join(member.value for member in kind)
+                    raise ConfigError(f"{name} must be one of {choices}, got {v!r}") from None
+        if (v := text("APTEN_PII_SALT")) is not None:
+            kwargs["pii_salt"] = v
         return cls(**kwargs)  # type: ignore[arg-type]

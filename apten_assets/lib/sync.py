@@ -27,6 +27,7 @@ from apten_assets.lib.models import (
     MalformedRecord,
     parse_timestamp,
 )
+from apten_assets.lib.pii import PiiPolicy
 from apten_assets.lib.tables import (
     CALL_EVENTS,
     CALL_SUMMARIES,
@@ -126,12 +127,14 @@ def sync_leads(
     open_warehouse: OpenWarehouse,
     log: logging.Logger | Any,
     *,
+    pii: PiiPolicy,
     batch_size: int = 5000,
 ) -> StepReport:
     """Incremental `GET /leads?updatedSince=` from the stored watermark (all leads the first time).
 
     The watermark is written in the same transaction as each batch of leads, so a run that dies
     resumes from its last committed batch; soft-deleted leads are kept with `is_deleted = true`.
+    Each lead goes through `pii` before it becomes a row.
     """
     report = StepReport()
     with open_warehouse() as store:
@@ -151,7 +154,7 @@ def sync_leads(
     for raw in client.iter_leads(updated_since=since):
         report.counts["fetched"] += 1
         try:
-            lead = Lead.from_json(raw)
+            lead = Lead.from_json(pii.record(raw))
         except MalformedRecord as exc:
             report.skip(exc.record_id, f"malformed lead: {exc.reason}", log)
             continue
@@ -176,6 +179,7 @@ def sync_call_events(
     end: datetime,
     log: logging.Logger | Any,
     *,
+    pii: PiiPolicy,
     batch_size: int = 20000,
 ) -> StepReport:
     """CALL events with `timestamp` in [start, end), following Apten's recipe.
@@ -214,7 +218,7 @@ def sync_call_events(
         for raw in events:
             report.counts["fetched"] += 1
             try:
-                event = Event.from_json(raw)
+                event = Event.from_json(pii.record(raw))
             except MalformedRecord as exc:
                 report.skip(exc.record_id, f"malformed event: {exc.reason}", log)
                 continue
@@ -304,6 +308,7 @@ def enrich_calls(
     log: logging.Logger | Any,
     *,
     give_up_after: timedelta,
+    pii: PiiPolicy,
     call_ids: Sequence[str] | None = None,
     refresh_all: bool = False,
     batch_size: int = CALL_BATCH_SIZE,
@@ -313,9 +318,10 @@ def enrich_calls(
     `call_transcript_turns` for each batch in one transaction.
 
     A call's turns are replaced as a whole; an empty transcript ("not stored yet") never wipes
-    turns already stored. A 404 keeps the row as `not_found`, with what its CALL event says
-    (start, direction, status, duration) where nothing better is stored. Returns one
-    report per table, keyed by table name.
+    turns already stored. Each body goes through `pii` before it becomes rows (turns included:
+    the warehouse derives them from the transformed `raw`). A 404 keeps the row as `not_found`,
+    with what its CALL event says (start, direction, status, duration) where nothing better is
+    stored. Returns one report per table, keyed by table name.
     """
     reports = {name: StepReport() for name in ("calls", "call_summaries", "call_transcript_turns")}
     calls_report = reports["calls"]
@@ -353,13 +359,13 @@ def enrich_calls(
             continue
         fetches.append(fetch)
         if len(fetches) >= batch_size:
-            _write_call_batch(open_warehouse, fetches, now(), targets, give_up_after, reports, log)
+            _write_call_batch(open_warehouse, fetches, now(), targets, give_up_after, pii, reports, log)
             fetches = []
         if time.monotonic() - last_progress >= PROGRESS_EVERY_SECONDS:
             progress()
             last_progress = time.monotonic()
     if fetches:
-        _write_call_batch(open_warehouse, fetches, now(), targets, give_up_after, reports, log)
+        _write_call_batch(open_warehouse, fetches, now(), targets, give_up_after, pii, reports, log)
     progress()
     if unfetched:
         raise _incomplete("calls", "calls", unfetched, total)
@@ -372,6 +378,7 @@ def _write_call_batch(
     fetched_at: datetime,
     targets: CallTargets,
     give_up_after: timedelta,
+    pii: PiiPolicy,
     reports: dict[str, StepReport],
     log: logging.Logger | Any,
 ) -> None:
@@ -396,7 +403,7 @@ def _write_call_batch(
             )
             continue
         try:
-            call = Call.from_json(fetch.body)
+            call = Call.from_json(pii.call_body(fetch.body))
         except MalformedRecord as exc:
             calls_report.skip(fetch.call_id, f"malformed call: {exc.reason}", log)
             continue

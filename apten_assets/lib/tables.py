@@ -34,7 +34,8 @@ class Column:
     """One column: DuckDB type, one-line description, and how upserts merge it.
 
     `bookkeeping` columns are written on every upsert but a change in them alone does not count
-    as an update and does not move `_loaded_at`.
+    as an update and does not move `_loaded_at`. `pii` columns may carry personal data (what they
+    hold depends on APTEN_TRANSCRIPT_MODE / APTEN_LEAD_PII); the column schema tags them `pii`.
     """
 
     name: str
@@ -43,6 +44,7 @@ class Column:
     merge: Merge = Merge.REPLACE
     bookkeeping: bool = False
     allowed_values: tuple[str, ...] | None = None
+    pii: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,10 +108,22 @@ LEADS = TableSpec(
     primary_key=("lead_id",),
     columns=(
         Column("lead_id", "VARCHAR", "Apten lead id (also called the room id); opaque string."),
-        Column("first_name", "VARCHAR", "Lead first name (firstName)."),
-        Column("last_name", "VARCHAR", "Lead last name (lastName)."),
-        Column("phone", "VARCHAR", "Phone number, E.164."),
-        Column("email", "VARCHAR", "Email address, when Apten has one.", _LATE),
+        Column(
+            "first_name", "VARCHAR", "Lead first name (firstName); NULL unless APTEN_LEAD_PII=full.", pii=True
+        ),
+        Column(
+            "last_name", "VARCHAR", "Lead last name (lastName); NULL unless APTEN_LEAD_PII=full.", pii=True
+        ),
+        Column(
+            "phone", "VARCHAR", "Phone number, E.164 (HMAC-SHA256 hex when APTEN_LEAD_PII=hashed).", pii=True
+        ),
+        Column(
+            "email",
+            "VARCHAR",
+            "Email address, when Apten has one (HMAC-SHA256 hex when APTEN_LEAD_PII=hashed).",
+            _LATE,
+            pii=True,
+        ),
         Column("customer_profile", "VARCHAR", "Name of the Apten customer profile (customerProfile)."),
         Column("external_lead_id", "VARCHAR", "CRM id of the lead (externalLeadId), when linked.", _LATE),
         Column("created_at", "TIMESTAMPTZ", "When the lead was created (createdAt, UTC)."),
@@ -123,11 +137,16 @@ LEADS = TableSpec(
         Column("is_unsubscribed", "BOOLEAN", "The lead unsubscribed (isUnsubscribed)."),
         Column("is_ai_on", "BOOLEAN", "The AI assistant is on for this lead (isAiOn)."),
         Column("tags", "JSON", "Tags as sent: array of {id, name, condition}."),
-        Column("additional_info", "JSON", "Context variables Apten stores for the lead (additionalInfo)."),
-        Column("summary", "VARCHAR", "AI summary of the conversation with the lead.", _LATE),
+        Column(
+            "additional_info",
+            "JSON",
+            "Context variables Apten stores for the lead (additionalInfo).",
+            pii=True,
+        ),
+        Column("summary", "VARCHAR", "AI summary of the conversation with the lead.", _LATE, pii=True),
         Column("is_deleted", "BOOLEAN", "Soft-deleted in Apten (deleted); the row is kept."),
         Column("deleted_at", "TIMESTAMPTZ", "When the lead was soft-deleted (deletedAt, UTC)."),
-        Column("raw", "JSON", "The lead object exactly as Apten sent it."),
+        Column("raw", "JSON", "The lead object as Apten sent it, after the PII modes.", pii=True),
         _LOADED_AT_COLUMN,
     ),
 )
@@ -173,9 +192,19 @@ CALLS = TableSpec(
         Column("is_mid_call_transfer", "BOOLEAN", "A transfer happened mid-call (name unconfirmed).", _LATE),
         Column("is_voicemail", "BOOLEAN", "The call left a voicemail (name unconfirmed).", _LATE),
         Column(
-            "transfer_number", "VARCHAR", "E.164 number transferred to (transferNumber/transferTo).", _LATE
+            "transfer_number",
+            "VARCHAR",
+            "E.164 number transferred to (transferNumber/transferTo).",
+            _LATE,
+            pii=True,
         ),
-        Column("fallback_transfer_number", "VARCHAR", "Fallback number when the transfer failed.", _LATE),
+        Column(
+            "fallback_transfer_number",
+            "VARCHAR",
+            "Fallback number when the transfer failed.",
+            _LATE,
+            pii=True,
+        ),
         Column("transfer_status", "VARCHAR", "Outcome of the latest transfer attempt, if any.", _LATE),
         Column("answered_by", "VARCHAR", "Answered-by / machine detection value (name unconfirmed).", _LATE),
         Column("transfer_connected_seconds", "DOUBLE", "Seconds connected to the transfer recipient.", _LATE),
@@ -196,7 +225,13 @@ CALLS = TableSpec(
         ),
         Column("last_fetched_at", "TIMESTAMPTZ", "Latest GET /calls/{id} of this call (UTC).", _LATE, True),
         Column("fetch_attempts", "INTEGER", "How many times the call was fetched.", Merge.ADD, True),
-        Column("raw", "JSON", "The call body exactly as Apten sent it (NULL if never found).", _LATE),
+        Column(
+            "raw",
+            "JSON",
+            "The call body as Apten sent it, after the PII modes (NULL if never found).",
+            _LATE,
+            pii=True,
+        ),
         _LOADED_AT_COLUMN,
     ),
 )
@@ -208,7 +243,13 @@ CALL_SUMMARIES = TableSpec(
     columns=(
         Column("call_id", "VARCHAR", "Apten call id."),
         Column("lead_id", "VARCHAR", "Lead (room) of the call; NULL for webchat calls.", _LATE),
-        Column("summary", "VARCHAR", "AI summary of the call.", _LATE),
+        Column(
+            "summary",
+            "VARCHAR",
+            "AI summary of the call (redacted, or [REMOVED], per APTEN_TRANSCRIPT_MODE).",
+            _LATE,
+            pii=True,
+        ),
         Column(
             "summary_first_seen_at", "TIMESTAMPTZ", "When the summary was first seen (UTC).", Merge.KEEP_FIRST
         ),
@@ -230,7 +271,12 @@ CALL_TRANSCRIPT_TURNS = TableSpec(
         Column("call_id", "VARCHAR", "Apten call id."),
         Column("turn_index", "INTEGER", "0-based position of the turn in the API's transcript array."),
         Column("role", "VARCHAR", "Speaker as sent, e.g. assistant or user (open string)."),
-        Column("content", "VARCHAR", "What was said; NULL when the turn had no content."),
+        Column(
+            "content",
+            "VARCHAR",
+            "What was said (redacted per APTEN_TRANSCRIPT_MODE); NULL without content or when it is off.",
+            pii=True,
+        ),
         Column("start_time", "TIMESTAMPTZ", "When the turn started (startTime, UTC)."),
         Column("end_time", "TIMESTAMPTZ", "When the turn ended (endTime, UTC)."),
         _LOADED_AT_COLUMN,
@@ -254,7 +300,7 @@ WEBHOOK_DELIVERIES = TableSpec(
         Column("call_id", "VARCHAR", "data.callId, for call events."),
         Column("lead_id", "VARCHAR", "data.leadId, for lead-webhook events."),
         Column("session_id", "VARCHAR", "data.sessionId, for webchat events."),
-        Column("raw", "JSON", "The delivery body exactly as received."),
+        Column("raw", "JSON", "The delivery body as received, after the PII modes.", pii=True),
         _LOADED_AT_COLUMN,
     ),
 )
@@ -276,8 +322,8 @@ CALL_TRANSFERS = TableSpec(
         Column("lead_id", "VARCHAR", "Lead (room) of the call; NULL for webchat calls."),
         Column("session_id", "VARCHAR", "Webchat session id, for webchat calls."),
         Column("transfer_type", "VARCHAR", "WARM or COLD (transferType; open string)."),
-        Column("target_number", "VARCHAR", "Number transferred to (transferTo / transferNumber)."),
-        Column("fallback_number", "VARCHAR", "Fallback number after a missed warm transfer."),
+        Column("target_number", "VARCHAR", "Number transferred to (transferTo / transferNumber).", pii=True),
+        Column("fallback_number", "VARCHAR", "Fallback number after a missed warm transfer.", pii=True),
         Column("fallback_attempted", "BOOLEAN", "A fallback was attempted (fallbackAttempted)."),
         Column(
             "outcome",

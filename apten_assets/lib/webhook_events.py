@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from apten_assets.lib.models import parse_timestamp
+from apten_assets.lib.pii import PiiPolicy
 from apten_assets.lib.sync import OpenWarehouse, StepReport, chunks
 from apten_assets.lib.tables import WEBHOOK_DELIVERIES
 from apten_assets.webhooks.inbox import Delivery, Inbox
@@ -67,12 +68,18 @@ class DeliveryLoad:
         return sorted(name for name in self.by_event if name not in KNOWN_WEBHOOK_EVENTS)
 
 
-def _raw_json_text(delivery: Delivery) -> str:
-    """The body as stored text, byte for byte when DuckDB's JSON type accepts it.
+def _raw_json_text(delivery: Delivery, pii: PiiPolicy) -> str:
+    """The body as stored text, byte for byte when DuckDB's JSON type accepts it and `pii` keeps
+    it as it is.
 
     Python's parser (which the receiver used) also reads NaN/Infinity and non-UTF-8 encodings;
-    DuckDB does not, so those rare bodies are stored re-serialised instead.
+    DuckDB does not, so those rare bodies are stored re-serialised instead. The receiver applied
+    its own PII modes already; applying the warehouse's here (idempotent) makes the table follow
+    them even when the receiver runs with other settings.
     """
+    envelope = pii.record(delivery.envelope)
+    if envelope is not delivery.envelope:
+        return json.dumps(envelope, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
     try:
         text = delivery.raw.decode("utf-8")
         json.loads(text, parse_constant=_refuse_constant)
@@ -96,7 +103,9 @@ def event_time(delivery: Delivery) -> datetime | None:
         return None
 
 
-def _delivery_table(deliveries: list[Delivery], report: StepReport, log: logging.Logger | Any) -> pa.Table:
+def _delivery_table(
+    deliveries: list[Delivery], report: StepReport, log: logging.Logger | Any, pii: PiiPolicy
+) -> pa.Table:
     columns: dict[str, list[Any]] = {
         name: [] for name in ("delivery_key", "event", "event_timestamp", "received_at")
     }
@@ -116,7 +125,7 @@ def _delivery_table(deliveries: list[Delivery], report: StepReport, log: logging
         columns["call_id"].append(delivery.call_id)
         columns["lead_id"].append(delivery.lead_id)
         columns["session_id"].append(delivery.session_id)
-        columns["raw"].append(_raw_json_text(delivery))
+        columns["raw"].append(_raw_json_text(delivery, pii))
     timestamp_type = pa.timestamp("us", tz="UTC")
     types = {"event_timestamp": timestamp_type, "received_at": timestamp_type}
     return pa.table(
@@ -129,6 +138,7 @@ def load_webhook_deliveries(
     open_warehouse: OpenWarehouse,
     log: logging.Logger | Any,
     *,
+    pii: PiiPolicy,
     batch_size: int = 5000,
 ) -> DeliveryLoad:
     """Upsert the inbox's deliveries after the stored cursor into `apten.webhook_deliveries`.
@@ -144,7 +154,7 @@ def load_webhook_deliveries(
     load.cursor = stored_cursor
     log.info(f"webhook_deliveries: reading {inbox} after {stored_cursor or 'the beginning'}")
     for batch in chunks(inbox.iter_deliveries(after=stored_cursor), batch_size):
-        table = _delivery_table(batch, report, log)
+        table = _delivery_table(batch, report, log, pii)
         batch_cursor = batch[-1].cursor
         with open_warehouse() as store, store.transaction():
             counts = store.upsert(WEBHOOK_DELIVERIES, table)

@@ -118,6 +118,11 @@ class DatasetSpec:
     share_events_updated_later: float = 0.10
     share_legacy_calls: float = 0.05
     late_summary_delay_seconds: float = 900.0
+    # Sentences holding personal data (tests/pii, the redaction bench). When given, that share of
+    # the lead's turns says one of them, and every call summary and lead summary ends with one;
+    # the rest of the dataset is the same as without them.
+    pii_lines: tuple[str, ...] = ()
+    share_pii_turns: float = 1.0
 
     def __post_init__(self) -> None:
         if self.n_leads < 1 or self.days < 1 or self.turns_per_call < 1:
@@ -383,6 +388,8 @@ def _call_json(call: Call, spec: DatasetSpec, updated_ms: int, has_summary: bool
     )
     if has_summary:
         body["summary"] = _pick(spec.seed, call.id, "summary", SUMMARIES)
+        if spec.pii_lines:
+            body["summary"] += " " + _pick(spec.seed, call.id, "pii-summary", spec.pii_lines)
     body["transcript"] = _transcript(call, spec)
     body["isTransfer"] = call.is_transfer
     if call.ended_by is not None:
@@ -420,6 +427,7 @@ def _transcript(call: Call, spec: DatasetSpec) -> list[dict[str, Any]]:
     if call.status != "COMPLETE":
         return []
     rng = random.Random(f"{spec.seed}:{call.id}:transcript")
+    pii = random.Random(f"{spec.seed}:{call.id}:pii") if spec.pii_lines else None
     n_turns = rng.randint(1, 2) if call.is_voicemail else spec.turns_per_call
     # Whole seconds per turn keep every timestamp at `.000Z`, like Apten's examples.
     slot_ms = call.duration_s // n_turns * 1000
@@ -428,10 +436,13 @@ def _transcript(call: Call, spec: DatasetSpec) -> list[dict[str, Any]]:
         lead_speaks = index % 2 == 1 and not call.lead_never_spoke
         start_ms = call.started_ms + index * slot_ms + 1000
         end_ms = max(start_ms, call.started_ms + (index + 1) * slot_ms - 1000)
+        content = rng.choice(USER_LINES if lead_speaks else ASSISTANT_LINES)
+        if pii is not None and lead_speaks and pii.random() < spec.share_pii_turns:
+            content = pii.choice(spec.pii_lines)
         turns.append(
             {
                 "role": "user" if lead_speaks else "assistant",
-                "content": rng.choice(USER_LINES if lead_speaks else ASSISTANT_LINES),
+                "content": content,
                 "startTime": iso_ms(start_ms),
                 "endTime": iso_ms(end_ms),
             }
@@ -581,6 +592,10 @@ class _Builder:
         body["deletedAt"] = None if deleted_at_ms is None else iso_ms(deleted_at_ms)
         if rng.random() < 0.3:
             body["timeZone"] = "America/New_York"  # a field newer API versions may add
+        if self.spec.pii_lines:
+            line = self.spec.pii_lines[index % len(self.spec.pii_lines)]
+            body["summary"] += " " + line
+            body["additionalInfo"] = {**body["additionalInfo"], "note": line}
         return Lead(lead_id, created_ms, updated_ms, body)
 
     def _additional_info(self) -> dict[str, str]:

@@ -713,6 +713,44 @@ def _drop_temp(con: duckdb.DuckDBPyConnection, table: str) -> None:
         _run(con, f"DROP TABLE IF EXISTS {table}")
 
 
+def overwrite_columns(
+    con: duckdb.DuckDBPyConnection,
+    spec: TableSpec,
+    columns: Sequence[str],
+    rows: Sequence[tuple],
+    *,
+    now: datetime | None = None,
+) -> int:
+    """Set `columns` of existing rows to exactly the given values (NULL included, no merge rule),
+    by primary key; `rows` are `(primary key..., columns...)` tuples, JSON values as Python values
+    (serialised as `upsert` does). Returns how many rows were written; they get `_loaded_at = now`."""
+    if not rows:
+        return 0
+    names = [*spec.primary_key, *columns]
+    data = to_arrow(spec, [dict(zip(names, row, strict=True)) for row in rows]).select(names)
+    view = f"__overwrite_{uuid.uuid4().hex[:12]}"
+    match = " AND ".join(f"t.{_quote(name)} = u.{_quote(name)}" for name in spec.primary_key)
+    casts = {name: "::JSON" if spec.column(name).type == "JSON" else "" for name in columns}
+    assignments = ", ".join(f"{_quote(name)} = u.{_quote(name)}{casts[name]}" for name in columns)
+    _register(con, view, data)
+    try:
+        with transaction(con):
+            ((written,),) = _run(
+                con,
+                f"UPDATE {spec_ref(con, spec)} AS t SET {assignments}, {LOADED_AT} = ?::TIMESTAMPTZ "
+                f"FROM {view} AS u WHERE {match}",
+                [now or datetime.now(UTC)],
+            )
+    finally:
+        con.unregister(view)
+    return written
+
+
+def delete_sync_state(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Forget cursor `name` (the next sync starts from the beginning)."""
+    _run(con, f"DELETE FROM {table_ref(con, SCHEMA, SYNC_STATE_TABLE)} WHERE name = ?", [name])
+
+
 @contextmanager
 def _refusing_bad_values() -> Iterator[None]:
     """A value a column's CHECK refuses is the caller's bad row (ValueError), as on every backend."""
@@ -827,3 +865,17 @@ class DuckDBStore(SqlStore):
 
     def set_sync_state(self, name: str, value: str, *, now: datetime | None = None) -> None:
         set_sync_state(self.con, name, value, now=now)
+
+    def delete_sync_state(self, name: str) -> None:
+        delete_sync_state(self.con, name)
+
+    def overwrite_columns(
+        self,
+        spec: TableSpec,
+        columns: Sequence[str],
+        rows: Sequence[tuple],
+        *,
+        now: datetime | None = None,
+    ) -> int:
+        with _refusing_bad_values():
+            return overwrite_columns(self.con, spec, columns, rows, now=now)

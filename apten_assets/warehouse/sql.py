@@ -378,6 +378,24 @@ class SqlStore(Store):
 
     # ------------------------------------------------------------------ metadata
 
+    def read_column_page(
+        self, spec: TableSpec, columns: Sequence[str], *, after: Sequence[Any] | None, limit: int
+    ) -> list[tuple]:
+        key = [quote(name) for name in spec.primary_key]
+        selected = [
+            f"CAST({quote(name)} AS VARCHAR)" if spec.column(name).type == "JSON" else quote(name)
+            for name in columns
+        ]
+        where, params = "", []
+        if after is not None:
+            where = f"WHERE ({', '.join(key)}) > ({', '.join('?' for _ in key)})"
+            params = list(after)
+        return self._fetch(
+            f"SELECT {', '.join([*key, *selected])} FROM {self._ref(spec)} {where} "
+            f"ORDER BY {', '.join(key)} LIMIT {int(limit)}",
+            params,
+        )
+
     def row_count(self, spec: TableSpec) -> int:
         return self._count(f"SELECT count(*) FROM {self._ref(spec)}")
 

@@ -263,6 +263,27 @@ class Store(ABC):
     def set_sync_state(self, name: str, value: str, *, now: datetime | None = None) -> None:
         """Store cursor `name`; joins the caller's transaction when there is one."""
 
+    @abstractmethod
+    def delete_sync_state(self, name: str) -> None:
+        """Forget cursor `name` (the next sync starts from the beginning)."""
+
+    # ------------------------------------------------------------------ rewriting stored values
+
+    @abstractmethod
+    def read_column_page(
+        self, spec: TableSpec, columns: Sequence[str], *, after: Sequence[Any] | None, limit: int
+    ) -> list[tuple]:
+        """One page of `(primary key..., columns...)` in key order, after key `after` (None: from
+        the start); JSON columns come back as text. Paging by key keeps every page one range scan."""
+
+    @abstractmethod
+    def overwrite_columns(
+        self, spec: TableSpec, columns: Sequence[str], rows: Sequence[tuple], *, now: datetime | None = None
+    ) -> int:
+        """Set `columns` of existing rows to exactly these values (NULL included, no merge rule), by
+        primary key; `rows` are `(primary key..., columns...)`, JSON as Python values. Returns rows
+        written; they get `_loaded_at = now`."""
+
     # ------------------------------------------------------------------ choosing what to fetch
 
     @abstractmethod

@@ -229,6 +229,31 @@ class Inbox:
         for _, _, path in index:
             yield _read_delivery(path)
 
+    def replace_body(self, key: str, raw: bytes) -> bool:
+        """Replace a stored delivery's body (same key, header and receipt time), atomically and
+        fsynced: used to apply a stricter PII mode to what is already stored. False when the
+        delivery is not in the inbox."""
+        final = self.path / f"{key}{SUFFIX}"
+        if not _NAME.match(final.name) or not final.exists():
+            return False
+        with final.open("rb") as f:
+            header = _parse_header(f.readline(), final)
+        header["size"] = len(raw)
+        temp = self.path / f"{_TEMP_PREFIX}{key}-{uuid.uuid4().hex}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(json.dumps(header).encode("utf-8") + b"\n")
+                f.write(raw)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, final)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+        self._fsync_directory()
+        return True
+
     def remove_stale_temp_files(self, older_than: timedelta = timedelta(hours=1)) -> int:
         """Remove temporary files a crashed writer left behind; returns how many."""
         if not self.path.is_dir():

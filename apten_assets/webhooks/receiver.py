@@ -7,6 +7,7 @@ missing, so a receiver that cannot verify signatures never accepts a request.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import Counter
@@ -21,6 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from apten_assets.lib.config import AptenSettings, ConfigError
+from apten_assets.lib.pii import PiiPolicy
 from apten_assets.webhooks.inbox import Inbox, MalformedEnvelope, parse_envelope
 from apten_assets.webhooks.signing import SIGNATURE_HEADER, verify
 
@@ -35,10 +37,14 @@ class ReceiverConfig:
     secret: str = field(repr=False)
     inbox: Inbox
     max_body_bytes: int = MAX_BODY_BYTES
+    pii: PiiPolicy = field(default_factory=PiiPolicy)
 
 
 def receiver_config(
-    secret: str | None, inbox_dir: str | os.PathLike[str], max_body_bytes: int = MAX_BODY_BYTES
+    secret: str | None,
+    inbox_dir: str | os.PathLike[str],
+    max_body_bytes: int = MAX_BODY_BYTES,
+    pii: PiiPolicy | None = None,
 ) -> ReceiverConfig:
     """Validated receiver settings; the error says which variable to set."""
     if not secret:
@@ -54,12 +60,12 @@ def receiver_config(
             f"APTEN_WEBHOOK_INBOX={str(inbox_dir)!r} is not a writable directory that supports hard "
             f"links ({exc.strerror or exc}); point it at a local directory or volume"
         ) from None
-    return ReceiverConfig(secret=secret, inbox=inbox, max_body_bytes=max_body_bytes)
+    return ReceiverConfig(secret=secret, inbox=inbox, max_body_bytes=max_body_bytes, pii=pii or PiiPolicy())
 
 
 def config_from_env() -> ReceiverConfig:
     settings = AptenSettings.from_env()
-    return receiver_config(settings.webhook_secret, settings.webhook_inbox)
+    return receiver_config(settings.webhook_secret, settings.webhook_inbox, pii=settings.pii)
 
 
 def _reply(status_code: int, **body: str) -> JSONResponse:
@@ -128,6 +134,11 @@ async def receive_webhook(request: Request) -> JSONResponse:
         )
         return _reply(400, error=str(exc))
 
+    # The PII modes apply before anything is written; the key still comes from the delivery as
+    # sent, so two deliveries that differ only in redacted text stay two.
+    if not config.pii.is_full:
+        stored = config.pii.record(envelope)
+        body = json.dumps(stored, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
     result = await run_in_threadpool(config.inbox.store, body, envelope)
     status = "stored" if result.stored else "duplicate"
     stats[status] += 1
@@ -170,10 +181,14 @@ def _build(load_config: Callable[[], ReceiverConfig]) -> Starlette:
 
 
 def create_app(
-    secret: str | None, inbox_dir: str | os.PathLike[str], *, max_body_bytes: int = MAX_BODY_BYTES
+    secret: str | None,
+    inbox_dir: str | os.PathLike[str],
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    pii: PiiPolicy | None = None,
 ) -> Starlette:
     """A receiver with explicit settings (tests, embedding). Startup fails without a secret."""
-    return _build(lambda: receiver_config(secret, inbox_dir, max_body_bytes))
+    return _build(lambda: receiver_config(secret, inbox_dir, max_body_bytes, pii))
 
 
 def create_app_from_env() -> Starlette:

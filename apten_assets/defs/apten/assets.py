@@ -11,6 +11,7 @@ from pydantic import Field
 
 from apten_assets.defs.apten.metadata import figures, run_metadata, table_definition_metadata, window_label
 from apten_assets.defs.apten.partitions import daily_partitions, partition_window
+from apten_assets.defs.apten.pii import pii_for_run
 from apten_assets.defs.apten.resources import AptenApiResource, AptenWarehouse
 from apten_assets.lib.config import AptenSettings
 from apten_assets.lib.sync import enrich_calls, sync_call_events, sync_leads
@@ -67,15 +68,16 @@ def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
     def leads(
         context: dg.AssetExecutionContext, apten: AptenApiResource, warehouse: AptenWarehouse
     ) -> dg.MaterializeResult:
+        pii, pii_meta = pii_for_run(context, warehouse)
         with apten.get_client() as client:
-            report = sync_leads(client, warehouse.get_store, context.log)
+            report = sync_leads(client, warehouse.get_store, context.log, pii=pii)
             api_stats = client.stats.as_metadata()
         with warehouse.get_store() as store:
             meta = figures(store.leads_metadata())
         total = meta.pop("dagster/row_count")
         context.log.info(f"leads: {report.counts['fetched']:,} fetched; table holds {total:,} leads")
         return dg.MaterializeResult(
-            metadata=run_metadata(report, row_count=total, api_stats=api_stats, extra=meta)
+            metadata=run_metadata(report, row_count=total, api_stats=api_stats, extra={**meta, **pii_meta})
         )
 
     @dg.asset(
@@ -98,8 +100,9 @@ def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
         context: dg.AssetExecutionContext, apten: AptenApiResource, warehouse: AptenWarehouse
     ) -> dg.MaterializeResult:
         start, end = partition_window(context)
+        pii, pii_meta = pii_for_run(context, warehouse)
         with apten.get_client() as client:
-            report = sync_call_events(client, warehouse.get_store, start, end, context.log)
+            report = sync_call_events(client, warehouse.get_store, start, end, context.log, pii=pii)
             api_stats = client.stats.as_metadata()
         with warehouse.get_store() as store:
             meta = figures(store.call_events_metadata(start, end))
@@ -111,7 +114,7 @@ def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
                 row_count=total,
                 partition_row_count=in_window,
                 api_stats=api_stats,
-                extra={**meta, "window": window_label(start, end)},
+                extra={**meta, "window": window_label(start, end), **pii_meta},
             )
         )
 
@@ -164,6 +167,7 @@ def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
         warehouse: AptenWarehouse,
     ):
         start, end = partition_window(context)
+        pii, pii_meta = pii_for_run(context, warehouse)
         with apten.get_client() as client:
             reports = enrich_calls(
                 client,
@@ -172,6 +176,7 @@ def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
                 end,
                 context.log,
                 give_up_after=give_up_after,
+                pii=pii,
                 call_ids=config.call_ids or None,
                 refresh_all=config.refresh_all,
             )
@@ -195,6 +200,7 @@ def build_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
                     **calls_meta,
                     "window": window_label(start, end),
                     "targeted_call_ids": len(config.call_ids),
+                    **pii_meta,
                 },
             ),
         )

@@ -21,7 +21,10 @@ def table_definition_metadata(spec: TableSpec) -> dict[str, Any]:
         "dagster/table_name": spec.qualified_name,
         "dagster/column_schema": dg.TableSchema(
             columns=[
-                dg.TableColumn(name=c.name, type=c.type, description=c.description) for c in spec.columns
+                dg.TableColumn(
+                    name=c.name, type=c.type, description=c.description, tags={"pii": ""} if c.pii else None
+                )
+                for c in spec.columns
             ],
         ),
         "primary_key": ", ".join(spec.primary_key),

@@ -19,6 +19,7 @@ from apten_assets.defs.apten.assets import (
 )
 from apten_assets.defs.apten.metadata import figures, run_metadata, table_definition_metadata, window_label
 from apten_assets.defs.apten.partitions import daily_partitions, partition_window
+from apten_assets.defs.apten.pii import pii_for_run
 from apten_assets.defs.apten.resources import AptenWarehouse
 from apten_assets.lib.config import AptenSettings
 from apten_assets.lib.sync import StepReport
@@ -73,7 +74,8 @@ def build_webhook_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
     def webhook_deliveries(
         context: dg.AssetExecutionContext, warehouse: AptenWarehouse
     ) -> dg.MaterializeResult:
-        load = load_webhook_deliveries(inbox, warehouse.get_store, context.log)
+        pii, pii_meta = pii_for_run(context, warehouse)
+        load = load_webhook_deliveries(inbox, warehouse.get_store, context.log, pii=pii)
         with warehouse.get_store() as store:
             meta = figures(store.webhook_deliveries_metadata())
         total = meta.pop("dagster/row_count")
@@ -90,6 +92,7 @@ def build_webhook_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
                     "unknown_event_names": dg.MetadataValue.json(load.unknown_events),
                     "inbox_cursor": load.cursor or "",
                     **meta,
+                    **pii_meta,
                 },
             )
         )

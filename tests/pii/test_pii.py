@@ -1,0 +1,194 @@
+"""lib/pii.py on the corpus, and the modes applied to whole Apten records."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import re
+
+import pytest
+
+from apten_assets.lib.config import AptenSettings, ConfigError
+from apten_assets.lib.pii import (
+    CARD,
+    PHONE,
+    REMOVED,
+    LeadPii,
+    PiiPolicy,
+    TranscriptMode,
+    keyed_hash,
+    luhn_valid,
+    normalize_phone,
+    redact_text,
+)
+from tests.pii.corpus import MUST_REDACT, MUST_SURVIVE, SECRETS
+
+SALT = "test-salt-不要"
+
+
+@pytest.mark.parametrize("case", MUST_REDACT, ids=lambda case: case.text[:40])
+def test_corpus_secrets_are_replaced_by_their_tokens(case) -> None:
+    redacted = redact_text(case.text)
+    for secret in case.secrets:
+        assert secret not in redacted
+    for token in case.tokens:
+        assert token in redacted
+
+
+@pytest.mark.parametrize("text", MUST_SURVIVE)
+def test_corpus_look_alikes_survive_byte_for_byte(text: str) -> None:
+    assert redact_text(text) == text
+
+
+def test_redaction_keeps_the_words_around_the_token() -> None:
+    assert redact_text("Call me back at (415) 555-0132 after five.") == f"Call me back at {PHONE} after five."
+
+
+def test_redaction_is_deterministic_and_idempotent() -> None:
+    text = " ".join(case.text for case in MUST_REDACT)
+    once = redact_text(text)
+    assert once == redact_text(text)
+    assert redact_text(once) == once
+    assert not any(secret in once for secret in SECRETS)
+
+
+def test_only_luhn_valid_card_numbers_are_cards() -> None:
+    assert luhn_valid("4111111111111111")
+    assert not luhn_valid("4111111111111112")
+    assert redact_text("pay with 4111-1111-1111-1111") == f"pay with {CARD}"
+    assert redact_text("pay with 4111-1111-1111-1112") == "pay with 4111-1111-1111-1112"
+
+
+def test_phone_numbers_normalize_to_e164_before_hashing() -> None:
+    assert normalize_phone("(202) 555-0143") == "+12025550143"
+    assert normalize_phone("+44 20 7946 0958") == "+442079460958"
+    same = PiiPolicy(lead_pii=LeadPii.HASHED, salt=SALT)
+    assert same.contact("phone", "(202) 555-0143") == same.contact("phone", "+12025550143")
+    assert same.contact("email", " Jane.Doe@Example.com ") == same.contact("email", "jane.doe@example.com")
+
+
+def test_hash_is_hmac_sha256_of_the_normalized_value_under_the_salt() -> None:
+    expected = hmac.new(SALT.encode(), b"+12025550143", hashlib.sha256).hexdigest()
+    assert keyed_hash("+12025550143", SALT) == expected
+    policy = PiiPolicy(lead_pii=LeadPii.HASHED, salt=SALT)
+    assert policy.contact("phone", "+1 202 555 0143") == expected
+    assert policy.contact("phone", expected) == expected  # applied twice: unchanged
+    assert PiiPolicy(lead_pii=LeadPii.HASHED, salt="other").contact("phone", "+12025550143") != expected
+
+
+LEAD = {
+    "id": "lead_1",
+    "firstName": "Jane",
+    "lastName": "Doe",
+    "phone": "+12025550143",
+    "email": "Jane.Doe+crm@Example.com",
+    "summary": "Jane asked us to call 415-555-0132.",
+    "additionalInfo": {"note": "card 4111 1111 1111 1111", "budget": 5000},
+    "tags": [{"name": "Hot lead"}],
+    "updatedAt": "2026-05-14T15:30:00.000Z",
+}
+
+
+def test_lead_hashed_keeps_hashes_drops_names_in_columns_and_raw() -> None:
+    before = copy.deepcopy(LEAD)
+    out = PiiPolicy(lead_pii=LeadPii.HASHED, salt=SALT).record(LEAD)
+    assert before == LEAD  # the input is never modified
+    assert out["firstName"] is None and out["lastName"] is None
+    assert out["phone"] == keyed_hash("+12025550143", SALT)
+    assert out["email"] == keyed_hash("jane.doe+crm@example.com", SALT)
+    assert out["summary"] == LEAD["summary"]  # the transcript mode is full
+    assert out["tags"] == LEAD["tags"] and out["updatedAt"] == LEAD["updatedAt"]
+
+
+def test_lead_off_drops_contacts_and_redacted_transcripts_cover_lead_text() -> None:
+    out = PiiPolicy(TranscriptMode.REDACTED, LeadPii.OFF).record(LEAD)
+    assert [out[key] for key in ("firstName", "lastName", "phone", "email")] == [None] * 4
+    assert out["summary"] == f"Jane asked us to call {PHONE}."
+    assert out["additionalInfo"] == {"note": f"card {CARD}", "budget": 5000}
+
+
+CALL = {
+    "id": "call_1",
+    "leadId": "lead_1",
+    "summary": "Customer gave jane@example.com and (415) 555-0132.",
+    "transcript": [
+        {"role": "assistant", "content": "Hi, this is Apten.", "startTime": "2026-05-14T15:30:01.000Z"},
+        {"role": "user", "content": "My card is 4111 1111 1111 1111.", "endTime": "2026-05-14T15:30:09.000Z"},
+        {"role": "user", "content": "Order 48213377, at 14:30.", "endTime": "2026-05-14T15:30:19.000Z"},
+    ],
+    "transferNumber": "+14155550100",
+}
+
+
+def test_call_redacted_changes_only_text() -> None:
+    out = PiiPolicy(TranscriptMode.REDACTED).call_body(CALL)
+    assert out["summary"] == "Customer gave [EMAIL] and [PHONE]."
+    assert [turn["content"] for turn in out["transcript"]] == [
+        "Hi, this is Apten.",
+        "My card is [CARD].",
+        "Order 48213377, at 14:30.",
+    ]
+    assert out["transferNumber"] == CALL["transferNumber"]
+    assert out["transcript"][1]["endTime"] == CALL["transcript"][1]["endTime"]
+    assert PiiPolicy(TranscriptMode.REDACTED).record(CALL) == out  # the fast path changes nothing
+
+
+def test_fast_path_keeps_the_key_order_so_stored_json_text_is_stable() -> None:
+    clean = {"id": "c", "transcript": [{"role": "user", "content": "Thursday works."}], "summary": "Booked."}
+    out = PiiPolicy(TranscriptMode.REDACTED).call_body(clean)
+    assert list(out) == ["id", "transcript", "summary"]
+
+
+def test_call_off_keeps_roles_and_timing_without_text() -> None:
+    out = PiiPolicy(TranscriptMode.OFF).call_body(CALL)
+    assert out["summary"] == REMOVED
+    assert [turn["content"] for turn in out["transcript"]] == [None, None, None]
+    assert [turn["role"] for turn in out["transcript"]] == ["assistant", "user", "user"]
+    assert out["transcript"][0]["startTime"] == CALL["transcript"][0]["startTime"]
+
+
+def test_call_without_anything_to_redact_keeps_its_transcript() -> None:
+    clean = {**CALL, "transcript": [CALL["transcript"][0]], "summary": "Booked for Thursday."}
+    assert PiiPolicy(TranscriptMode.REDACTED).call_body(clean) == clean
+
+
+def test_webhook_payload_text_per_transcript_mode_and_contacts_per_lead_mode() -> None:
+    envelope = {
+        "event": "message.received",
+        "timestamp": "2026-05-14T15:30:00.000Z",
+        "data": {
+            "leadId": "lead_1",
+            "phone": "+12025550143",
+            "firstName": "Jane",
+            "content": {"text": "reach me at JANE@EXAMPLE.COM", "subject": "call 415-555-0132"},
+        },
+    }
+    out = PiiPolicy(TranscriptMode.REDACTED, LeadPii.HASHED, SALT).record(envelope)
+    assert out["data"]["content"] == {"text": "reach me at [EMAIL]", "subject": f"call {PHONE}"}
+    assert out["data"]["phone"] == keyed_hash("+12025550143", SALT)
+    assert out["data"]["firstName"] is None
+    assert out["data"]["leadId"] == "lead_1" and out["timestamp"] == envelope["timestamp"]
+    off = PiiPolicy(TranscriptMode.OFF, LeadPii.OFF).record(envelope)
+    assert off["data"]["content"] == {"text": None, "subject": None} and off["data"]["phone"] is None
+
+
+def test_full_policy_returns_records_untouched() -> None:
+    assert PiiPolicy().record(CALL) is CALL
+    assert PiiPolicy().call_body(CALL) is CALL
+
+
+def test_settings_read_the_modes_and_require_a_salt_for_hashed() -> None:
+    settings = AptenSettings.from_env(
+        {"APTEN_TRANSCRIPT_MODE": "Redacted", "APTEN_LEAD_PII": "hashed", "APTEN_PII_SALT": SALT}
+    )
+    assert settings.pii == PiiPolicy(TranscriptMode.REDACTED, LeadPii.HASHED, SALT)
+    assert SALT not in repr(settings) and SALT not in repr(settings.pii)
+    with pytest.raises(ConfigError, match="APTEN_PII_SALT") as missing:
+        AptenSettings.from_env({"APTEN_LEAD_PII": "hashed"})
+    assert "hashed" in str(missing.value)
+    with pytest.raises(
+        ConfigError, match=re.escape("APTEN_TRANSCRIPT_MODE must be one of full | redacted | off")
+    ):
+        AptenSettings.from_env({"APTEN_TRANSCRIPT_MODE": "partial"})
+    assert AptenSettings.from_env({}).pii == PiiPolicy()
