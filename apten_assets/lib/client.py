@@ -678,6 +678,10 @@ class AptenClient:
                 return
             page_params = {**params, "nextToken": token}
 
+    def redact(self, text: str) -> str:
+        """`text` with the API key taken out: for anything quoting an answer that is logged or stored."""
+        return self._redact(text)
+
     def _redact(self, text: str) -> str:
         if self._secret:
             text = text.replace(self._secret, "***")
