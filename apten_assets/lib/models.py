@@ -480,7 +480,15 @@ def _check_transcript(obj: Mapping[str, Any], r: _Reader) -> Mapping[str, Any]:
     if transcript is not None and not isinstance(transcript, list):
         r.warn(f"transcript: expected an array, got {type(transcript).__name__}; call kept without turns")
     elif transcript is not None:
+        first, last = f"{EARLIEST_TIMESTAMP.year:04d}", f"{LATEST_TIMESTAMP.year:04d}"
         for index, item in enumerate(transcript):
             if not isinstance(item, Mapping):
                 r.warn(f"transcript[{index}]: a {type(item).__name__}, not an object; turn skipped")
+                continue
+            # The warehouse reads turn times (store.py); only the year is looked at here, so a
+            # 10,000-turn transcript is not parsed twice. Out of range there means NULL.
+            for key in ("startTime", "endTime"):
+                value = item.get(key)
+                if isinstance(value, str) and not first <= value.lstrip()[:4] < last:
+                    r.warn(f"transcript[{index}].{key}: {value[:40]!r} is out of range; stored as NULL")
     return obj
