@@ -407,17 +407,18 @@ TABLES: dict[str, TableSpec] = {
 
 def payload_text(payload: Any) -> str:
     """A rejected record as text: bytes decoded (invalid UTF-8 replaced), JSON values serialised,
-    lone surrogates replaced, so that every payload is storable."""
+    lone surrogates and NUL characters replaced (PostgreSQL text holds no NUL), so that every
+    payload is storable on every backend."""
     if isinstance(payload, bytes):
-        return payload.decode("utf-8", errors="replace")
-    if payload is None:
-        return ""
-    if not isinstance(payload, str):
+        payload = payload.decode("utf-8", errors="replace")
+    elif payload is None:
+        payload = ""
+    elif not isinstance(payload, str):
         try:
             payload = json.dumps(payload, ensure_ascii=False, default=str)
         except (ValueError, RecursionError):
             payload = repr(payload)
-    return repair_text(payload)[0]
+    return repair_text(payload)[0].replace("\x00", "\ufffd")
 
 
 def rejected_row(
@@ -432,7 +433,7 @@ def rejected_row(
         "source": source,
         "record_key": record_id if record_id is not None else "sha256:" + hashlib.sha256(encoded).hexdigest(),
         "record_id": record_id,
-        "reason": repair_text(reason)[0],
+        "reason": payload_text(reason),
         "payload": encoded[:QUARANTINE_PAYLOAD_BYTES].decode("utf-8", errors="ignore"),
         "payload_bytes": len(encoded),
         "first_seen_at": seen_at,
