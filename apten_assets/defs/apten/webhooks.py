@@ -96,7 +96,9 @@ def build_webhook_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
                     "by_event": dg.MetadataValue.json(dict(sorted(load.by_event.items()))),
                     "unknown_event_names": dg.MetadataValue.json(load.unknown_events),
                     "inbox_cursor": load.cursor or "",
-                    "unreadable_inbox_files": dg.MetadataValue.json([f.name for f in load.bad_files[:100]]),
+                    "unreadable_inbox_file_names": dg.MetadataValue.json(
+                        [f.name for f in load.bad_files[:100]]
+                    ),
                     "preview": sample,
                 },
             )
