@@ -560,9 +560,10 @@ def _deadline_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
     httpx has no argument for httpcore's network backend, so the pool it builds is replaced by
     the same pool with ours (tests/lib/test_client.py pins that the deadline holds).
     """
-    transport = httpx.HTTPTransport(limits=limits)
+    ssl_context = httpx.create_ssl_context()
+    transport = httpx.HTTPTransport(verify=ssl_context, limits=limits)
     transport._pool = httpcore.ConnectionPool(
-        ssl_context=httpx.create_ssl_context(),
+        ssl_context=ssl_context,
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,
