@@ -193,7 +193,7 @@ def load_webhook_deliveries(
         report.counts["read"] += len(batch)
         report.counts["new"] += counts.inserted
         report.counts["already_stored"] += counts.updated + counts.unchanged
-        load.by_event.update(delivery.event for delivery in batch)
+        load.by_event.update(table.column("event").to_pylist())
         log.info(f"webhook_deliveries: {report.counts['read']:,} read, {report.counts['new']:,} new so far")
     report.counts["unknown_event_deliveries"] = sum(
         n for name, n in load.by_event.items() if name not in KNOWN_WEBHOOK_EVENTS

@@ -343,6 +343,8 @@ def test_hostile_deliveries_and_a_garbage_inbox_file_never_stop_the_sensor_or_th
             }
             assert [r.status_code for r in sender.send(envelope)] == [200]
         assert sender.post(surrogate).status_code == 200
+        other = b'{"event": "message.received\\ud800", "data": {}, "timestamp": "2026-05-14T15:30:00Z"}'
+        assert sender.post(other).status_code == 200
     garbage = Path(pipeline.settings.webhook_inbox) / f"{'f' * 64}.delivery"
     garbage.write_bytes(b"\x00\xffnot a delivery")
     with pipeline.emitter() as emitter:
@@ -355,7 +357,8 @@ def test_hostile_deliveries_and_a_garbage_inbox_file_never_stop_the_sensor_or_th
     assert meta["unreadable_inbox_files"] == 1
     assert meta["unreadable_inbox_file_names"] == [garbage.name]
     assert meta["unreadable_event_timestamp"] == 3
-    assert (meta["unstorable_ids"], meta["skipped"]) == (1, 0)
+    assert (meta["unstorable_ids"], meta["unstorable_event_names"], meta["skipped"]) == (1, 1, 0)
+    assert "message.received\ufffd" in meta["unknown_event_names"]
 
     rows = pipeline.query(
         "SELECT call_id, event_timestamp FROM apten.webhook_deliveries WHERE call_id LIKE 'call-%' ORDER BY 1"
