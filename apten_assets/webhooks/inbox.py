@@ -46,6 +46,7 @@ _TEMP_PREFIX = ".tmp-"
 _NAME = re.compile(r"^[0-9a-f]{64}\.delivery$")
 _CURSOR_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 DEFAULT_OVERLAP = timedelta(minutes=5)
+FUTURE_SKEW = timedelta(hours=1)
 
 
 class MalformedEnvelope(ValueError):
@@ -310,7 +311,12 @@ def _header_time(header: dict[str, Any]) -> datetime:
 def _read_header_order(path: Path) -> tuple[datetime, str]:
     with path.open("rb") as f:
         header = _parse_header(f.readline(), path)
-    return _header_time(header), header["delivery_key"]
+    received_at = _header_time(header)
+    # The receiver stamps files with its own clock: a time far ahead is a damaged or planted file,
+    # and read as one it would move every reader's cursor past all later deliveries.
+    if received_at > datetime.now(UTC) + FUTURE_SKEW:
+        raise ValueError(f"{path.name}: received_at {header['received_at']!r:.40} lies in the future")
+    return received_at, header["delivery_key"]
 
 
 def _read_delivery(path: Path) -> Delivery:

@@ -109,6 +109,8 @@ BAD_FILES = {
     "header_not_an_object": b"[1, 2, 3]\n{}",
     "bad_received_at": b'{"format": "apten-webhook-delivery/1", "delivery_key": "k", "event": "e", '
     b'"received_at": "yesterday"}\n{}',
+    "received_in_the_future": b'{"format": "apten-webhook-delivery/1", "delivery_key": "k", "event": "e", '
+    b'"received_at": "9999-12-31T00:00:00+00:00"}\n{"event": "call.completed", "data": {"callId": "x"}}',
     "body_not_json": b'{"format": "apten-webhook-delivery/1", "delivery_key": "k", "event": "e", '
     b'"received_at": "2026-05-14T15:00:00+00:00"}\n{"event": "call.comp',
     "body_a_list": b'{"format": "apten-webhook-delivery/1", "delivery_key": "k", "event": "e", '
