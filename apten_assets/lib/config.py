@@ -43,7 +43,7 @@ class _Range:
 # Every numeric setting, by attribute: the one rule for what it accepts. Upper bounds keep
 # timedelta and sleep arithmetic finite; the limits' defaults are far from anything real data reaches.
 _RANGES = {
-    "max_rps": _Range("APTEN_MAX_RPS", float, 0, False, 100_000),
+    "max_rps": _Range("APTEN_MAX_RPS", float, 0, False, 1_000_000),
     "max_concurrency": _Range("APTEN_MAX_CONCURRENCY", int, 0, False, 1_000),
     "summary_recheck_minutes": _Range("APTEN_SUMMARY_RECHECK_MINUTES", float, 0, True, 10_080),
     "summary_give_up_hours": _Range("APTEN_SUMMARY_GIVE_UP_HOURS", float, 0, False, 87_600),
@@ -64,7 +64,7 @@ def _check_api_key(key: str | None) -> None:
             what = (
                 "a line break" if char in "\r\n" else "a space" if char.isspace() else "a control character"
             )
-            if char > "~":
+            if not char.isascii():
                 what = "a non-ASCII character"
             raise ConfigError(
                 f"APTEN_API_KEY contains {what} at position {position}: copy the key again from "
