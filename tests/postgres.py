@@ -60,8 +60,9 @@ class PostgresServer:
             backend=url.backend, host=url.host, port=url.port, user=url.user, database=database
         ).libpq_uri()
 
-    def create_database(self, name: str) -> str:
-        self.admin(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    def create_database(self, name: str, *, template: str = "template0") -> str:
+        """A new database (a copy of `template`, which nobody may be connected to); its URL."""
+        self.admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         return self.url_of(name)
 
     def drop_database(self, name: str) -> None:
