@@ -196,3 +196,28 @@ def test_client_limits_have_defaults_and_are_read_from_the_environment() -> None
     )
     assert (settings.request_deadline_seconds, settings.max_body_bytes) == (7.5, 2048)
     assert (settings.max_pages, settings.max_json_depth) == (3, 64)
+
+
+def test_postgres_unix_socket_url_as_pgserver_gives_it() -> None:
+    url = AptenSettings.from_env(
+        {"APTEN_WAREHOUSE_URL": "postgresql://postgres:@/postgres?host=/tmp/pg"}
+    ).warehouse
+    assert (url.backend, url.user, url.host, url.database, url.is_socket) == (
+        "postgresql",
+        "postgres",
+        "/tmp/pg",
+        "postgres",
+        True,
+    )
+    assert str(url) == "postgresql://postgres:***@/postgres?host=/tmp/pg&port=5432"
+
+
+def test_postgres_password_given_as_an_option_never_shows() -> None:
+    secret = "s3cr3t-pa55"
+    url = AptenSettings.from_env(
+        {"APTEN_WAREHOUSE_URL": f"postgresql://etl@db.internal/analytics?password={secret}&sslmode=require"}
+    ).warehouse
+    assert url.password == secret and url.options == (("sslmode", "require"),)
+    for shown in (str(url), repr(url), url.redacted):
+        assert secret not in shown
+    assert secret in url.libpq_uri()

@@ -621,3 +621,13 @@ def test_the_end_of_a_call_is_the_same_rule_in_the_store_and_the_model(store: St
     assert ended == {body["id"]: Call.from_json(body).ended_at for body in bodies}
     assert ended["by-turns"] == datetime(2026, 6, 15, 14, 30, 12, tzinfo=UTC)
     assert ended["unknown"] is None
+
+
+def test_nul_characters_are_removed_on_postgres_and_kept_on_duckdb(store: Store) -> None:
+    # PostgreSQL's text and jsonb cannot hold U+0000; its store strips it (and logs a count).
+    store.upsert(LEADS, [lead("a", firstName="Jo\x00hn", additionalInfo={"k\x00": "v\x00"})])
+    first, info = one(store, "SELECT first_name, additional_info FROM apten.leads")
+    if store.backend == "postgresql":
+        assert (first, json.loads(info)) == ("John", {"k": "v"})
+    else:
+        assert (first, json.loads(info)) == ("Jo\x00hn", {"k\x00": "v\x00"})
