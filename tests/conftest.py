@@ -1,7 +1,9 @@
-"""Shared fixtures: the bundled Apten sandbox on a loopback port."""
+"""Shared fixtures: the bundled Apten sandbox on a loopback port, and a fresh warehouse per test
+on every backend (a DuckDB file; a database on a throwaway PostgreSQL server the session starts)."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,7 +12,8 @@ import pytest
 
 from apten_assets.sandbox.data import DatasetSpec, SandboxDataset
 from apten_assets.sandbox.server import SandboxServer
-from apten_assets.warehouse import Store, open_store
+from apten_assets.warehouse import Store, WarehouseURL, open_store
+from tests.postgres import PostgresServer
 
 # A fixed "now" keeps data, partitions and summary timing identical on every run.
 SANDBOX_ANCHOR = datetime(2026, 5, 14, 15, 30, tzinfo=UTC)
@@ -45,15 +48,44 @@ def _apten_files_in_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytes
 
 
 # Every backend the store suite and the end-to-end suites run against.
-WAREHOUSE_BACKENDS = ["duckdb"]
+WAREHOUSE_BACKENDS = ["duckdb", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server for the whole session (started on first use, ~4 s)."""
+    with PostgresServer() as server:
+        yield server
+
+
+_database_numbers = itertools.count()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """An empty database of its own on the session's server, dropped after the test."""
+    name = f"apten_test_{next(_database_numbers)}"
+    url = postgres_server.create_database(name)
+    yield url
+    postgres_server.drop_database(name)
+
+
+def _warehouse_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if backend == "postgres":
+        return request.getfixturevalue("postgres_url")
+    return f"duckdb:///{tmp_path / 'warehouse' / 'apten.duckdb'}"
 
 
 @pytest.fixture(params=WAREHOUSE_BACKENDS)
 def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh, empty warehouse for one test, also set as APTEN_WAREHOUSE_URL."""
-    url = f"duckdb:///{tmp_path / 'warehouse' / 'apten.duckdb'}"
+    url = _warehouse_url(request.param, request, tmp_path)
     monkeypatch.setenv("APTEN_WAREHOUSE_URL", url)
     return url
+
+
+def is_postgres(url: str) -> bool:
+    return WarehouseURL.parse(url).backend == "postgresql"
 
 
 @pytest.fixture

@@ -7,15 +7,22 @@ models is `apten_assets.lib.models`' job.
 The API key is sent only as the `x-api-key` header to the configured base URL. It never appears
 in a log line, an exception, a repr or the stats: redirects are refused rather than followed,
 exceptions are built from our own strings (never from httpx request objects), and any text echoed
-from the server is redacted before it is shown.
+from the server is redacted before it is shown or cut (see `_Redactor`).
+
+Every answer is bounded (CONTRACT.md, client limits): one request ends by its deadline however
+slowly the server sends (`_DeadlineBackend`), a body is decoded while it streams and stops at
+APTEN_MAX_BODY_BYTES, JSON nested deeper than APTEN_MAX_JSON_DEPTH is a malformed body rather than
+a RecursionError, and a listing stops after APTEN_MAX_PAGES pages.
 """
 
 from __future__ import annotations
 
 import bisect
+import json
 import logging
 import math
 import random
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -25,9 +32,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from itertools import accumulate
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
+import httpcore
 import httpx
 
 from apten_assets.lib.config import AptenSettings
@@ -45,6 +54,8 @@ RATE_HEADROOM = 0.98
 # Transport failures worth another try: the request may never have reached Apten, or the
 # answer was cut off on the way back.
 _RETRYABLE_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+# Of an error answer's body only this much is read: enough for Apten's `message`.
+ERROR_BODY_BYTES = 64 * 1024
 
 
 # --------------------------------------------------------------------------- errors
@@ -88,7 +99,9 @@ class AptenProtocolError(AptenError):
 
 
 class AptenMalformedResponse(AptenProtocolError, AptenRetriesExhausted):
-    """Every attempt got a body that was not the documented shape (not JSON, wrong keys)."""
+    """Every attempt got a body that was not the documented shape (not JSON, wrong keys), or one
+    answer's body was over APTEN_MAX_BODY_BYTES or APTEN_MAX_JSON_DEPTH (not retried: the same
+    record comes back the same)."""
 
 
 # --------------------------------------------------------------------------- small named objects
@@ -379,14 +392,22 @@ class RequestGate:
             del counted[at]
             bisect.insort(counted, reached_by)
 
+    def holding(self) -> bool:
+        """True while a Retry-After hold is still in the future."""
+        with self._cond:
+            return self._hold_until > time.monotonic()
+
     @contextmanager
-    def slot(self) -> Iterator[float]:
+    def slot(self, until: float | None = None) -> Iterator[float]:
         """Wait for a free concurrency slot, then for this request's start; yields seconds waited.
-        The request is made inside the `with` block, so its end is when its answer came in."""
+        The request is made inside the `with` block, so its end is when its answer came in.
+        Raises `GateTimeout` instead of starting after `until` (a monotonic time), if given."""
         began = time.monotonic()
         with self._cond:
             while self._in_flight >= self._limits()[1]:
-                self._cond.wait()
+                if until is not None and time.monotonic() >= until:
+                    raise GateTimeout("no request slot before the time budget ran out")
+                self._cond.wait(None if until is None else max(0.0, until - time.monotonic()))
             self._in_flight += 1
         started = None
         try:
@@ -398,6 +419,8 @@ class RequestGate:
                 if wait_seconds <= 0:
                     started = now
                     break
+                if until is not None and now + wait_seconds > until:
+                    raise GateTimeout("the rate limit or a Retry-After would start it after the time budget")
                 time.sleep(wait_seconds)
             yield started - began
         finally:
@@ -406,6 +429,10 @@ class RequestGate:
                     self._answered(started, spacing)
                 self._in_flight -= 1
                 self._cond.notify()
+
+
+class GateTimeout(Exception):
+    """A request could not start before its caller's time budget ran out."""
 
 
 _GATES: dict[str, RequestGate] = {}
@@ -423,7 +450,8 @@ def _release_gate(base_url: str, owner: int) -> None:
     with _GATES_LOCK:
         key = base_url.rstrip("/")
         gate = _GATES.get(key)
-        if gate is not None and gate.unregister(owner):
+        # A gate still holding for a Retry-After stays, so the next client in this process waits too.
+        if gate is not None and gate.unregister(owner) and not gate.holding():
             del _GATES[key]
 
 
@@ -454,6 +482,157 @@ def _check_page_size(page_size: int) -> None:
 
 class _BadBody(Exception):
     """The body is not what the endpoint documents; retried like a 5xx."""
+
+
+class _FinalBadBody(_BadBody):
+    """The body is over a limit (size, nesting): retrying gets the same, so it is not retried."""
+
+
+# --------------------------------------------------------------------------- limits on one answer
+
+_deadline = threading.local()
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket whose every wait ends by the calling thread's request deadline (`_deadline.at`), so
+    a server trickling bytes inside the read timeout cannot hold a request past it."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _until_deadline(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _until_deadline(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        timeout = _until_deadline(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self) -> None:
+        self._backend = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        timeout = _until_deadline(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
+        timeout = _until_deadline(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _until_deadline(timeout: float | None, error: type[Exception]) -> float | None:
+    at = getattr(_deadline, "at", None)
+    if at is None:
+        return timeout
+    left = at - time.monotonic()
+    if left <= 0:
+        raise error("the request deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+def _deadline_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
+    """httpx's own transport over a connection pool whose sockets keep the request deadline.
+
+    httpx has no argument for httpcore's network backend, so the pool it builds is replaced by
+    the same pool with ours (tests/lib/test_client.py pins that the deadline holds).
+    """
+    ssl_context = httpx.create_ssl_context()
+    transport = httpx.HTTPTransport(verify=ssl_context, limits=limits)
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=ssl_context,
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=_DeadlineBackend(),
+    )
+    return transport
+
+
+def json_depth_over(raw: bytes, limit: int) -> bool:
+    """True when the JSON text nests arrays/objects deeper than `limit`.
+
+    Cheap where it matters: a body with fewer brackets than `limit` is not scanned; otherwise
+    strings are cut out (their brackets are text) and the brackets left are counted.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return max(accumulate(1 if b in b"[{" else -1 for b in brackets), default=0) > limit
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def decode_json(raw: bytes, max_depth: int) -> Any:
+    """JSON from bytes; a body too deeply nested is a `_FinalBadBody`, never a RecursionError."""
+    if json_depth_over(raw, max_depth):
+        raise _FinalBadBody(f"JSON nested deeper than {max_depth} levels (APTEN_MAX_JSON_DEPTH)")
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise _FinalBadBody("JSON nested too deeply to decode") from None
+    except ValueError:
+        raise _BadBody("body is not valid JSON") from None
+
+
+class _Redactor:
+    """Takes the API key out of text: whole, and the pieces a cut can leave (any prefix or suffix
+    of the key of `MIN_PIECE` characters or more), so an excerpt is safe wherever it was cut."""
+
+    MIN_PIECE = 8
+
+    def __init__(self, secret: str | None) -> None:
+        self.secret = secret or None
+        self._pattern: re.Pattern[str] | None = None
+        if self.secret:
+            n = len(self.secret)
+            sizes = range(n - 1, min(self.MIN_PIECE, n) - 1, -1)
+            pieces = [self.secret, *(self.secret[:k] for k in sizes), *(self.secret[-k:] for k in sizes)]
+            self._pattern = re.compile("|".join(re.escape(p) for p in pieces))
+
+    def text(self, text: str) -> str:
+        return self._pattern.sub("***", text) if self._pattern is not None else text
+
+    def body(self, raw: bytes, body: Any) -> Any:
+        """The decoded body with the key taken out of every string; only walked when the raw
+        bytes hold the key (almost never), so an honest body costs one byte search."""
+        if self.secret is None or self.secret.encode() not in raw:
+            return body
+        return self._walk(body)
+
+    def _walk(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, list):
+            return [self._walk(v) for v in value]
+        if isinstance(value, dict):
+            return {self.text(k): self._walk(v) for k, v in value.items()}
+        return value
 
 
 @dataclass
@@ -522,7 +701,11 @@ class AptenClient:
         retry: RetryPolicy | None = None,
         timeout: httpx.Timeout | None = None,
         transport: httpx.BaseTransport | None = None,
+        stop_at: float | None = None,
     ) -> None:
+        """`stop_at`: a `time.monotonic()` moment no request of this client runs past (a sensor
+        tick's budget); requests that would are not started or are cut, and fail with
+        AptenRetriesExhausted."""
         api_key = settings.require_api_key()
         self.settings = settings
         self.retry = retry or RetryPolicy(base_delay_seconds=settings.retry_base_delay_seconds)
@@ -534,21 +717,22 @@ class AptenClient:
                 pool=DEFAULT_TIMEOUT.pool,
             )
         self.stats = ClientStats()
-        self._secret = api_key
+        self.stop_at = stop_at
+        self._redactor = _Redactor(api_key)
         self._closed = False
         headers = {"accept": "application/json", "user-agent": "apten-assets"}
         if api_key:
             headers["x-api-key"] = api_key
+        limits = httpx.Limits(
+            max_connections=settings.max_concurrency, max_keepalive_connections=settings.max_concurrency
+        )
         self._http = httpx.Client(
             base_url=settings.base_url.rstrip("/"),
             headers=headers,
             timeout=timeout,
-            limits=httpx.Limits(
-                max_connections=settings.max_concurrency,
-                max_keepalive_connections=settings.max_concurrency,
-            ),
+            limits=limits,
             follow_redirects=False,
-            transport=transport,
+            transport=transport or _deadline_transport(limits),
         )
         self._gate = _acquire_gate(settings.base_url, id(self), settings.max_rps, settings.max_concurrency)
 
@@ -662,7 +846,8 @@ class AptenClient:
         paginator = TokenPaginator(endpoint, resource_id)
         seen: set[Any] = set()
         page_params = dict(params)
-        while True:
+        max_pages = self.settings.max_pages
+        for _ in range(max_pages):
             body = self._get(endpoint, path, page_params, resource_id=resource_id, check=paginator.check)
             assert body is not None
             self.stats.record_page()
@@ -677,15 +862,20 @@ class AptenClient:
             if token is None:
                 return
             page_params = {**params, "nextToken": token}
+        raise AptenProtocolError(
+            f"{self._describe(endpoint, resource_id)}: Apten still returned a nextToken after {max_pages:,} "
+            "pages (APTEN_MAX_PAGES); stopping instead of paging forever. Raise APTEN_MAX_PAGES only if "
+            "this listing is really that long.",
+            endpoint=str(endpoint),
+            resource_id=resource_id,
+        )
 
     def redact(self, text: str) -> str:
         """`text` with the API key taken out: for anything quoting an answer that is logged or stored."""
         return self._redact(text)
 
     def _redact(self, text: str) -> str:
-        if self._secret:
-            text = text.replace(self._secret, "***")
-        return text
+        return self._redactor.text(text)
 
     def _describe(self, endpoint: Endpoint, resource_id: str | None) -> str:
         if resource_id is None:
@@ -711,90 +901,177 @@ class AptenClient:
         last_problem = ""
         last_status: int | None = None
         bad_body = False
+        attempts = 0
         for attempt in range(1, policy.max_attempts + 1):
             retry_after: float | None = None
-            with self._gate.slot() as waited:
-                self.stats.record_request(waited)
-                try:
-                    response = self._http.request(endpoint.method, path, params=params)
-                except _RETRYABLE_TRANSPORT_ERRORS as exc:
-                    reason = type(exc).__name__
-                    last_problem = self._redact(f"{reason}: {exc}" if str(exc) else reason)
-                    last_status, bad_body = None, False
-                    logger.info("%s failed: %s (attempt %d)", endpoint, reason, attempt)
-                except httpx.DecodingError:
-                    reason = "bad_body"
-                    last_problem = "the response body could not be decoded"
-                    last_status, bad_body = None, True
-                else:
-                    status = response.status_code
-                    self.stats.record_response(status)
-                    logger.debug("%s -> %d (attempt %d)", endpoint, status, attempt)
-                    if 200 <= status < 300:
-                        try:
-                            body = response.json()
-                            check(body)
-                            return body
-                        except (ValueError, _BadBody) as exc:
-                            reason = "bad_body"
-                            detail = str(exc) if isinstance(exc, _BadBody) else "body is not valid JSON"
-                            ctype = response.headers.get("content-type", "no content-type")
-                            last_problem = f"HTTP {status} with a malformed body ({detail}; {ctype})"
-                            last_status, bad_body = status, True
-                            logger.info(
-                                "%s -> %d with a malformed body (attempt %d)", endpoint, status, attempt
+            try:
+                with self._gate.slot(until=self.stop_at) as waited:
+                    attempts = attempt
+                    self.stats.record_request(waited)
+                    deadline = time.monotonic() + self.settings.request_deadline_seconds
+                    if self.stop_at is not None:
+                        deadline = min(deadline, self.stop_at)
+                    try:
+                        status, headers, raw = self._exchange(endpoint, path, params, deadline)
+                    except _RETRYABLE_TRANSPORT_ERRORS as exc:
+                        reason = type(exc).__name__
+                        if time.monotonic() >= deadline:
+                            reason = "deadline"
+                            exc = TimeoutError(
+                                "no complete answer by the request deadline "
+                                f"(APTEN_REQUEST_DEADLINE_SECONDS={self.settings.request_deadline_seconds:g}"
+                                f"{' or the caller budget' if self.stop_at is not None else ''})"
                             )
+                        last_problem = self._redact(f"{reason}: {exc}" if str(exc) else reason)
+                        last_status, bad_body = None, False
+                        logger.info("%s failed: %s (attempt %d)", endpoint, reason, attempt)
+                    except httpx.DecodingError:
+                        reason = "bad_body"
+                        last_problem = "the response body could not be decoded"
+                        last_status, bad_body = None, True
+                    except _FinalBadBody as exc:
+                        raise self._unusable(endpoint, resource_id, 200, exc) from None
+                    except httpx.HTTPError as exc:
+                        # Anything else httpx raises (an invalid URL or header) may quote the request:
+                        # our own message instead, redacted, without the original chained.
+                        raise AptenError(
+                            self._redact(
+                                f"{what}: the request could not be made: {type(exc).__name__}: {exc}"
+                            ),
+                            endpoint=str(endpoint),
+                            resource_id=resource_id,
+                        ) from None
                     else:
-                        self._raise_for_final_status(endpoint, what, response, resource_id, not_found_ok)
-                        if status == 404:
-                            return None
-                        reason = f"http_{status}"
-                        last_problem = f"HTTP {status}"
-                        last_status, bad_body = status, False
-                        retry_after = policy.retry_after_seconds(response.headers.get("retry-after"))
-                        if status == 429 and self._gate.slow_down():
-                            self.stats.record_slowdown()
-                            logger.info(
-                                "%s -> 429: slowing down to %.0f%% of APTEN_MAX_RPS",
-                                endpoint,
-                                100 * self._gate.rate_factor,
+                        self.stats.record_response(status)
+                        logger.debug("%s -> %d (attempt %d)", endpoint, status, attempt)
+                        if 200 <= status < 300:
+                            try:
+                                body = self._redactor.body(
+                                    raw, decode_json(raw, self.settings.max_json_depth)
+                                )
+                                check(body)
+                                return body
+                            except _BadBody as exc:
+                                if isinstance(exc, _FinalBadBody):
+                                    raise self._unusable(endpoint, resource_id, status, exc) from None
+                                reason = "bad_body"
+                                ctype = headers.get("content-type", "no content-type")
+                                last_problem = self._redact(
+                                    f"HTTP {status} with a malformed body ({exc}; {ctype})"
+                                )
+                                last_status, bad_body = status, True
+                                logger.info(
+                                    "%s -> %d with a malformed body (attempt %d)", endpoint, status, attempt
+                                )
+                        else:
+                            self._raise_for_final_status(
+                                endpoint, what, status, headers, raw, resource_id, not_found_ok
                             )
+                            if status == 404:
+                                return None
+                            reason = f"http_{status}"
+                            last_problem = f"HTTP {status}"
+                            last_status, bad_body = status, False
+                            retry_after = policy.retry_after_seconds(headers.get("retry-after"))
+                            if retry_after is not None:
+                                # Apten asked everyone to wait: hold every request of this process to
+                                # this base URL, at once and even when this was the last attempt.
+                                self._gate.hold_until(time.monotonic() + retry_after)
+                            if status == 429 and self._gate.slow_down():
+                                self.stats.record_slowdown()
+                                logger.info(
+                                    "%s -> 429: slowing down to %.0f%% of APTEN_MAX_RPS",
+                                    endpoint,
+                                    100 * self._gate.rate_factor,
+                                )
+            except GateTimeout:
+                last_problem = last_problem or "not started"
+                break
             if attempt == policy.max_attempts:
                 break
-            if retry_after is not None:
-                delay = retry_after
-                # Apten asked everyone to wait: push back the shared schedule, not just this thread.
-                self._gate.hold_until(time.monotonic() + delay)
-            else:
-                delay = policy.backoff_seconds(attempt)
+            delay = retry_after if retry_after is not None else policy.backoff_seconds(attempt)
+            if self.stop_at is not None and time.monotonic() + delay >= self.stop_at:
+                break
             self.stats.record_retry(reason, delay, from_retry_after=retry_after is not None)
             logger.info(
                 "%s: %s; retry %d/%d in %.2f s", endpoint, reason, attempt + 1, policy.max_attempts, delay
             )
             time.sleep(delay)
         error = AptenMalformedResponse if bad_body else AptenRetriesExhausted
+        if attempts < policy.max_attempts:
+            message = (
+                f"{what} stopped after {attempts} of {policy.max_attempts} attempts: the time budget ran out"
+            )
+        else:
+            message = f"{what} failed after {attempts} attempts"
         raise error(
-            f"{what} failed after {policy.max_attempts} attempts; last: {last_problem}",
+            f"{message}; last: {last_problem or 'none'}",
             endpoint=str(endpoint),
             resource_id=resource_id,
             status=last_status,
         )
 
+    def _unusable(
+        self, endpoint: Endpoint, resource_id: str | None, status: int, problem: _FinalBadBody
+    ) -> AptenMalformedResponse:
+        return AptenMalformedResponse(
+            f"{self._describe(endpoint, resource_id)}: HTTP {status} with a body that cannot be used: "
+            f"{problem}; not retried",
+            endpoint=str(endpoint),
+            resource_id=resource_id,
+            status=status,
+        )
+
+    def _exchange(
+        self, endpoint: Endpoint, path: str, params: dict[str, str | int] | None, deadline: float
+    ) -> tuple[int, httpx.Headers, bytes]:
+        """One HTTP exchange by `deadline` (monotonic): status, headers and the decoded body.
+
+        The body is decoded while it streams and counted as it grows, so an answer over
+        APTEN_MAX_BODY_BYTES (a gzip bomb too) stops within one network read of the limit. Of an
+        error answer only the first ERROR_BODY_BYTES are kept.
+        """
+        _deadline.at = deadline
+        try:
+            with self._http.stream(endpoint.method, path, params=params) as response:
+                status = response.status_code
+                ok = 200 <= status < 300
+                limit = self.settings.max_body_bytes if ok else ERROR_BODY_BYTES
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        if ok:
+                            raise _FinalBadBody(
+                                f"body over {limit:,} bytes once decoded (APTEN_MAX_BODY_BYTES)"
+                            )
+                        chunks.append(chunk[: limit - size])
+                        break
+                    chunks.append(chunk)
+                    if time.monotonic() >= deadline:
+                        # Only reachable with a caller's own transport; ours stops reads itself.
+                        raise httpx.ReadTimeout("the request deadline passed")
+                return status, response.headers, b"".join(chunks)
+        finally:
+            _deadline.at = None
+
     def _raise_for_final_status(
         self,
         endpoint: Endpoint,
         what: str,
-        response: httpx.Response,
+        status: int,
+        headers: httpx.Headers,
+        raw: bytes,
         resource_id: str | None,
         not_found_ok: bool,
     ) -> None:
         """Raise for statuses that retrying will not change; return for retryable ones and allowed 404s."""
-        status = response.status_code
         ctx = {"endpoint": str(endpoint), "resource_id": resource_id, "status": status}
         if status in RETRY_STATUSES or (status == 404 and not_found_ok):
             return
         if 300 <= status < 400:
-            location = response.headers.get("location", "")
+            location = headers.get("location", "")
             target = urlsplit(location).hostname or urlsplit(self.settings.base_url).hostname
             raise AptenProtocolError(
                 f"{what}: Apten answered HTTP {status} redirecting to host {target!r}; redirects are "
@@ -807,7 +1084,7 @@ class AptenClient:
                 "check APTEN_API_KEY",
                 **ctx,
             )
-        api_message = self._redact(_api_message(response))
+        api_message = _api_message(raw, self._redact, self.settings.max_json_depth)
         if status == 400:
             raise AptenBadRequest(f"{what}: Apten rejected the request (HTTP 400): {api_message}", **ctx)
         raise AptenHTTPError(f"{what}: Apten answered HTTP {status}: {api_message}", **ctx)
@@ -818,15 +1095,16 @@ def _check_object(body: Any) -> None:
         raise _BadBody(f"body is a JSON {type(body).__name__}, not an object")
 
 
-def _api_message(response: httpx.Response) -> str:
-    """Apten's error `message` if the body has one, else a short excerpt of the body."""
+def _api_message(raw: bytes, redact: Callable[[str], str], max_depth: int) -> str:
+    """Apten's error `message` if the body has one, else a short excerpt of the body; redacted
+    before it is cut, so no cut leaves a piece of the key behind."""
     try:
-        body = response.json()
-    except ValueError:
+        body = decode_json(raw, max_depth)
+    except _BadBody:
         body = None
     if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"][:500]
-    text = response.text.strip()
+        return redact(body["message"])[:500]
+    text = redact(raw.decode("utf-8", errors="replace").strip())
     return text[:200] if text else "(empty body)"
 
 
@@ -846,6 +1124,7 @@ __all__ = [
     "CallFetch",
     "ClientStats",
     "Endpoint",
+    "GateTimeout",
     "RequestGate",
     "RetryPolicy",
     "TokenPaginator",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -20,6 +21,58 @@ INTERNAL_RETRY_BASE_VAR = "APTEN_INTERNAL_RETRY_BASE_SECONDS"
 
 class ConfigError(ValueError):
     """A setting is invalid; the message names the environment variable to fix."""
+
+
+@dataclass(frozen=True)
+class _Range:
+    """The values a numeric setting accepts: finite, above `low` (or at it when `low_ok`), at most `high`."""
+
+    variable: str
+    kind: type
+    low: float
+    low_ok: bool
+    high: float
+
+    def check(self, value: float) -> None:
+        in_range = math.isfinite(value) and (value >= self.low if self.low_ok else value > self.low)
+        if not in_range or value > self.high:
+            whole = " whole" if self.kind is int else ""
+            lowest = "0 or more" if self.low == 0 and self.low_ok else f"a positive{whole} number"
+            if self.low > 0:
+                lowest = f"a{whole} number of at least {self.low:.15g}"
+            raise ConfigError(f"{self.variable} must be {lowest} and at most {self.high:.15g}, got {value}")
+
+
+# Every numeric setting, by attribute: the one rule for what it accepts. Upper bounds keep
+# timedelta and sleep arithmetic finite; the limits' defaults are far from anything real data reaches.
+_RANGES = {
+    "max_rps": _Range("APTEN_MAX_RPS", float, 0, False, 1_000_000),
+    "max_concurrency": _Range("APTEN_MAX_CONCURRENCY", int, 0, False, 1_000),
+    "summary_recheck_minutes": _Range("APTEN_SUMMARY_RECHECK_MINUTES", float, 0, True, 10_080),
+    "summary_give_up_hours": _Range("APTEN_SUMMARY_GIVE_UP_HOURS", float, 0, False, 87_600),
+    "request_deadline_seconds": _Range("APTEN_REQUEST_DEADLINE_SECONDS", float, 0, False, 3_600),
+    "max_body_bytes": _Range("APTEN_MAX_BODY_BYTES", int, 1_024, True, 2**30),
+    "max_pages": _Range("APTEN_MAX_PAGES", int, 0, False, 10_000_000),
+    "max_json_depth": _Range("APTEN_MAX_JSON_DEPTH", int, 2, True, 100_000),
+    "http_read_timeout_seconds": _Range(INTERNAL_READ_TIMEOUT_VAR, float, 0, False, 3_600),
+    "retry_base_delay_seconds": _Range(INTERNAL_RETRY_BASE_VAR, float, 0, True, 3_600),
+}
+
+
+def _check_api_key(key: str | None) -> None:
+    """A key httpx can send as a header: printable ASCII without spaces. The message gives the
+    position of the first bad character, never the key."""
+    for position, char in enumerate(key or ""):
+        if not "!" <= char <= "~":
+            what = (
+                "a line break" if char in "\r\n" else "a space" if char.isspace() else "a control character"
+            )
+            if not char.isascii():
+                what = "a non-ASCII character"
+            raise ConfigError(
+                f"APTEN_API_KEY contains {what} at position {position}: copy the key again from "
+                "Apten's Developer Portal, without spaces or line breaks"
+            )
 
 
 def _is_loopback(host: str) -> bool:
@@ -51,6 +104,12 @@ class AptenSettings:
     transcript_mode: TranscriptMode = TranscriptMode.FULL
     lead_pii: LeadPii = LeadPii.FULL
     pii_salt: str | None = field(default=None, repr=False)
+    # Client limits (see CONTRACT.md): per-request deadline, decoded body size, pages per listing,
+    # JSON nesting.
+    request_deadline_seconds: float = 120.0
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_pages: int = 20_000
+    max_json_depth: int = 512
     # Internal knobs for tests and fault drills, not part of the public contract: the HTTP read
     # timeout and the first retry backoff, so injected slow answers and retries cost milliseconds.
     http_read_timeout_seconds: float = 30.0
@@ -67,28 +126,9 @@ class AptenSettings:
                 "APTEN_BASE_URL uses plain http:// for a non-loopback host; use https:// so the "
                 "API key is never sent in clear text"
             )
-        if self.max_rps <= 0:
-            raise ConfigError(f"APTEN_MAX_RPS must be a positive number, got {self.max_rps}")
-        if self.max_concurrency <= 0:
-            raise ConfigError(
-                f"APTEN_MAX_CONCURRENCY must be a positive whole number, got {self.max_concurrency}"
-            )
-        if self.summary_recheck_minutes < 0:
-            raise ConfigError(
-                f"APTEN_SUMMARY_RECHECK_MINUTES must be 0 or more, got {self.summary_recheck_minutes}"
-            )
-        if self.summary_give_up_hours <= 0:
-            raise ConfigError(
-                f"APTEN_SUMMARY_GIVE_UP_HOURS must be a positive number, got {self.summary_give_up_hours}"
-            )
-        if self.http_read_timeout_seconds <= 0:
-            raise ConfigError(
-                f"{INTERNAL_READ_TIMEOUT_VAR} must be a positive number, got {self.http_read_timeout_seconds}"
-            )
-        if self.retry_base_delay_seconds < 0:
-            raise ConfigError(
-                f"{INTERNAL_RETRY_BASE_VAR} must be 0 or more, got {self.retry_base_delay_seconds}"
-            )
+        for attr, allowed in _RANGES.items():
+            allowed.check(getattr(self, attr))
+        _check_api_key(self.api_key)
         if self.warehouse_url is not None:
             try:
                 WarehouseURL.parse(self.warehouse_url)
@@ -163,15 +203,8 @@ class AptenSettings:
                 kwargs["start_date"] = date.fromisoformat(v)
             except ValueError:
                 raise ConfigError(f"APTEN_START_DATE must be a date as YYYY-MM-DD, got {v!r}") from None
-        for name, attr, kind in (
-            ("APTEN_MAX_RPS", "max_rps", float),
-            ("APTEN_MAX_CONCURRENCY", "max_concurrency", int),
-            ("APTEN_SUMMARY_RECHECK_MINUTES", "summary_recheck_minutes", float),
-            ("APTEN_SUMMARY_GIVE_UP_HOURS", "summary_give_up_hours", float),
-            (INTERNAL_READ_TIMEOUT_VAR, "http_read_timeout_seconds", float),
-            (INTERNAL_RETRY_BASE_VAR, "retry_base_delay_seconds", float),
-        ):
-            if (n := number(name, kind)) is not None:
+        for attr, allowed in _RANGES.items():
+            if (n := number(allowed.variable, allowed.kind)) is not None:
                 kwargs[attr] = n
         if (v := text("APTEN_WEBHOOK_SECRET")) is not None:
             kwargs["webhook_secret"] = v

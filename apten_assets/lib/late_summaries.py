@@ -423,17 +423,19 @@ def format_age(age: timedelta | None) -> str:
     return f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
 
 
-# A look-up inside a tick gets one retry and short waits, so the calls still in flight when the
-# budget runs out finish well before Dagster's 60 s sensor timeout; a call that fails is simply
-# asked again on a later tick.
+# A look-up inside a tick gets one retry and short waits, and none runs past the tick's deadline
+# (when `check_calls` stops starting them) plus one read timeout: the tick ends well before
+# Dagster's 60 s sensor timeout however slowly Apten answers. A call cut short is simply asked
+# again on a later tick.
 TICK_RETRY = RetryPolicy(
     max_attempts=2, base_delay_seconds=0.5, max_delay_seconds=2.0, retry_after_cap_seconds=5.0
 )
 TICK_READ_TIMEOUT_SECONDS = 5.0
 
 
-def tick_client(settings: AptenSettings) -> AptenClient:
-    """An AptenClient for one sensor tick: same key, rate limit and concurrency, shorter waits."""
+def tick_client(settings: AptenSettings, deadline: float) -> AptenClient:
+    """An AptenClient for one sensor tick: same key, rate limit and concurrency, shorter waits,
+    and every request over by `deadline` (monotonic) + TICK_READ_TIMEOUT_SECONDS."""
     timeout = httpx.Timeout(
         connect=3.0,
         read=min(TICK_READ_TIMEOUT_SECONDS, settings.http_read_timeout_seconds),
@@ -443,4 +445,4 @@ def tick_client(settings: AptenSettings) -> AptenClient:
     retry = replace(
         TICK_RETRY, base_delay_seconds=min(TICK_RETRY.base_delay_seconds, settings.retry_base_delay_seconds)
     )
-    return AptenClient(settings, retry=retry, timeout=timeout)
+    return AptenClient(settings, retry=retry, timeout=timeout, stop_at=deadline + TICK_READ_TIMEOUT_SECONDS)

@@ -21,7 +21,7 @@ from apten_assets.lib.models import parse_timestamp
 from apten_assets.lib.pii import PiiPolicy
 from apten_assets.lib.sync import OpenWarehouse, StepReport, chunks
 from apten_assets.lib.tables import WEBHOOK_DELIVERIES
-from apten_assets.webhooks.inbox import Delivery, Inbox
+from apten_assets.webhooks.inbox import BadInboxFile, Delivery, Inbox, is_unicode_text, parse_cursor
 
 TRANSFER_STARTED_EVENTS = ("call.transferred", "webchat.call.transferred")
 TRANSFER_CONNECTED_EVENT = "call.transfer.connected"
@@ -50,6 +50,19 @@ KNOWN_WEBHOOK_EVENTS = frozenset(
 )
 
 INBOX_CURSOR = "webhook_deliveries.inbox_cursor"
+# An envelope timestamp outside these years is not a real Apten event time (and day arithmetic on
+# year 1 or 9999 overflows): it is stored as NULL with a counted warning, the raw body kept.
+EARLIEST_EVENT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_EVENT_TIME = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def report_bad_inbox_files(bad: list[BadInboxFile], log: logging.Logger | Any, where: str) -> None:
+    """The one place an inbox file that cannot be read back is reported: logged here, counted by
+    the caller. (It is the hook for `apten.rejected_records` once that table exists.)"""
+    for item in bad[:5]:
+        log.warning(f"{where}: skipped inbox file {item.name}: {item.reason}")
+    if len(bad) > 5:
+        log.warning(f"{where}: skipped {len(bad) - 5} more unreadable inbox files")
 
 
 # --------------------------------------------------------------------------- loading
@@ -62,6 +75,7 @@ class DeliveryLoad:
     report: StepReport = field(default_factory=StepReport)
     by_event: Counter[str] = field(default_factory=Counter)
     cursor: str | None = None
+    bad_files: list[BadInboxFile] = field(default_factory=list)
 
     @property
     def unknown_events(self) -> list[str]:
@@ -72,21 +86,30 @@ def _raw_json_text(delivery: Delivery, pii: PiiPolicy) -> str:
     """The body as stored text, byte for byte when DuckDB's JSON type accepts it and `pii` keeps
     it as it is.
 
-    Python's parser (which the receiver used) also reads NaN/Infinity and non-UTF-8 encodings;
-    DuckDB does not, so those rare bodies are stored re-serialised instead. The receiver applied
-    its own PII modes already; applying the warehouse's here (idempotent) makes the table follow
-    them even when the receiver runs with other settings.
+    Python's parser (which the receiver used) also reads NaN/Infinity, non-UTF-8 encodings and
+    lone surrogate escapes (`"\\ud83d"`); DuckDB reads none of them, so those rare bodies are
+    stored re-serialised, a lone surrogate as U+FFFD. The inbox file keeps the exact bytes. The
+    receiver applied its own PII modes already; applying the warehouse's here (idempotent) makes
+    the table follow them even when the receiver runs with other settings.
     """
     envelope = pii.record(delivery.envelope)
     if envelope is not delivery.envelope:
-        return json.dumps(envelope, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
+        # NaN/Infinity (which Python's parser took) become null, as on the path below.
+        envelope = json.loads(json.dumps(envelope, default=str), parse_constant=lambda _: None)
+        return _without_lone_surrogates(json.dumps(envelope, ensure_ascii=False, separators=(",", ":")))
     try:
         text = delivery.raw.decode("utf-8")
         json.loads(text, parse_constant=_refuse_constant)
-        return text
+        if "\\u" not in text or is_unicode_text(json.dumps(delivery.envelope, ensure_ascii=False)):
+            return text
     except ValueError:
-        envelope = json.loads(delivery.raw, parse_constant=lambda _: None)
-        return json.dumps(envelope, ensure_ascii=False, separators=(",", ":"))
+        pass
+    envelope = json.loads(delivery.raw, parse_constant=lambda _: None)
+    return _without_lone_surrogates(json.dumps(envelope, ensure_ascii=False, separators=(",", ":")))
+
+
+def _without_lone_surrogates(text: str) -> str:
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -94,13 +117,14 @@ def _refuse_constant(name: str) -> Any:
 
 
 def event_time(delivery: Delivery) -> datetime | None:
-    """The envelope `timestamp` as aware UTC, or None when absent or unreadable."""
+    """The envelope `timestamp` as aware UTC, or None when absent, unreadable or out of range."""
     if delivery.event_timestamp is None:
         return None
     try:
-        return parse_timestamp(delivery.event_timestamp)[0]
-    except ValueError:
+        when = parse_timestamp(delivery.event_timestamp)[0]
+    except (ValueError, OverflowError):
         return None
+    return when if EARLIEST_EVENT_TIME <= when < LATEST_EVENT_TIME else None
 
 
 def _delivery_table(
@@ -115,11 +139,25 @@ def _delivery_table(
         if timestamp is None:
             report.counts["unreadable_event_timestamp"] += 1
             log.warning(
-                f"webhook {delivery.delivery_key}: timestamp {delivery.event_timestamp!r:.64} "
-                "is not ISO 8601; stored as NULL"
+                f"webhook {delivery.delivery_key}: timestamp {delivery.event_timestamp!r:.64} is not an ISO "
+                f"8601 time from {EARLIEST_EVENT_TIME.year} to {LATEST_EVENT_TIME.year}; stored as NULL"
             )
+        for name in ("callId", "leadId", "sessionId"):
+            value = delivery.data.get(name)
+            if isinstance(value, str) and not is_unicode_text(value):
+                report.counts["unstorable_ids"] += 1
+                log.warning(
+                    f"webhook {delivery.delivery_key}: data.{name} is not valid Unicode; stored as NULL"
+                )
+        event = delivery.event
+        if not is_unicode_text(event):
+            report.counts["unstorable_event_names"] += 1
+            log.warning(
+                f"webhook {delivery.delivery_key}: event name is not valid Unicode; stored with U+FFFD"
+            )
+            event = _without_lone_surrogates(event)
         columns["delivery_key"].append(delivery.delivery_key)
-        columns["event"].append(delivery.event)
+        columns["event"].append(event)
         columns["event_timestamp"].append(timestamp)
         columns["received_at"].append(delivery.received_at)
         columns["call_id"].append(delivery.call_id)
@@ -153,7 +191,8 @@ def load_webhook_deliveries(
         stored_cursor = store.get_sync_state(INBOX_CURSOR)
     load.cursor = stored_cursor
     log.info(f"webhook_deliveries: reading {inbox} after {stored_cursor or 'the beginning'}")
-    for batch in chunks(inbox.iter_deliveries(after=stored_cursor), batch_size):
+    deliveries = inbox.iter_deliveries(after=stored_cursor, on_bad_file=load.bad_files.append)
+    for batch in chunks(deliveries, batch_size):
         table = _delivery_table(batch, report, log, pii)
         batch_cursor = batch[-1].cursor
         with open_warehouse() as store, store.transaction():
@@ -165,11 +204,13 @@ def load_webhook_deliveries(
         report.counts["read"] += len(batch)
         report.counts["new"] += counts.inserted
         report.counts["already_stored"] += counts.updated + counts.unchanged
-        load.by_event.update(delivery.event for delivery in batch)
+        load.by_event.update(table.column("event").to_pylist())
         log.info(f"webhook_deliveries: {report.counts['read']:,} read, {report.counts['new']:,} new so far")
     report.counts["unknown_event_deliveries"] = sum(
         n for name, n in load.by_event.items() if name not in KNOWN_WEBHOOK_EVENTS
     )
+    report.counts["unreadable_inbox_files"] = len(load.bad_files)
+    report_bad_inbox_files(load.bad_files, log, "webhook_deliveries")
     return load
 
 
@@ -208,15 +249,22 @@ class InboxScanCursor:
 
     @classmethod
     def parse(cls, text: str | None) -> InboxScanCursor:
+        """The stored cursor; an unreadable one counts as empty (deliveries are re-read, and
+        re-reading is harmless) rather than failing every tick."""
         if not text:
             return cls()
-        data = json.loads(text)
-        return cls(
-            inbox=data.get("inbox"),
-            recent=dict(data.get("recent") or {}),
-            unloaded_other=int(data.get("unloaded_other") or 0),
-            last_load_requested=float(data.get("last_load_requested") or 0.0),
-        )
+        try:
+            data = json.loads(text)
+            if data.get("inbox") is not None:
+                parse_cursor(data["inbox"])
+            return cls(
+                inbox=data.get("inbox"),
+                recent={str(k): float(v) for k, v in (data.get("recent") or {}).items()},
+                unloaded_other=int(data.get("unloaded_other") or 0),
+                last_load_requested=float(data.get("last_load_requested") or 0.0),
+            )
+        except (ValueError, TypeError, AttributeError):
+            return cls()
 
     def to_json(self) -> str:
         return json.dumps(
@@ -241,6 +289,7 @@ class InboxScan:
     calls_by_day: dict[date, list[str]] = field(default_factory=dict)
     watermark: str | None = None  # cursor of the last new delivery: identifies this batch
     more_waiting: bool = False
+    bad_files: list[BadInboxFile] = field(default_factory=list)
 
 
 def scan_inbox(
@@ -260,7 +309,9 @@ def scan_inbox(
     day_of: dict[str, date] = {}
     scan = InboxScan(cursor=cursor)
     last_cursor = cursor.inbox
-    deliveries: Iterator[Delivery] = inbox.iter_deliveries(after=cursor.inbox, overlap=overlap)
+    deliveries: Iterator[Delivery] = inbox.iter_deliveries(
+        after=cursor.inbox, overlap=overlap, on_bad_file=scan.bad_files.append
+    )
     for delivery in deliveries:
         prefix = delivery.delivery_key[: InboxScanCursor.KEY_PREFIX]
         if prefix in recent:

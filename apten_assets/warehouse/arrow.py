@@ -12,7 +12,7 @@ import pyarrow as pa
 from apten_assets.lib.tables import TableSpec
 from apten_assets.warehouse.store import Rows
 
-_ARROW_TYPES = {
+ARROW_TYPES = {
     "VARCHAR": pa.string(),
     "JSON": pa.string(),
     "TIMESTAMPTZ": pa.timestamp("us", tz="UTC"),
@@ -69,7 +69,7 @@ def to_arrow(spec: TableSpec, rows: Rows) -> pa.Table:
         if column.type == "JSON":
             values = [_to_json_text(value) for value in values]
         try:
-            arrays.append(pa.array(values, type=_ARROW_TYPES[column.type]))
+            arrays.append(pa.array(values, type=ARROW_TYPES[column.type]))
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
             raise ValueError(
                 f"{spec.qualified_name}.{name}: value does not fit {column.type}: {exc}"

@@ -19,6 +19,10 @@ sharing the directory. A reader never sees a half-written delivery.
 
 Files are kept after loading: the loader upserts by `delivery_key`, so reading a delivery twice
 is harmless, and the inbox stays the replayable record of what Apten sent.
+
+A file that cannot be read back (garbage, truncated, unreadable, a foreign format) never stops a
+reader: `iter_deliveries` skips it and reports it as a `BadInboxFile`, so the deliveries after it
+still load and still start their runs.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,6 +46,7 @@ _TEMP_PREFIX = ".tmp-"
 _NAME = re.compile(r"^[0-9a-f]{64}\.delivery$")
 _CURSOR_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 DEFAULT_OVERLAP = timedelta(minutes=5)
+FUTURE_SKEW = timedelta(hours=1)
 
 
 class MalformedEnvelope(ValueError):
@@ -52,7 +57,7 @@ def parse_envelope(raw: bytes) -> dict[str, Any]:
     """The webhook envelope (`event`, `timestamp`, `data`) parsed from the raw body."""
     try:
         envelope = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise MalformedEnvelope(f"body is not valid JSON ({type(exc).__name__})") from None
     if not isinstance(envelope, dict):
         raise MalformedEnvelope(f"body is a JSON {type(envelope).__name__}, not an object")
@@ -72,12 +77,24 @@ def delivery_key(envelope: dict[str, Any]) -> str:
     (different `tag`), or two SMS `message.received` (which carry no message id).
     """
     canonical = json.dumps(envelope, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    # "surrogatepass": a lone UTF-16 surrogate (a cut emoji, sent escaped) still hashes; valid text
+    # encodes exactly as plain UTF-8, so every other key is unchanged.
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def is_unicode_text(value: str) -> bool:
+    """False for a string holding a lone UTF-16 surrogate: no UTF-8 column can store it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _text(data: dict[str, Any], name: str) -> str | None:
+    """An id field as text; None when absent, not a string, or not storable text."""
     value = data.get(name)
-    return value if isinstance(value, str) else None
+    return value if isinstance(value, str) and is_unicode_text(value) else None
 
 
 @dataclass(frozen=True)
@@ -106,12 +123,20 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class BadInboxFile:
+    """An inbox file that could not be read back, and why (never quotes the file's content)."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class StoreResult:
     delivery_key: str
     stored: bool  # False: a delivery with this key was already in the inbox (duplicate)
 
 
-def _parse_cursor(cursor: str) -> tuple[datetime, str]:
+def parse_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         when, key = cursor.split("|")
         received_at = datetime.strptime(when, _CURSOR_TIME).replace(tzinfo=UTC)
@@ -204,7 +229,11 @@ class Inbox:
         return _read_delivery(path) if _NAME.match(path.name) and path.exists() else None
 
     def iter_deliveries(
-        self, after: str | None = None, *, overlap: timedelta = DEFAULT_OVERLAP
+        self,
+        after: str | None = None,
+        *,
+        overlap: timedelta = DEFAULT_OVERLAP,
+        on_bad_file: Callable[[BadInboxFile], None] | None = None,
     ) -> Iterator[Delivery]:
         """Stored deliveries in a stable order, `(received_at, delivery_key)`, oldest first.
 
@@ -214,20 +243,30 @@ class Inbox:
         `delivery_key`. Pass `overlap=timedelta(0)` for strictly-after.
 
         Every file's header is read to sort (one short read per file); bodies are read as they
-        are yielded, so memory stays small however many deliveries are stored.
+        are yielded, so memory stays small however many deliveries are stored. A file that cannot
+        be read is skipped and passed to `on_bad_file`, the one place bad files are reported.
         """
         bound: tuple[datetime, str] | None = None
         if after is not None:
-            received_at, key = _parse_cursor(after)
+            received_at, key = parse_cursor(after)
             bound = (received_at - overlap, key)
         index = []
         for path in self._delivery_files():
-            received_at, key = _read_header_order(path)
+            try:
+                received_at, key = _read_header_order(path)
+            except _UNREADABLE as exc:
+                _report(on_bad_file, path, exc)
+                continue
             if bound is None or (received_at, key) > bound:
                 index.append((received_at, key, path))
         index.sort()
         for _, _, path in index:
-            yield _read_delivery(path)
+            try:
+                delivery = _read_delivery(path)
+            except _UNREADABLE as exc:
+                _report(on_bad_file, path, exc)
+                continue
+            yield delivery
 
     def replace_body(self, key: str, raw: bytes) -> bool:
         """Replace a stored delivery's body (same key, header and receipt time), atomically and
@@ -269,14 +308,25 @@ class Inbox:
         return removed
 
 
+# What reading one damaged or foreign file can raise; anything else is a bug and propagates.
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError)
+
+
+def _report(on_bad_file: Callable[[BadInboxFile], None] | None, path: Path, exc: BaseException) -> None:
+    if on_bad_file is not None:
+        on_bad_file(BadInboxFile(path.name, f"{type(exc).__name__}: {exc}"[:300]))
+
+
 def _parse_header(line: bytes, path: Path) -> dict[str, Any]:
     try:
         header = json.loads(line)
-        if header.get("format") != FORMAT:
-            raise ValueError(f"unknown format {header.get('format')!r}")
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise ValueError("not in the apten-webhook-delivery/1 format")
+        if not isinstance(header.get("delivery_key"), str) or not isinstance(header.get("event"), str):
+            raise ValueError("header has no delivery_key or event")
         return header
     except ValueError as exc:
-        raise ValueError(f"{path} is not an inbox delivery file: {exc}") from None
+        raise ValueError(f"{path.name} is not an inbox delivery file: {exc}") from None
 
 
 def _header_time(header: dict[str, Any]) -> datetime:
@@ -286,13 +336,20 @@ def _header_time(header: dict[str, Any]) -> datetime:
 def _read_header_order(path: Path) -> tuple[datetime, str]:
     with path.open("rb") as f:
         header = _parse_header(f.readline(), path)
-    return _header_time(header), header["delivery_key"]
+    received_at = _header_time(header)
+    # The receiver stamps files with its own clock: a time far ahead is a damaged or planted file,
+    # and read as one it would move every reader's cursor past all later deliveries.
+    if received_at > datetime.now(UTC) + FUTURE_SKEW:
+        raise ValueError(f"{path.name}: received_at {header['received_at']!r:.40} lies in the future")
+    return received_at, header["delivery_key"]
 
 
 def _read_delivery(path: Path) -> Delivery:
     line, _, raw = path.read_bytes().partition(b"\n")
     header = _parse_header(line, path)
     envelope = json.loads(raw)
+    if not isinstance(envelope, dict):
+        raise ValueError(f"{path.name}: the stored body is a JSON {type(envelope).__name__}, not an object")
     data = envelope.get("data")
     data = data if isinstance(data, dict) else {}
     timestamp = envelope.get("timestamp")

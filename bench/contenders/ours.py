@@ -2,7 +2,8 @@
 
 `dg.materialize` runs in this process with an ephemeral instance, as a single-process run would.
 Where the calls step spends its time is measured by wrapping a few functions of
-`apten_assets.lib.sync` in this process (the library itself is unchanged).
+`apten_assets.lib.sync` and the store's write methods in this process (the library itself is
+unchanged).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from apten_assets.defs.apten import assets as assets_module
 from apten_assets.defs.apten.resources import AptenApiResource, AptenWarehouse
 from apten_assets.lib import sync
 from apten_assets.lib.config import AptenSettings
+from apten_assets.warehouse.duckdb import DuckDBStore
 from bench.contenders._harness import run
 
 CALL_TABLES = {"calls", "call_summaries", "call_transcript_turns"}
@@ -58,7 +60,7 @@ class StepTimer:
         }
 
 
-def _call_table(con: Any, spec: Any, *args: Any, **kwargs: Any) -> str | None:
+def _call_table(store: Any, spec: Any, *args: Any, **kwargs: Any) -> str | None:
     return "call_tables_write" if spec.name in CALL_TABLES else None
 
 
@@ -88,8 +90,8 @@ def setup(params: dict[str, Any]) -> dict[str, Any]:
     timer = StepTimer()
     timer.wrap(assets_module, "enrich_calls", "enrich_calls")
     timer.wrap(sync, "_write_call_batch", "write_call_batch")
-    timer.wrap(sync, "upsert", _call_table)
-    timer.wrap(sync, "upsert_calls", "call_tables_write")
+    timer.wrap(DuckDBStore, "upsert", _call_table)
+    timer.wrap(DuckDBStore, "upsert_calls", "call_tables_write")
     # The ingestion assets and resources exactly as `build_definitions` wires them; checks,
     # schedules and sensors are left out because they take no part in a load.
     settings = AptenSettings.from_env()

@@ -1,5 +1,6 @@
 """End to end: assets and checks materialized through Dagster against the sandbox on loopback,
-into a real DuckDB file, compared row by row with the sandbox's ground truth."""
+into a real warehouse (a DuckDB file, a PostgreSQL database), compared row by row with the
+sandbox's ground truth."""
 
 import json
 import os
@@ -26,7 +27,8 @@ from apten_assets.lib.tables import (
 )
 from apten_assets.sandbox.data import DatasetSpec
 from apten_assets.sandbox.server import SandboxServer
-from apten_assets.warehouse.duckdb import connect
+from apten_assets.warehouse import WarehouseNotReady, open_store
+from tests.warehouse.helpers import query
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -44,6 +46,11 @@ SPEC = DatasetSpec(
 )
 # Far beyond the dataset's three days, so no call turns `missing` while a test runs past midnight.
 GIVE_UP_HOURS = "240"
+# An interval of n seconds, per backend, for the test's own overdue query.
+SECONDS = {
+    "duckdb": "to_microseconds(CAST(round({} * 1e6) AS BIGINT))",
+    "postgresql": "make_interval(secs => {})",
+}
 TABLES = (LEADS, CALL_EVENTS, CALLS, CALL_SUMMARIES, CALL_TRANSCRIPT_TURNS)
 CALL_ASSETS = dg.AssetSelection.assets(
     ["apten", "call_events"],
@@ -54,25 +61,29 @@ CALL_ASSETS = dg.AssetSelection.assets(
 LEADS_ASSET = dg.AssetSelection.assets(["apten", "leads"])
 
 
+def _json(text: str | None) -> Any:
+    """A stored JSON value as Python (PostgreSQL's jsonb keeps neither key order nor spacing)."""
+    return None if text is None else json.loads(text)
+
+
 def _ts(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
 
-def _query(db: Path, sql: str, params: list[Any] | None = None) -> list[tuple]:
-    con = connect(db, read_only=True)
-    try:
-        return con.execute(sql, params).fetchall()
-    finally:
-        con.close()
+def _query(url: str, sql: str, params: list[Any] | None = None) -> list[tuple]:
+    with open_store(url, read_only=True) as store:
+        return query(store, sql, params or [])
 
 
-def _execute(db: Path, *statements: str) -> None:
-    con = connect(db)
-    try:
+def _execute(url: str, *statements: str) -> None:
+    with open_store(url) as store:
         for sql in statements:
-            con.execute(sql)
-    finally:
-        con.close()
+            query(store, sql)
+
+
+def _backend(url: str) -> str:
+    with open_store(url) as store:
+        return store.backend
 
 
 def _snapshot_columns(spec: TableSpec) -> list[str]:
@@ -91,10 +102,10 @@ def _snapshot(db: Path, spec: TableSpec) -> dict[tuple, tuple]:
 
 @dataclass
 class Pipeline:
-    """A sandbox, a DuckDB file and the code location built from APTEN_* pointing at both."""
+    """A sandbox, a warehouse and the code location built from APTEN_* pointing at both."""
 
     sb: SandboxServer
-    db: Path
+    db: str
     defs: dg.Definitions
     env: dict[str, str]
     days: list[str]
@@ -137,14 +148,14 @@ def _settings_env(monkeypatch: pytest.MonkeyPatch, values: dict[str, str]) -> dg
 
 
 @pytest.fixture
-def pipeline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Pipeline]:
+def pipeline(monkeypatch: pytest.MonkeyPatch, warehouse_url: str) -> Iterator[Pipeline]:
     with SandboxServer(SPEC) as sb:
         first_day = sb.state.dataset.anchor.date() - timedelta(days=SPEC.days - 1)
         days = [(first_day + timedelta(days=n)).isoformat() for n in range(SPEC.days)]
-        db = tmp_path / "warehouse" / "apten_e2e.duckdb"
+        db = warehouse_url
         env = {
             "APTEN_BASE_URL": sb.base_url,
-            "APTEN_DUCKDB_PATH": str(db),
+            "APTEN_WAREHOUSE_URL": warehouse_url,
             "APTEN_MAX_RPS": "500",
             "APTEN_START_DATE": days[0],
             "APTEN_SUMMARY_GIVE_UP_HOURS": GIVE_UP_HOURS,
@@ -182,7 +193,7 @@ def _assert_matches_ground_truth(pipeline: Pipeline, skip_call_ids: frozenset[st
 
     leads = {lead["id"]: lead for lead in dataset.leads}
     stored_leads = {
-        row[0]: row[1:]
+        row[0]: (*row[1:-1], _json(row[-1]))
         for row in _query(
             db,
             "SELECT lead_id, first_name, last_name, phone, email, customer_profile, external_lead_id, "
@@ -201,7 +212,7 @@ def _assert_matches_ground_truth(pipeline: Pipeline, skip_call_ids: frozenset[st
             _ts(lead["lastActivityAt"]),
             lead["deleted"],
             _ts(lead["deletedAt"]),
-            json.dumps(lead, ensure_ascii=False, separators=(",", ":")),
+            lead,
         )
         for lead_id, lead in leads.items()
     }
@@ -213,7 +224,7 @@ def _assert_matches_ground_truth(pipeline: Pipeline, skip_call_ids: frozenset[st
         if _ts(event["timestamp"]) >= window_start and event["id"] not in skip_call_ids
     }
     stored_events = {
-        row[0]: row[1:]
+        row[0]: (*row[1:-1], _json(row[-1]))
         for row in _query(
             db,
             "SELECT call_id, lead_id, org_id, occurred_at, updated_at, direction, duration_seconds, "
@@ -230,7 +241,7 @@ def _assert_matches_ground_truth(pipeline: Pipeline, skip_call_ids: frozenset[st
             event["data"]["durationSeconds"],
             event["data"]["callStatus"],
             event["data"]["isTransfer"],
-            json.dumps(event["data"], separators=(",", ":")),
+            event["data"],
         )
         for call_id, event in events.items()
     }
@@ -238,7 +249,7 @@ def _assert_matches_ground_truth(pipeline: Pipeline, skip_call_ids: frozenset[st
     bodies = {call_id: state.call_json(call_id) for call_id in events}
     assert set(dataset.missing_call_ids) & set(bodies)
     stored_calls = {
-        row[0]: row[1:]
+        row[0]: (*row[1:-1], _json(row[-1]))
         for row in _query(
             db,
             "SELECT call_id, lead_id, direction, call_status, duration_seconds, created_at, updated_at, "
@@ -271,7 +282,7 @@ def _assert_matches_ground_truth(pipeline: Pipeline, skip_call_ids: frozenset[st
             _ts(body["updatedAt"]),
             len(body["transcript"]) or None,  # an empty transcript stores no count (not stored yet)
             "ready" if "summary" in body else "pending",
-            json.dumps(body, ensure_ascii=False, separators=(",", ":")),
+            body,
         )
     assert stored_calls == expected_calls
 
@@ -451,7 +462,7 @@ def test_unknown_event_types_and_malformed_records_are_counted_not_fatal(pipelin
 
 
 def test_two_runs_started_at_once_both_succeed(pipeline: Pipeline, tmp_path: Path) -> None:
-    """Two `dagster asset materialize` processes write the same DuckDB file at the same time: one a
+    """Two `dagster asset materialize` processes write the same warehouse at the same time: one a
     range over every day, one today's partition. Each waits out the other's write lock."""
     pipeline.run(LEADS_ASSET)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("APTEN_", "DAGSTER_"))} | pipeline.env
@@ -493,6 +504,8 @@ def test_two_runs_started_at_once_both_succeed(pipeline: Pipeline, tmp_path: Pat
 
 
 def test_blocking_duplicate_key_check_stops_downstream_calls(pipeline: Pipeline) -> None:
+    if _backend(pipeline.db) == "postgresql":
+        pytest.skip("PostgreSQL's primary keys refuse the duplicate (tests/warehouse/test_quality.py)")
     pipeline.backfill()
     (call_id,) = _query(pipeline.db, "SELECT min(call_id) FROM apten.call_events")[0]
     _execute(
@@ -523,9 +536,12 @@ def test_checks_fail_on_bad_data_with_counts_and_ids(
     (null_call,) = _query(db, "SELECT max(call_id) FROM apten.calls WHERE summary_status = 'ready'")[0]
     (pending,) = _query(db, "SELECT count(*) FROM apten.calls WHERE summary_status = 'pending'")[0]
     assert pending
+    # PostgreSQL's primary keys refuse a duplicate row; DuckDB's tables declare none.
+    keys_enforced = _backend(db) == "postgresql"
+    duplicate = f"INSERT INTO apten.calls SELECT * FROM apten.calls WHERE call_id = '{dup_call}'"
     _execute(
         db,
-        f"INSERT INTO apten.calls SELECT * FROM apten.calls WHERE call_id = '{dup_call}'",
+        *([] if keys_enforced else [duplicate]),
         f"DELETE FROM apten.call_transcript_turns WHERE call_id = '{gap_call}' AND turn_index = 1",
         "INSERT INTO apten.call_summaries (call_id, summary, _loaded_at) VALUES ('ghost-call', 'x', now())",
         "INSERT INTO apten.call_transcript_turns (call_id, turn_index, role, _loaded_at) "
@@ -538,9 +554,9 @@ def test_checks_fail_on_bad_data_with_counts_and_ids(
     defs = _settings_env(monkeypatch, {"APTEN_SUMMARY_GIVE_UP_HOURS": "0.01"})
     overdue = (
         "SELECT count(*) FROM apten.calls AS c LEFT JOIN apten.call_events AS e USING (call_id) "
-        "WHERE c.summary_status = 'pending' AND COALESCE(c.created_at + to_microseconds("
-        "CAST(round(c.duration_seconds * 1e6) AS BIGINT)), c.created_at, e.occurred_at) "
-        "< now() - INTERVAL 36 SECOND"
+        "WHERE c.summary_status = 'pending' AND COALESCE(c.created_at + "
+        f"{SECONDS[_backend(db)].format('c.duration_seconds')}, c.created_at, e.occurred_at) "
+        "< now() - INTERVAL '36 seconds'"
     )
     ((overdue_before,),) = _query(db, overdue)
 
@@ -554,17 +570,20 @@ def test_checks_fail_on_bad_data_with_counts_and_ids(
     checks = _check_results(result)
     failed = {name for name, evaluation in checks.items() if not evaluation.passed}
     assert failed == {
-        "calls:unique_primary_key",
+        *([] if keys_enforced else ["calls:unique_primary_key"]),
         "calls:summary_status_allowed",
         "call_transcript_turns:turn_indexes_contiguous",
         "call_transcript_turns:turns_belong_to_stored_calls",
         "call_summaries:summaries_belong_to_stored_calls",
         "call_summaries:summary_coverage_after_give_up",
     }
-    assert not result.success  # the blocking unique-key check of calls fails its step
     meta = {name: _check_metadata(checks[name]) for name in failed}
-    assert meta["calls:unique_primary_key"]["duplicated_keys"] == 1
-    assert meta["calls:unique_primary_key"]["sample_duplicated_keys"] == [{"call_id": dup_call, "rows": 2}]
+    if not keys_enforced:
+        assert not result.success  # the blocking unique-key check of calls fails its step
+        assert meta["calls:unique_primary_key"]["duplicated_keys"] == 1
+        assert meta["calls:unique_primary_key"]["sample_duplicated_keys"] == [
+            {"call_id": dup_call, "rows": 2}
+        ]
     assert meta["calls:summary_status_allowed"]["calls_with_status_not_allowed"] == 1
     assert meta["calls:summary_status_allowed"]["sample_call_ids"] == [null_call]
     broken = meta["call_transcript_turns:turn_indexes_contiguous"]
@@ -586,7 +605,8 @@ def test_checks_fail_on_bad_data_with_counts_and_ids(
 
 
 def test_checks_pass_on_a_warehouse_with_no_tables_yet(pipeline: Pipeline) -> None:
-    assert not pipeline.db.exists()
+    with pytest.raises(WarehouseNotReady):
+        _query(pipeline.db, "SELECT count(*) FROM apten.calls")
 
     result = pipeline.run(dg.AssetSelection.all_asset_checks())
 

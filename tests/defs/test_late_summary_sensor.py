@@ -7,6 +7,7 @@ tick by tick with `build_sensor_context`, executing the runs it requests with `d
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 import sys
@@ -35,7 +36,11 @@ from apten_assets.lib.late_summaries import SensorCursor
 from apten_assets.lib.tables import CALL_EVENTS, CALL_SUMMARIES, CALL_TRANSCRIPT_TURNS, CALLS
 from apten_assets.sandbox.data import DatasetSpec, SandboxDataset
 from apten_assets.sandbox.server import SandboxServer
+from apten_assets.warehouse import open_store
 from apten_assets.warehouse.duckdb import connect, ensure_schema
+from tests.conftest import WAREHOUSE_BACKENDS
+from tests.postgres import PostgresServer
+from tests.warehouse.helpers import query
 
 # Calls of yesterday and today (anchor None = now), so none is past the 72 h give-up window;
 # late summaries are due in 30 days, i.e. only when a test releases them.
@@ -55,16 +60,18 @@ TABLES = (CALLS, CALL_SUMMARIES, CALL_TRANSCRIPT_TURNS, CALL_EVENTS)
 
 @dataclass
 class Env:
-    """One test's warehouse file, sandbox and settings, with helpers to tick and run."""
+    """One test's warehouse, sandbox and settings, with helpers to tick and run. `path` is the
+    DuckDB file (None on PostgreSQL)."""
 
-    path: Path
+    url: str
+    path: Path | None
     sandbox: SandboxServer
     settings: AptenSettings
     instance: dg.DagsterInstance
 
     @property
     def resources(self) -> dict[str, object]:
-        return {"apten": AptenApiResource(), "warehouse": AptenWarehouse(url=f"duckdb:///{str(self.path)}")}
+        return {"apten": AptenApiResource(), "warehouse": AptenWarehouse(url=self.url)}
 
     def tick(
         self, cursor: str | None, settings: AptenSettings | None = None, budget: float | None = None
@@ -72,7 +79,7 @@ class Env:
         kwargs = {} if budget is None else {"check_budget_seconds": budget}
         sensor = build_late_summary_sensor(settings or self.settings, **kwargs)
         context = dg.build_sensor_context(
-            cursor=cursor, resources={"warehouse": AptenWarehouse(url=f"duckdb:///{str(self.path)}")}
+            cursor=cursor, resources={"warehouse": AptenWarehouse(url=self.url)}
         )
         result = sensor(context)
         assert isinstance(result, dg.SensorResult)
@@ -102,10 +109,10 @@ class Env:
         ]
 
 
-def _settings(path: Path, base_url: str, **overrides: object) -> AptenSettings:
+def _settings(url: str, base_url: str, **overrides: object) -> AptenSettings:
     values: dict[str, object] = {
         "base_url": base_url,
-        "duckdb_path": str(path),
+        "warehouse_url": url,
         "start_date": datetime.now(UTC).date() - timedelta(days=3),
         "max_rps": 200.0,
         "max_concurrency": 8,
@@ -117,7 +124,8 @@ def _settings(path: Path, base_url: str, **overrides: object) -> AptenSettings:
 
 def _env_vars(monkeypatch: pytest.MonkeyPatch, settings: AptenSettings) -> None:
     monkeypatch.setenv("APTEN_BASE_URL", settings.base_url)
-    monkeypatch.setenv("APTEN_DUCKDB_PATH", settings.duckdb_path)
+    assert settings.warehouse_url is not None
+    monkeypatch.setenv("APTEN_WAREHOUSE_URL", settings.warehouse_url)
     monkeypatch.setenv("APTEN_MAX_RPS", str(settings.max_rps))
     monkeypatch.setenv("APTEN_MAX_CONCURRENCY", str(settings.max_concurrency))
     monkeypatch.delenv("APTEN_API_KEY", raising=False)
@@ -128,15 +136,22 @@ def late_dataset() -> SandboxDataset:
     return SandboxDataset(LATE_SPEC)
 
 
-@pytest.fixture(scope="module")
-def base_warehouse(late_dataset: SandboxDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every partition of the sandbox materialized while all late summaries are held back."""
-    path = tmp_path_factory.mktemp("late_base") / "warehouse.duckdb"
+@pytest.fixture(scope="module", params=WAREHOUSE_BACKENDS)
+def base_warehouse(
+    request: pytest.FixtureRequest, late_dataset: SandboxDataset, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """Every partition of the sandbox materialized while all late summaries are held back; its URL
+    (each test gets a copy: the DuckDB file copied, the PostgreSQL database as a template)."""
+    if request.param == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        url = server.create_database("late_base")
+    else:
+        url = f"duckdb:///{tmp_path_factory.mktemp('late_base') / 'warehouse.duckdb'}"
     with SandboxServer(late_dataset) as sandbox, pytest.MonkeyPatch.context() as monkeypatch:
-        settings = _settings(path, sandbox.base_url)
+        settings = _settings(url, sandbox.base_url)
         _env_vars(monkeypatch, settings)
         assets = build_assets(settings)
-        resources = {"apten": AptenApiResource(), "warehouse": AptenWarehouse(url=f"duckdb:///{str(path)}")}
+        resources = {"apten": AptenApiResource(), "warehouse": AptenWarehouse(url=url)}
         instance = dg.DagsterInstance.ephemeral()
         assert dg.materialize(assets, selection=[LEADS_KEY], resources=resources, instance=instance).success
         for day in _days(late_dataset):
@@ -148,17 +163,42 @@ def base_warehouse(late_dataset: SandboxDataset, tmp_path_factory: pytest.TempPa
                 instance=instance,
             )
             assert result.success
-    return path
+    return url
 
 
 @pytest.fixture
-def env(base_warehouse: Path, late_dataset: SandboxDataset, tmp_path: Path, monkeypatch) -> Iterator[Env]:
-    path = tmp_path / "warehouse.duckdb"
-    shutil.copy(base_warehouse, path)
+def env(
+    request: pytest.FixtureRequest,
+    base_warehouse: str,
+    late_dataset: SandboxDataset,
+    tmp_path: Path,
+    monkeypatch,
+) -> Iterator[Env]:
+    path: Path | None = None
+    if base_warehouse.startswith("duckdb:///"):
+        path = tmp_path / "warehouse.duckdb"
+        shutil.copy(base_warehouse.removeprefix("duckdb:///"), path)
+        url = f"duckdb:///{path}"
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        database = f"late_{next(_copies)}"
+        url = server.create_database(database, template="late_base")
     with SandboxServer(late_dataset) as sandbox:
-        settings = _settings(path, sandbox.base_url)
+        settings = _settings(url, sandbox.base_url)
         _env_vars(monkeypatch, settings)
-        yield Env(path, sandbox, settings, dg.DagsterInstance.ephemeral())
+        yield Env(url, path, sandbox, settings, dg.DagsterInstance.ephemeral())
+    if path is None:
+        server.drop_database(database)
+
+
+_copies = itertools.count()
+
+
+def duckdb_only(env: Env) -> Path:
+    """The DuckDB file of `env`; the test is skipped on PostgreSQL (no file lock there)."""
+    if env.path is None:
+        pytest.skip("DuckDB's file lock; PostgreSQL readers never wait for writers")
+    return env.path
 
 
 def _days(dataset: SandboxDataset) -> list[date]:
@@ -179,31 +219,25 @@ def _late_calls_by_day(dataset: SandboxDataset) -> dict[date, list[str]]:
     return by_day
 
 
-def _snapshot(path: Path) -> dict[str, dict[tuple, tuple]]:
+def _snapshot(url: str) -> dict[str, dict[tuple, tuple]]:
     """Every row of the call tables as primary key -> (whole row incl. `_loaded_at`)."""
-    con = connect(path, read_only=True)
-    try:
+    with open_store(url, read_only=True) as store:
         tables = {}
         for spec in TABLES:
             columns = ", ".join(f'"{c}"' for c in spec.column_names)
             width = len(spec.primary_key)
-            rows = con.execute(f"SELECT {columns} FROM {spec.qualified_name}").fetchall()
+            rows = query(store, f"SELECT {columns} FROM {spec.qualified_name}")
             tables[spec.name] = {tuple(row[:width]): tuple(row) for row in rows}
         return tables
-    finally:
-        con.close()
 
 
-def _query(path: Path, sql: str, params: list | None = None) -> list[tuple]:
-    con = connect(path, read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
+def _query(url: str, sql: str, params: list | None = None) -> list[tuple]:
+    with open_store(url, read_only=True) as store:
+        return query(store, sql, params or [])
 
 
-def _status(path: Path) -> dict[str, str]:
-    return dict(_query(path, f"SELECT call_id, summary_status FROM {CALLS.qualified_name}"))
+def _status(url: str) -> dict[str, str]:
+    return dict(_query(url, f"SELECT call_id, summary_status FROM {CALLS.qualified_name}"))
 
 
 def _requested(result: dg.SensorResult) -> dict[str, list[str]]:
@@ -224,7 +258,7 @@ def _requested(result: dg.SensorResult) -> dict[str, list[str]]:
 def test_held_back_summaries_are_refreshed_for_exactly_the_days_and_calls_that_arrived(
     env: Env, late_dataset: SandboxDataset
 ) -> None:
-    pending_before = {c for c, s in _status(env.path).items() if s == "pending"}
+    pending_before = {c for c, s in _status(env.url).items() if s == "pending"}
     late_by_day = _late_calls_by_day(late_dataset)
     # Webchat calls are known only from webhooks, so only lead calls are stored here.
     assert {c for ids in late_by_day.values() for c in ids} <= pending_before
@@ -237,7 +271,7 @@ def test_held_back_summaries_are_refreshed_for_exactly_the_days_and_calls_that_a
 
     released = sorted(call_ids[0] for call_ids in late_by_day.values())
     assert env.sandbox.state.release_summaries(released) == released
-    before = _snapshot(env.path)
+    before = _snapshot(env.url)
     second = env.tick(first.cursor)
 
     expected = {day.isoformat(): [call_ids[0]] for day, call_ids in late_by_day.items()}
@@ -247,18 +281,18 @@ def test_held_back_summaries_are_refreshed_for_exactly_the_days_and_calls_that_a
         assert request.tags["apten/trigger"] == "late_summary"
 
     results = [env.execute(request) for request in second.run_requests]
-    after = _snapshot(env.path)
+    after = _snapshot(env.url)
 
-    status = _status(env.path)
+    status = _status(env.url)
     assert all(status[call_id] == "ready" for call_id in released)
     summaries = dict(
-        _query(env.path, f"SELECT call_id, summary_first_seen_at FROM {CALL_SUMMARIES.qualified_name}")
+        _query(env.url, f"SELECT call_id, summary_first_seen_at FROM {CALL_SUMMARIES.qualified_name}")
     )
     expected_with_summary = set(late_dataset.ready_summary_call_ids) | set(released)
     assert set(summaries) == expected_with_summary & set(status)
     latencies = dict(
         _query(
-            env.path,
+            env.url,
             f"SELECT call_id, summary_latency_seconds FROM {CALL_SUMMARIES.qualified_name} "
             "WHERE call_id IN (SELECT unnest(?))",
             [released],
@@ -311,7 +345,7 @@ def test_a_second_late_summary_on_the_same_day_triggers_again(env: Env, late_dat
     assert {r.run_key for r in second.run_requests}.isdisjoint({r.run_key for r in first.run_requests})
     for request in second.run_requests:
         env.execute(request)
-    assert _status(env.path)[second_call] == "ready"
+    assert _status(env.url)[second_call] == "ready"
     assert not env.tick(second.cursor).run_requests
 
 
@@ -341,16 +375,17 @@ def test_calls_past_the_give_up_window_are_marked_missing_through_a_run(
     env: Env, late_dataset: SandboxDataset
 ) -> None:
     # A 36 s window: every stored call ended longer ago than that.
-    impatient = _settings(env.path, env.sandbox.base_url, summary_give_up_hours=0.01)
-    pending = {c for c, s in _status(env.path).items() if s == "pending"}
-    ended = dict(
-        _query(
-            env.path,
-            "SELECT call_id, COALESCE(created_at + to_microseconds(CAST(round(duration_seconds * 1e6) "
-            f"AS BIGINT)), created_at) FROM {CALLS.qualified_name} WHERE summary_status = 'pending'",
+    impatient = _settings(env.url, env.sandbox.base_url, summary_give_up_hours=0.01)
+    pending = {c for c, s in _status(env.url).items() if s == "pending"}
+    ended = {
+        call_id: created if seconds is None or created is None else created + timedelta(seconds=seconds)
+        for call_id, created, seconds in _query(
+            env.url,
+            f"SELECT call_id, created_at, duration_seconds FROM {CALLS.qualified_name} "
+            "WHERE summary_status = 'pending'",
         )
-    )
-    before = _snapshot(env.path)
+    }
+    before = _snapshot(env.url)
 
     result = env.tick(None, settings=impatient)
     named = {call_id for ids in _requested(result).values() for call_id in ids}
@@ -366,9 +401,9 @@ def test_calls_past_the_give_up_window_are_marked_missing_through_a_run(
 
     for request in result.run_requests:
         env.execute(request, settings=impatient)
-    status = _status(env.path)
+    status = _status(env.url)
     assert {status[c] for c in named} == {"missing"}
-    after = _snapshot(env.path)
+    after = _snapshot(env.url)
     changed = {key[0] for key, row in after["calls"].items() if row != before["calls"].get(key)}
     assert changed == named
 
@@ -398,7 +433,7 @@ def test_tick_skips_cleanly_while_another_process_writes(env: Env) -> None:
     cursor = env.tick(None).cursor
     asked = len(env.lookups())
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_WRITE_LOCK, str(env.path)],
+        [sys.executable, "-c", HOLD_WRITE_LOCK, str(duckdb_only(env))],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -420,7 +455,7 @@ def test_tick_skips_cleanly_while_another_process_writes(env: Env) -> None:
 
 
 def test_tick_reads_while_this_process_writes_through_the_warehouse(env: Env) -> None:
-    writer = connect(env.path)
+    writer = connect(duckdb_only(env))
     try:
         writer.execute("BEGIN TRANSACTION")
         writer.execute(f"UPDATE {CALLS.qualified_name} SET fetch_attempts = fetch_attempts")
@@ -434,7 +469,7 @@ def test_tick_reads_while_this_process_writes_through_the_warehouse(env: Env) ->
 
 
 def test_tick_skips_cleanly_while_another_duckdb_handle_in_this_process_holds_the_file(env: Env) -> None:
-    foreign = duckdb.connect(str(env.path))
+    foreign = duckdb.connect(str(duckdb_only(env)))
     try:
         result = env.tick(None)
     finally:
@@ -445,11 +480,11 @@ def test_tick_skips_cleanly_while_another_duckdb_handle_in_this_process_holds_th
 
 
 def test_tick_without_a_warehouse_skips(tmp_path: Path, sandbox: SandboxServer, monkeypatch) -> None:
-    settings = _settings(tmp_path / "none" / "warehouse.duckdb", sandbox.base_url)
+    settings = _settings(f"duckdb:///{tmp_path / 'none' / 'warehouse.duckdb'}", sandbox.base_url)
     _env_vars(monkeypatch, settings)
     sensor = build_late_summary_sensor(settings)
     context = dg.build_sensor_context(
-        resources={"warehouse": AptenWarehouse(url=f"duckdb:///{settings.duckdb_path}")}
+        resources={"warehouse": AptenWarehouse(url=str(settings.warehouse_url))}
     )
     result = sensor(context)
     assert not result.run_requests
@@ -493,9 +528,9 @@ def test_a_tick_over_50000_pending_calls_stays_bounded_and_carries_the_rest(
     ids = [f"bulk-{i:05d}" for i in range(BULK)]
     sandbox.state.call_overrides.update({call_id: _bulk_body(call_id, created, None) for call_id in ids})
     # 100 requests/s for a 2 s budget: at most 200 look-ups per tick.
-    settings = _settings(path, sandbox.base_url, max_rps=100.0)
+    settings = _settings(f"duckdb:///{path}", sandbox.base_url, max_rps=100.0)
     _env_vars(monkeypatch, settings)
-    env = Env(path, sandbox, settings, dg.DagsterInstance.ephemeral())
+    env = Env(f"duckdb:///{path}", path, sandbox, settings, dg.DagsterInstance.ephemeral())
 
     first = env.tick(None, budget=2.0)
     first_asked = env.lookups()

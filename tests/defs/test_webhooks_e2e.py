@@ -321,3 +321,57 @@ def test_transfer_calls_without_webhooks_get_one_attempt_from_the_call_record(pi
             expected = "connected" if call.transfer_connected_seconds is not None else None
             expected = expected or ("fallback_triggered" if call.fallback_transfer_number else "started")
             assert outcome == expected
+
+
+def test_hostile_deliveries_and_a_garbage_inbox_file_never_stop_the_sensor_or_the_load(
+    pipeline: Pipeline,
+) -> None:
+    """Extreme timestamps, lone surrogates and a garbage file sit in the inbox before an honest
+    delivery: the honest call still gets its run, the load stores every delivery (NULL where a
+    value cannot be represented), counts the garbage file, and later ticks go on."""
+    extremes = ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00Z")
+    surrogate = (
+        b'{"event": "leadTagged", "timestamp": "2026-05-14T15:30:00Z", '
+        b'"data": {"leadId": "lead-\\ud83d", "tag": "cut \\ud83d"}}'
+    )
+    with WebhookSender(pipeline.receiver.url, SECRET) as sender:
+        for stamp in extremes:
+            envelope = {
+                "event": "call.completed",
+                "data": {"callId": f"call-{stamp[:4]}"},
+                "timestamp": stamp,
+            }
+            assert [r.status_code for r in sender.send(envelope)] == [200]
+        assert sender.post(surrogate).status_code == 200
+        other = b'{"event": "message.received\\ud800", "data": {}, "timestamp": "2026-05-14T15:30:00Z"}'
+        assert sender.post(other).status_code == 200
+    garbage = Path(pipeline.settings.webhook_inbox) / f"{'f' * 64}.delivery"
+    garbage.write_bytes(b"\x00\xffnot a delivery")
+    with pipeline.emitter() as emitter:
+        emitter.emit([WEBCHAT_TRANSFER_CONNECTED], redeliver_rate=0.0, bad_signature_rate=0.0)
+
+    requests = pipeline.tick()
+    (honest,) = [r for r in requests if r.partition_key == "2026-05-12"]
+    assert honest.run_config["ops"]["calls"]["config"]["call_ids"] == [WEBCHAT_TRANSFER_CONNECTED]
+    meta = _metadata(pipeline.execute(honest), WEBHOOK_DELIVERIES_KEY)
+    assert meta["unreadable_inbox_files"] == 1
+    assert meta["unreadable_inbox_file_names"] == [garbage.name]
+    assert meta["unreadable_event_timestamp"] == 3
+    assert (meta["unstorable_ids"], meta["unstorable_event_names"], meta["skipped"]) == (1, 1, 0)
+    assert "message.received\ufffd" in meta["unknown_event_names"]
+
+    rows = pipeline.query(
+        "SELECT call_id, event_timestamp FROM apten.webhook_deliveries WHERE call_id LIKE 'call-%' ORDER BY 1"
+    )
+    assert rows == [("call-0001", None), ("call-0001", None), ("call-9999", None)]
+    assert pipeline.query(
+        "SELECT lead_id, raw ->> '$.data.tag' FROM apten.webhook_deliveries WHERE event = 'leadTagged'"
+    ) == [(None, "cut \ufffd")]
+    ready = pipeline.query(
+        "SELECT summary_status FROM apten.calls WHERE call_id = ?", [WEBCHAT_TRANSFER_CONNECTED]
+    )
+    assert ready == [("ready",)]
+
+    # The sensor keeps ticking: nothing new, and the garbage file is skipped again, not fatal.
+    assert pipeline.tick() == []
+    assert _metadata(pipeline.materialize([WEBHOOK_DELIVERIES_KEY]), WEBHOOK_DELIVERIES_KEY)["new"] == 0

@@ -34,6 +34,10 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     drop: bool = False
+    body: bytes | None = None  # sent as is (set content-encoding in `headers` for a compressed one)
+    trickle: float = 0.0  # seconds between single bytes of the body (with `trickle_headers`, of it all)
+    trickle_headers: bool = False
+    endless: bytes | None = None  # a chunked body repeating these bytes until the client hangs up
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -82,7 +86,9 @@ class ScriptedServer:
                 if reply.drop:
                     self.close_connection = True
                     return
-                if reply.text is not None:
+                if reply.body is not None:
+                    payload, ctype = reply.body, "application/json"
+                elif reply.text is not None:
                     payload = reply.text.encode()
                     ctype = "text/html; charset=utf-8"
                 elif reply.json is not None:
@@ -90,13 +96,32 @@ class ScriptedServer:
                     ctype = "application/json"
                 else:
                     payload, ctype = b"", "application/json"
-                self.send_response(reply.status)
-                self.send_header("content-type", ctype)
-                self.send_header("content-length", str(len(payload)))
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(payload)
+                head = [f"HTTP/1.1 {reply.status} Scripted", f"content-type: {ctype}"]
+                if reply.endless is None:
+                    head.append(f"content-length: {len(payload)}")
+                else:
+                    head.append("transfer-encoding: chunked")
+                head += [f"{name}: {value}" for name, value in reply.headers.items()]
+                head_bytes = ("\r\n".join(head) + "\r\n\r\n").encode()
+                try:
+                    if reply.endless is not None:
+                        self.wfile.write(head_bytes)
+                        chunk = f"{len(reply.endless):x}\r\n".encode() + reply.endless + b"\r\n"
+                        while True:
+                            self.wfile.write(chunk)
+                    elif reply.trickle:
+                        if not reply.trickle_headers:
+                            self.wfile.write(head_bytes)
+                            head_bytes = b""
+                        data = head_bytes + payload
+                        for i in range(len(data)):
+                            self.wfile.write(data[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(reply.trickle)
+                    else:
+                        self.wfile.write(head_bytes + payload)
+                except OSError:
+                    self.close_connection = True  # the client hung up: expected for these replies
 
         self._httpd = _QuietServer((host, 0), Handler)
         self.host = host

@@ -3,10 +3,12 @@ whole-dataset behaviour."""
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import logging
 import threading
 import time
+import zlib
 from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import formatdate
@@ -20,6 +22,7 @@ from apten_assets.lib.client import (
     AptenClient,
     AptenError,
     AptenHTTPError,
+    AptenMalformedResponse,
     AptenProtocolError,
     AptenRetriesExhausted,
     CallFetch,
@@ -37,9 +40,17 @@ SINCE = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def make_client(
-    server: ScriptedServer, *, rps: float = 1000, concurrency: int = 4, retry: RetryPolicy = FAST, **kw
+    server: ScriptedServer,
+    *,
+    rps: float = 1000,
+    concurrency: int = 4,
+    retry: RetryPolicy = FAST,
+    limits: dict | None = None,
+    **kw,
 ) -> AptenClient:
-    settings = AptenSettings(base_url=server.base_url, api_key=KEY, max_rps=rps, max_concurrency=concurrency)
+    settings = AptenSettings(
+        base_url=server.base_url, api_key=KEY, max_rps=rps, max_concurrency=concurrency, **(limits or {})
+    )
     return AptenClient(settings, retry=retry, **kw)
 
 
@@ -541,3 +552,247 @@ def test_two_clients_in_one_process_share_the_rate_limit_and_retries_count() -> 
         times = [r.t for r in server.requests]
     assert len(times) >= 28
     assert max_in_any_window(times) <= rps
+
+
+# --------------------------------------------------------------------------- limits on one answer
+
+ONE_TRY = RetryPolicy(max_attempts=1)
+TWO_TRIES = RetryPolicy(max_attempts=2, base_delay_seconds=0.01, max_delay_seconds=0.01)
+SLOW_READS = httpx.Timeout(connect=2.0, read=2.0, write=2.0, pool=2.0)
+
+
+def test_a_body_trickled_inside_the_read_timeout_is_cut_at_the_request_deadline() -> None:
+    """One byte every 0.1 s never trips the 2 s read timeout; the whole body would take 30 s."""
+    slow = Reply(body=b'{"id": "call_1"}'.ljust(300), trickle=0.1)
+    with ScriptedServer(lambda seen: slow) as server:
+        client = make_client(
+            server, retry=TWO_TRIES, timeout=SLOW_READS, limits={"request_deadline_seconds": 1}
+        )
+        began = time.monotonic()
+        with client, pytest.raises(AptenRetriesExhausted, match="deadline") as info:
+            client.get_call("call_1")
+        elapsed = time.monotonic() - began
+    assert "APTEN_REQUEST_DEADLINE_SECONDS=1" in str(info.value)
+    assert len(server.requests) == 2
+    assert client.stats.retries_by_reason == Counter({"deadline": 1})
+    assert elapsed < 10  # two attempts of 1 s each, not two of 30 s
+
+
+def test_trickled_headers_are_cut_at_the_request_deadline_too() -> None:
+    slow = Reply(json={"leads": [], "nextToken": None}, trickle=0.1, trickle_headers=True)
+    with ScriptedServer(lambda seen: slow) as server:
+        client = make_client(
+            server, retry=ONE_TRY, timeout=SLOW_READS, limits={"request_deadline_seconds": 1}
+        )
+        began = time.monotonic()
+        with client, pytest.raises(AptenRetriesExhausted, match="deadline"):
+            list(client.iter_leads(updated_since=SINCE))
+        assert time.monotonic() - began < 8  # the status line and headers alone take 10 s
+    assert len(server.requests) == 1
+
+
+def test_a_caller_budget_cuts_a_trickle_and_skips_a_retry_after_past_it() -> None:
+    """A sensor tick's client: nothing it sends runs past `stop_at`, neither a slow answer nor
+    the wait a Retry-After asks for."""
+    answers = {
+        "/v1/calls/slow": Reply(body=b'{"id": "slow"}'.ljust(300), trickle=0.1),
+        "/v1/calls/busy": Reply(status=503, headers={"Retry-After": "30"}),
+    }
+    with ScriptedServer(lambda seen: answers[seen.path]) as server:
+        for call_id in ("slow", "busy"):
+            stop_at = time.monotonic() + 1.0
+            policy = RetryPolicy(max_attempts=3, base_delay_seconds=0.01, retry_after_cap_seconds=60)
+            with (
+                make_client(server, retry=policy, timeout=SLOW_READS, stop_at=stop_at) as client,
+                pytest.raises(AptenRetriesExhausted, match="time budget ran out|deadline"),
+            ):
+                client.get_call(call_id)
+            assert time.monotonic() - stop_at < 3, call_id
+    assert [r.path for r in server.requests] == ["/v1/calls/slow", "/v1/calls/busy"]
+
+
+def test_a_gzip_bomb_stops_at_the_body_limit_without_retrying() -> None:
+    bomb = gzip.compress(b'{"id": "call_1", "padding": "' + b"0" * 50_000_000 + b'"}', compresslevel=9)
+    assert len(bomb) < 100_000
+    reply = Reply(body=bomb, headers={"content-encoding": "gzip"})
+    with (
+        ScriptedServer(lambda seen: reply) as server,
+        make_client(server, limits={"max_body_bytes": 1_000_000}) as client,
+        pytest.raises(AptenMalformedResponse, match="over 1,000,000 bytes once decoded") as info,
+    ):
+        client.get_call("call_1")
+    assert "APTEN_MAX_BODY_BYTES" in str(info.value) and "GET /calls/{callId}" in str(info.value)
+    assert len(server.requests) == 1
+
+
+def test_a_deflate_bomb_on_a_listing_page_stops_at_the_body_limit() -> None:
+    squeezer = zlib.compressobj(9)
+    page = b'{"leads": [], "nextToken": null, "pad": "' + b" " * 20_000_000 + b'"}'
+    bomb = squeezer.compress(page) + squeezer.flush()
+    reply = Reply(body=bomb, headers={"content-encoding": "deflate"})
+    with (
+        ScriptedServer(lambda seen: reply) as server,
+        make_client(server, limits={"max_body_bytes": 2_000_000}) as client,
+        pytest.raises(AptenMalformedResponse, match="APTEN_MAX_BODY_BYTES"),
+    ):
+        list(client.iter_leads(updated_since=SINCE))
+    assert len(server.requests) == 1
+
+
+def test_an_endless_body_stops_at_the_body_limit() -> None:
+    """A chunked body that never ends: read whole, this test would never finish."""
+    reply = Reply(endless=b"[" + b"0," * 8000)
+    with (
+        ScriptedServer(lambda seen: reply) as server,
+        make_client(server, limits={"max_body_bytes": 5_000_000}) as client,
+        pytest.raises(AptenMalformedResponse, match="over 5,000,000 bytes"),
+    ):
+        client.get_call("call_1")
+
+
+def endless_tokens(items_key: str, items: list | None = None) -> ScriptedServer:
+    fresh = itertools.count()
+    return ScriptedServer(lambda seen: Reply(json={items_key: items or [], "nextToken": f"t{next(fresh)}"}))
+
+
+def test_a_fresh_next_token_forever_stops_at_the_page_limit_naming_the_endpoint() -> None:
+    with (
+        endless_tokens("leads", [lead(1)]) as server,
+        make_client(server, limits={"max_pages": 40}) as client,
+        pytest.raises(AptenProtocolError, match="APTEN_MAX_PAGES") as info,
+    ):
+        list(client.iter_leads(updated_since=SINCE))
+    assert "GET /leads: Apten still returned a nextToken after 40 pages" in str(info.value)
+    assert len(server.requests) == 40
+
+
+def test_endless_empty_filtered_event_pages_stop_at_the_page_limit_naming_the_lead() -> None:
+    with (
+        endless_tokens("events") as server,
+        make_client(server, limits={"max_pages": 25}) as client,
+        pytest.raises(AptenProtocolError, match="leadId='room_abc'.*after 25 pages"),
+    ):
+        list(client.iter_lead_events("room_abc", since=SINCE, types=["CALL"]))
+    assert len(server.requests) == 25
+
+
+def test_the_page_limit_is_per_listing_and_a_listing_of_exactly_that_many_pages_completes() -> None:
+    pages = [([lead(i)], f"t{i}") for i in range(9)] + [([lead(9)], None)]
+    with ScriptedServer(paged(pages, "leads")) as server, make_client(server, limits={"max_pages": 10}) as c:
+        assert len(list(c.iter_leads(updated_since=SINCE))) == 10
+        assert len(list(c.iter_leads(updated_since=SINCE))) == 10
+    assert len(server.requests) == 20
+
+
+def deep(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def test_json_nested_tens_of_thousands_deep_is_a_malformed_body_not_a_recursion_error() -> None:
+    body = b'{"id": "call_1", "transcript": ' + deep(50_000) + b"}"
+    with (
+        ScriptedServer(lambda seen: Reply(body=body)) as server,
+        make_client(server) as client,
+        pytest.raises(AptenMalformedResponse, match="nested deeper than 512 levels") as info,
+    ):
+        client.get_call("call_1")
+    assert "APTEN_MAX_JSON_DEPTH" in str(info.value) and "call_1" in str(info.value)
+    assert len(server.requests) == 1  # the same record comes back the same: not retried
+
+
+def test_deep_json_in_a_listing_page_and_in_an_error_body_never_recurses() -> None:
+    page = b'{"leads": [{"id": "lead_1", "additionalInfo": ' + deep(30_000) + b'}], "nextToken": null}'
+    error = b'{"message": ' + deep(30_000) + b"}"
+    answers = {"/v1/leads": Reply(body=page), "/v1/leads/room_abc/events": Reply(status=422, body=error)}
+    with ScriptedServer(lambda seen: answers[seen.path]) as server, make_client(server) as client:
+        with pytest.raises(AptenMalformedResponse, match="nested deeper"):
+            list(client.iter_leads(updated_since=SINCE))
+        with pytest.raises(AptenHTTPError, match=r'HTTP 422: \{"message": \[\[\['):
+            list(client.iter_lead_events("room_abc", since=SINCE))
+
+
+def test_the_depth_limit_is_configurable_and_brackets_inside_strings_do_not_count() -> None:
+    quoted = {"id": "call_1", "summary": "[" * 5000 + '\\"{' * 100, "nested": [[[["ok"]]]]}
+    answers = {"/v1/calls/call_1": Reply(json=quoted), "/v1/calls/call_2": Reply(body=deep(40))}
+    with (
+        ScriptedServer(lambda seen: answers[seen.path]) as server,
+        make_client(server, limits={"max_json_depth": 20}) as client,
+    ):
+        assert client.get_call("call_1").body == quoted
+        with pytest.raises(AptenMalformedResponse, match="deeper than 20 levels"):
+            client.get_call("call_2")
+
+
+# --------------------------------------------------------------------------- Retry-After for everyone
+
+
+def test_a_retry_after_on_the_last_attempt_still_holds_every_other_request() -> None:
+    answers = {"/v1/calls/limited": Reply(status=429, headers={"Retry-After": "1.5"})}
+
+    def respond(seen: Seen) -> Reply:
+        return answers.get(seen.path, Reply(json={"id": "c"}))
+
+    with ScriptedServer(respond) as server, make_client(server) as a, make_client(server) as b:
+        with pytest.raises(AptenRetriesExhausted):
+            make_client(server, retry=ONE_TRY).get_call("limited")
+        assert b.get_call("other").found
+        assert a.get_call("third").found
+    limited, other, third = server.requests
+    assert other.t - limited.t >= 1.4
+    assert third.t - limited.t >= 1.4
+
+
+def test_a_retry_after_outlives_the_client_that_got_it() -> None:
+    """The next client in the process (the next op, the next sensor tick) waits too."""
+    answers = iter([Reply(status=503, headers={"Retry-After": "1.5"})])
+
+    def respond(seen: Seen) -> Reply:
+        return next(answers, Reply(json={"id": "c"}))
+
+    with ScriptedServer(respond) as server:
+        with make_client(server, retry=ONE_TRY) as first, pytest.raises(AptenRetriesExhausted):
+            first.get_call("c1")
+        with make_client(server) as second:
+            assert second.get_call("c2").found
+    refused, later = server.requests
+    assert later.t - refused.t >= 1.4
+
+
+def test_threads_of_other_clients_send_nothing_inside_a_retry_after_window() -> None:
+    """Two clients draining calls on two threads each, one attempt per call: the 429 ends its
+    own look-up, and every thread of both clients still keeps out of the window."""
+    hold = 1.5
+    limited_at: list[float] = []
+    lock = threading.Lock()
+
+    def respond(seen: Seen) -> Reply:
+        with lock:
+            if seen.path.endswith("/c5") and not limited_at:
+                limited_at.append(seen.t)
+                return Reply(status=429, headers={"Retry-After": str(hold)})
+        return Reply(json={"id": "c"}, delay=0.01)
+
+    def drain(client: AptenClient, prefix: str) -> None:
+        def ask(call_id: str) -> bool:
+            try:
+                return client.get_call(call_id).found
+            except AptenRetriesExhausted:
+                return False
+
+        list(client.map_concurrent(ask, [f"{prefix}{i}" for i in range(40)]))
+
+    with (
+        ScriptedServer(respond) as server,
+        make_client(server, rps=50, concurrency=2, retry=ONE_TRY) as a,
+        make_client(server, rps=50, concurrency=2, retry=ONE_TRY) as b,
+    ):
+        threads = [threading.Thread(target=drain, args=(c, p)) for c, p in ((a, "a"), (b, "c"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    (start,) = limited_at
+    # Requests already on the wire when the 429 was sent may land just after it; none later.
+    inside = [r.path for r in server.requests if start + 0.2 < r.t < start + hold - 0.05]
+    assert inside == []
+    assert len(server.requests) == 80

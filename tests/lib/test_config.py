@@ -131,3 +131,93 @@ def test_bad_warehouse_url_names_the_variable_and_hides_the_password(value: str)
     with pytest.raises(ConfigError, match="APTEN_WAREHOUSE_URL") as caught:
         AptenSettings.from_env({"APTEN_WAREHOUSE_URL": value})
     assert "s3cr3t-pa55" not in str(caught.value)
+
+
+NUMERIC_VARIABLES = [
+    "APTEN_MAX_RPS",
+    "APTEN_MAX_CONCURRENCY",
+    "APTEN_SUMMARY_RECHECK_MINUTES",
+    "APTEN_SUMMARY_GIVE_UP_HOURS",
+    "APTEN_REQUEST_DEADLINE_SECONDS",
+    "APTEN_MAX_BODY_BYTES",
+    "APTEN_MAX_PAGES",
+    "APTEN_MAX_JSON_DEPTH",
+]
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "Infinity", "-1", "1e12"])
+@pytest.mark.parametrize("name", NUMERIC_VARIABLES)
+def test_non_finite_negative_or_huge_numbers_fail_when_settings_load_naming_the_variable(
+    name: str, value: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"^{name} must be") as info:
+        AptenSettings.from_env({name: value})
+    assert "None" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("APTEN_MAX_RPS", "1000001"),
+        ("APTEN_MAX_CONCURRENCY", "1001"),
+        ("APTEN_SUMMARY_RECHECK_MINUTES", "10081"),
+        ("APTEN_SUMMARY_GIVE_UP_HOURS", "87601"),
+        ("APTEN_REQUEST_DEADLINE_SECONDS", "0"),
+        ("APTEN_MAX_BODY_BYTES", "1023"),
+        ("APTEN_MAX_PAGES", "0"),
+        ("APTEN_MAX_JSON_DEPTH", "1"),
+    ],
+)
+def test_values_just_outside_the_range_are_refused(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"{name} must be .* at most"):
+        AptenSettings.from_env({name: value})
+
+
+def test_the_same_rules_hold_for_settings_built_in_code() -> None:
+    with pytest.raises(ConfigError, match="APTEN_MAX_RPS must be"):
+        AptenSettings(max_rps=float("nan"))
+    with pytest.raises(ConfigError, match="APTEN_SUMMARY_GIVE_UP_HOURS must be"):
+        AptenSettings(summary_give_up_hours=float("inf"))
+    with pytest.raises(ConfigError, match="APTEN_MAX_BODY_BYTES must be"):
+        AptenSettings(max_body_bytes=-1)
+
+
+def test_client_limits_have_defaults_and_are_read_from_the_environment() -> None:
+    defaults = AptenSettings.from_env({})
+    assert (defaults.request_deadline_seconds, defaults.max_body_bytes) == (120.0, 64 * 1024 * 1024)
+    assert (defaults.max_pages, defaults.max_json_depth) == (20_000, 512)
+    settings = AptenSettings.from_env(
+        {
+            "APTEN_REQUEST_DEADLINE_SECONDS": "7.5",
+            "APTEN_MAX_BODY_BYTES": "2048",
+            "APTEN_MAX_PAGES": "3",
+            "APTEN_MAX_JSON_DEPTH": "64",
+        }
+    )
+    assert (settings.request_deadline_seconds, settings.max_body_bytes) == (7.5, 2048)
+    assert (settings.max_pages, settings.max_json_depth) == (3, 64)
+
+
+def test_postgres_unix_socket_url_as_pgserver_gives_it() -> None:
+    url = AptenSettings.from_env(
+        {"APTEN_WAREHOUSE_URL": "postgresql://postgres:@/postgres?host=/tmp/pg"}
+    ).warehouse
+    assert (url.backend, url.user, url.host, url.database, url.is_socket) == (
+        "postgresql",
+        "postgres",
+        "/tmp/pg",
+        "postgres",
+        True,
+    )
+    assert str(url) == "postgresql://postgres:***@/postgres?host=/tmp/pg&port=5432"
+
+
+def test_postgres_password_given_as_an_option_never_shows() -> None:
+    secret = "s3cr3t-pa55"
+    url = AptenSettings.from_env(
+        {"APTEN_WAREHOUSE_URL": f"postgresql://etl@db.internal/analytics?password={secret}&sslmode=require"}
+    ).warehouse
+    assert url.password == secret and url.options == (("sslmode", "require"),)
+    for shown in (str(url), repr(url), url.redacted):
+        assert secret not in shown
+    assert secret in url.libpq_uri()

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, date, datetime, timedelta
 
+from apten_assets.lib.config import AptenSettings
 from apten_assets.lib.late_summaries import (
     MAX_CALLS_PER_RUN,
     MAX_CHECKS_PER_TICK,
     MAX_RECHECK_INTERVAL,
     REQUEST_AGAIN_AFTER,
+    TICK_READ_TIMEOUT_SECONDS,
     CheckResults,
     SensorCursor,
     advance,
     call_key,
+    check_calls,
     checks_per_tick,
     plan_tick,
     recheck_interval,
     refresh_requests,
+    tick_client,
 )
 from apten_assets.warehouse import PendingCall
+from tests.lib.scripted_server import Reply, ScriptedServer
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 FIVE_MIN = timedelta(minutes=5)
@@ -170,3 +176,22 @@ def test_prune_keeps_only_look_ups_that_still_hold_a_pending_call_back() -> None
     )
     cursor.prune([kept, refetched, expired], NOW, FIVE_MIN)
     assert set(cursor.checked) == {call_key("kept")}
+
+
+def test_a_tick_look_up_never_outlives_the_tick_budget_however_slowly_apten_answers() -> None:
+    """A body trickled one byte per 0.2 s never trips the 5 s read timeout and would take a minute
+    per call; the tick's look-ups end by the deadline plus one read timeout, and are reported
+    as failed (asked again next tick)."""
+    slow = Reply(body=b'{"id": "c", "summary": "late"}'.ljust(300), trickle=0.2)
+    with ScriptedServer(lambda seen: slow) as server:
+        settings = AptenSettings(base_url=server.base_url, max_rps=100, max_concurrency=2)
+        began = time.monotonic()
+        deadline = began + 2.0
+        with tick_client(settings, deadline) as client:
+            results = check_calls(client, ["call_1", "call_2", "call_3"], deadline)
+        elapsed = time.monotonic() - began
+    # Two were cut mid-answer; the third, queued behind them for a slot, never started.
+    assert sorted(results.failed) == ["call_1", "call_2", "call_3"]
+    assert all("time budget" in error or "deadline" in error for error in results.failed.values())
+    assert results.asked == []
+    assert elapsed < 2.0 + TICK_READ_TIMEOUT_SECONDS + 3

@@ -6,18 +6,22 @@ file, not in any output. Invalid settings fail before any request, naming the va
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from apten_assets.lib.client import AptenBadRequest, AptenClient, AptenHTTPError, RetryPolicy
+from apten_assets.lib.config import AptenSettings, ConfigError
 from apten_assets.sandbox.app import FaultConfig
 from apten_assets.sandbox.data import SandboxDataset
 from apten_assets.sandbox.server import SandboxServer
-from tests.lib.scripted_server import Reply, Seen
+from tests.lib.scripted_server import Reply, ScriptedServer, Seen
 from tests.reliability.proxy import HostileProxy
 from tools.reliability.harness import (
     REPO_ROOT,
@@ -147,6 +151,10 @@ BAD_SETTINGS = {
     "max_concurrency_zero": ({"APTEN_MAX_CONCURRENCY": "0"}, "APTEN_MAX_CONCURRENCY"),
     "give_up_hours_zero": ({"APTEN_SUMMARY_GIVE_UP_HOURS": "0"}, "APTEN_SUMMARY_GIVE_UP_HOURS"),
     "plain_http_to_a_remote_host": ({"APTEN_BASE_URL": "http://api.attent.app/v1"}, "APTEN_BASE_URL"),
+    "max_rps_nan": ({"APTEN_MAX_RPS": "nan"}, "APTEN_MAX_RPS"),
+    "give_up_hours_inf": ({"APTEN_SUMMARY_GIVE_UP_HOURS": "inf"}, "APTEN_SUMMARY_GIVE_UP_HOURS"),
+    "key_with_a_line_break": ({"APTEN_API_KEY": f"{KEY[:12]}\n{KEY[12:]}"}, "APTEN_API_KEY"),
+    "key_with_a_tab": ({"APTEN_API_KEY": f"{KEY[:20]}\t{KEY[20:]}"}, "APTEN_API_KEY"),
 }
 
 
@@ -187,6 +195,107 @@ def test_invalid_setting_fails_early_naming_the_variable(
     variable = BAD_SETTINGS[case][1]
     assert code != 0
     assert "ConfigError" in output, output[-2000:]
-    assert f"{variable} must" in output or f"{variable} uses" in output, output[-2000:]
+    assert any(f"{variable} {verb}" in output for verb in ("must", "uses", "contains")), output[-2000:]
     assert requests == 0  # failed before any request reached the API
-    assert KEY not in output
+    assert KEY[:12] not in output and KEY[-12:] not in output
+
+
+# --------------------------------------------------------------------------- the client's own texts
+
+FAST = RetryPolicy(max_attempts=1)
+SINCE = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _client(server: ScriptedServer) -> AptenClient:
+    return AptenClient(AptenSettings(base_url=server.base_url, api_key=KEY), retry=FAST)
+
+
+def _pieces(text: str, size: int = 8) -> list[str]:
+    """Every piece of the key of `size` characters that appears in `text`."""
+    return [KEY[i : i + size] for i in range(len(KEY) - size + 1) if KEY[i : i + size] in text]
+
+
+@pytest.mark.parametrize("offset", [0, 470, 480, 485, 490, 495, 499, 505])
+def test_an_echoed_key_leaves_no_piece_in_the_error_wherever_the_message_cut_falls(offset: int) -> None:
+    """Apten's `message` is cut at 500 characters: the key is taken out before the cut."""
+    message = "x" * offset + KEY + " tail"
+    reply = Reply(status=400, json={"message": message})
+    with (
+        ScriptedServer(lambda seen: reply) as server,
+        _client(server) as client,
+        pytest.raises(AptenBadRequest) as info,
+    ):
+        client.get_call("call_1")
+    assert _pieces(str(info.value)) == []
+
+
+@pytest.mark.parametrize("offset", [150, 175, 180, 190, 199])
+def test_an_echoed_key_in_a_plain_text_error_is_redacted_before_the_excerpt_is_cut(offset: int) -> None:
+    reply = Reply(status=409, text="y" * offset + KEY)
+    with (
+        ScriptedServer(lambda seen: reply) as server,
+        _client(server) as client,
+        pytest.raises(AptenHTTPError) as info,
+    ):
+        list(client.iter_leads(updated_since=SINCE))
+    assert "HTTP 409" in str(info.value)
+    assert _pieces(str(info.value)) == []
+
+
+@pytest.mark.parametrize("piece", [KEY[:8], KEY[:9], KEY[:20], KEY[-8:], KEY[-19:]])
+def test_a_piece_of_the_key_left_by_the_server_cutting_its_own_message_is_redacted(piece: str) -> None:
+    reply = Reply(status=400, json={"message": f"bad key '{piece}...' (truncated)"})
+    with (
+        ScriptedServer(lambda seen: reply) as server,
+        _client(server) as client,
+        pytest.raises(AptenBadRequest) as info,
+    ):
+        client.get_call("call_1")
+    assert piece not in str(info.value)
+    assert "bad key '***...' (truncated)" in str(info.value)
+
+
+def test_a_200_body_echoing_the_key_is_redacted_before_anyone_sees_it() -> None:
+    call = {
+        "id": "call_1",
+        "summary": f"The caller read out {KEY} twice",
+        "transcript": [
+            {"role": "user", "content": f"my key is {KEY}"},
+            {"role": "assistant", "content": "ok"},
+        ],
+        "metadata": {KEY: [f"x{KEY}y", 3, None]},
+    }
+    leads = {"leads": [{"id": "lead_1", "firstName": KEY, "tags": [KEY]}], "nextToken": None}
+    answers = {"/v1/calls/call_1": Reply(json=call), "/v1/leads": Reply(json=leads)}
+    with ScriptedServer(lambda seen: answers[seen.path]) as server, _client(server) as client:
+        fetched = client.get_call("call_1").body
+        listed = list(client.iter_leads(updated_since=SINCE))
+    assert KEY not in json.dumps([fetched, listed])
+    assert fetched["transcript"][0]["content"] == "my key is ***"
+    assert fetched["metadata"] == {"***": ["x***y", 3, None]}
+    assert listed == [{"id": "lead_1", "firstName": "***", "tags": ["***"]}]
+
+
+@pytest.mark.parametrize(
+    ("bad", "what"),
+    [
+        ("\n", "a line break"),
+        ("\r\n", "a line break"),
+        ("\x00", "a control character"),
+        ("\t", "a space"),
+        (" ", "a space"),
+        ("\x7f", "a control character"),
+        ("é", "a non-ASCII character"),
+    ],
+)
+def test_a_key_with_whitespace_or_control_characters_fails_before_any_request(bad: str, what: str) -> None:
+    broken = KEY[:10] + bad + KEY[10:]
+    with ScriptedServer(lambda seen: Reply(json={"id": "c"})) as server:
+        for load in (
+            lambda: AptenSettings.from_env({"APTEN_BASE_URL": server.base_url, "APTEN_API_KEY": broken}),
+            lambda: AptenClient(AptenSettings(base_url=server.base_url, api_key=broken)),
+        ):
+            with pytest.raises(ConfigError, match=f"APTEN_API_KEY contains {what} at position 10") as info:
+                load()
+            assert _pieces(str(info.value), 5) == []
+        assert server.requests == []

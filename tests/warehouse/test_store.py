@@ -719,3 +719,13 @@ def test_stored_values_out_of_range_never_break_the_read_queries(store: Store) -
     assert pending["absurd"].ended_at is None
     assert pending["far"].created_at is None and pending["far"].ended_at is None
     assert store.summary_coverage(timedelta(hours=72)).metadata["calls_past_give_up_window"] >= 1
+
+
+def test_nul_characters_are_removed_on_postgres_and_kept_on_duckdb(store: Store) -> None:
+    # PostgreSQL's text and jsonb cannot hold U+0000; its store strips it (and logs a count).
+    store.upsert(LEADS, [lead("a", firstName="Jo\x00hn", additionalInfo={"k\x00": "v\x00"})])
+    first, info = one(store, "SELECT first_name, additional_info FROM apten.leads")
+    if store.backend == "postgresql":
+        assert (first, json.loads(info)) == ("John", {"k": "v"})
+    else:
+        assert (first, json.loads(info)) == ("Jo\x00hn", {"k\x00": "v\x00"})

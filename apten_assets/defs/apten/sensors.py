@@ -98,7 +98,7 @@ def build_late_summary_sensor(
         results = CheckResults()
         if plan.to_check:
             deadline = started + check_budget_seconds + DEADLINE_SLACK_SECONDS
-            with tick_client(client_settings) as client:
+            with tick_client(client_settings, deadline) as client:
                 results = check_calls(client, [call.call_id for call in plan.to_check], deadline)
         advance(cursor, plan, results, now)
 

@@ -25,7 +25,12 @@ from apten_assets.lib.config import AptenSettings
 from apten_assets.lib.sync import StepReport
 from apten_assets.lib.tables import CALL_TRANSFERS, WEBHOOK_DELIVERIES
 from apten_assets.lib.transfers import OUTCOMES, refresh_call_transfers
-from apten_assets.lib.webhook_events import InboxScanCursor, load_webhook_deliveries, scan_inbox
+from apten_assets.lib.webhook_events import (
+    InboxScanCursor,
+    load_webhook_deliveries,
+    report_bad_inbox_files,
+    scan_inbox,
+)
 from apten_assets.webhooks.inbox import Inbox
 
 CALL_TRANSFERS_KEY = dg.AssetKey(["apten", "call_transfers"])
@@ -91,6 +96,9 @@ def build_webhook_assets(settings: AptenSettings) -> list[dg.AssetsDefinition]:
                     "by_event": dg.MetadataValue.json(dict(sorted(load.by_event.items()))),
                     "unknown_event_names": dg.MetadataValue.json(load.unknown_events),
                     "inbox_cursor": load.cursor or "",
+                    "unreadable_inbox_file_names": dg.MetadataValue.json(
+                        [f.name for f in load.bad_files[:100]]
+                    ),
                     **meta,
                     **pii_meta,
                 },
@@ -162,6 +170,7 @@ def build_webhook_sensor(settings: AptenSettings) -> dg.SensorDefinition:
     def apten_webhook_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         cursor = InboxScanCursor.parse(context.cursor)
         scan = scan_inbox(inbox, cursor, max_deliveries=MAX_DELIVERIES_PER_TICK)
+        report_bad_inbox_files(scan.bad_files, context.log, WEBHOOK_SENSOR_NAME)
         next_cursor = scan.cursor
         run_requests: list[dg.RunRequest] = []
         now = time.time()
@@ -208,6 +217,7 @@ def build_webhook_sensor(settings: AptenSettings) -> dg.SensorDefinition:
         context.log.info(
             f"{scan.new_deliveries} new deliveries ({scan.new_call_deliveries} about calls) -> {calls} calls "
             f"in {len(run_requests)} runs{'; more waiting' if scan.more_waiting else ''}"
+            f"{f'; {len(scan.bad_files)} unreadable inbox files skipped' if scan.bad_files else ''}"
         )
         return dg.SensorResult(
             run_requests=run_requests,

@@ -1,0 +1,744 @@
+"""The PostgreSQL backend: one ADBC connection, DDL, Arrow staging, MERGE upserts, turns from jsonb.
+
+Tables live in schema `apten` with the contract's names; JSON columns are `jsonb`, timestamps
+`timestamptz`. Unlike DuckDB, the primary keys are real constraints: the keys index the joins
+every upsert makes, and they stop a stray writer from adding a duplicate.
+
+Writes stage rows through Arrow (`adbc_ingest` into a temp table: binary COPY), then change the
+target tables inside one transaction. Several processes may write at once; each write first takes
+a transaction-scoped advisory lock on its table (calls and their turns share one), so two writers
+of one table queue for the few seconds of a batch instead of racing on the same keys, while
+writers of different tables, and every reader, go on. Merged values are therefore computed
+against rows nobody else is changing, and the counts are exact.
+
+PostgreSQL's `text` and `jsonb` cannot hold U+0000. The store removes it from every string (and
+from strings inside JSON) before staging and logs a warning with the count per table: a NUL is
+never a control character Apten means, and refusing the row would lose the rest of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import uuid
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import adbc_driver_manager
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from adbc_driver_postgresql import dbapi
+
+from apten_assets.lib.models import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
+from apten_assets.lib.tables import (
+    CALL_TRANSCRIPT_TURNS,
+    CALLS,
+    LOADED_AT,
+    SCHEMA,
+    TABLES,
+    Column,
+    Merge,
+    TableSpec,
+)
+from apten_assets.warehouse.arrow import ARROW_TYPES, to_arrow
+from apten_assets.warehouse.sql import SqlStore, quote
+from apten_assets.warehouse.store import (
+    ReplaceCounts,
+    Rows,
+    UpsertCounts,
+    WarehouseBusy,
+    WarehouseNotReady,
+)
+from apten_assets.warehouse.url import WarehouseURL
+
+log = logging.getLogger(__name__)
+
+SYNC_STATE_TABLE = "_sync_state"
+_PG_TYPES = {
+    "VARCHAR": "text",
+    "JSON": "jsonb",
+    "TIMESTAMPTZ": "timestamptz",
+    "BOOLEAN": "boolean",
+    "INTEGER": "integer",
+    "BIGINT": "bigint",
+    "DOUBLE": "double precision",
+}
+# SQLSTATE classes and codes that mean "this row's value cannot be stored": the caller's bad row.
+_BAD_VALUE_STATES = ("22", "23514", "23502")
+_NOT_READY_STATES = ("42P01", "3F000")
+# A timestamp the turn rules accept: ISO 8601 date, optional time, optional zone (PostgreSQL's
+# own input also takes words such as 'yesterday' and 'epoch', which DuckDB's TRY_CAST refuses).
+_ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|z|[+-]\d{2}(:?\d{2})?)?$"
+_QMARK = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\?")
+_NUL = "\x00"
+_JSON_NUL = "\\u0000"
+
+
+def _numbered(sql: str) -> str:
+    """`?` placeholders as PostgreSQL's `$1, $2, ...` (quoted strings and names left alone)."""
+    counter = iter(range(1, 10_000))
+    return _QMARK.sub(lambda m: f"${next(counter)}" if m.group(0) == "?" else m.group(0), sql)
+
+
+def _sqlstate(exc: BaseException) -> str:
+    return getattr(exc, "sqlstate", None) or ""
+
+
+def _table_lock_id(spec: TableSpec) -> int:
+    # Turns are written only together with their calls (or by replace_children, which takes the
+    # calls lock too), so one lock guards both tables.
+    name = CALLS.name if spec.name == CALL_TRANSCRIPT_TURNS.name else spec.name
+    return zlib.crc32(f"apten.{spec.schema}.{name}".encode())
+
+
+def _strip_nul(value: Any) -> tuple[Any, bool]:
+    """`value` without U+0000 in any string (keys included), and whether one was removed."""
+    if isinstance(value, str):
+        return (value.replace(_NUL, ""), True) if _NUL in value else (value, False)
+    if isinstance(value, dict):
+        changed = False
+        out = {}
+        for key, item in value.items():
+            new_key, key_changed = _strip_nul(key)
+            new_item, item_changed = _strip_nul(item)
+            out[new_key] = new_item
+            changed = changed or key_changed or item_changed
+        return out, changed
+    if isinstance(value, list):
+        items = [_strip_nul(item) for item in value]
+        return [item for item, _ in items], any(changed for _, changed in items)
+    return value, False
+
+
+def _without_nul(spec: TableSpec, data: pa.Table) -> tuple[pa.Table, int]:
+    """`data` with U+0000 removed from strings and JSON text; how many values changed."""
+    removed = 0
+    for index, column in enumerate(spec.data_columns):
+        if column.type not in ("VARCHAR", "JSON"):
+            continue
+        values = data.column(index)
+        needle = _JSON_NUL if column.type == "JSON" else _NUL
+        hits = pc.match_substring(values, needle)
+        if not pc.any(hits).as_py():
+            continue
+        if column.type == "VARCHAR":
+            removed += pc.sum(hits).as_py()
+            data = data.set_column(index, column.name, pc.replace_substring(values, _NUL, ""))
+            continue
+        # `\u0000` in JSON text may also be an escaped backslash before "u0000": parse to know.
+        cleaned = []
+        for text, hit in zip(values.to_pylist(), hits.to_pylist(), strict=True):
+            if hit:
+                value, changed = _strip_nul(json.loads(text))
+                if changed:
+                    removed += 1
+                    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+            cleaned.append(text)
+        data = data.set_column(index, column.name, pa.array(cleaned, type=pa.string()))
+    return data, removed
+
+
+def _column_ddl(column: Column) -> str:
+    ddl = f"{quote(column.name)} {_PG_TYPES[column.type]}"
+    if column.allowed_values:
+        allowed = ", ".join("'" + value.replace("'", "''") + "'" for value in column.allowed_values)
+        ddl += f" CHECK ({quote(column.name)} IN ({allowed}))"
+    return ddl
+
+
+def _merged(column: Column, merge: Merge, new: str, old: str) -> str:
+    """The merged value of `column` from the new value `new` and the stored one `old`."""
+    if merge is Merge.COALESCE:
+        return f"COALESCE({new}, {old})"
+    if merge is Merge.KEEP_FIRST:
+        return f"COALESCE({old}, {new})"
+    if merge is Merge.ADD:
+        return f"COALESCE({old}, 0) + COALESCE({new}, 0)"
+    return new
+
+
+class PostgresStore(SqlStore):
+    """A session on one PostgreSQL database: one ADBC connection, each statement committed at once
+    outside `transaction()`."""
+
+    backend = "postgresql"
+
+    def __init__(self, con: Any, *, read_only: bool = False) -> None:
+        self.con = con
+        self.read_only = read_only
+        self._cursor = con.cursor()
+        self._depth = 0
+        self._locked: set[int] = set()
+        self._try_timestamptz: str | None = None
+
+    @classmethod
+    def open(
+        cls, url: WarehouseURL, *, read_only: bool = False, timeout_seconds: float = 30.0
+    ) -> PostgresStore:
+        """Connect (giving up after `timeout_seconds` with `WarehouseBusy`); a read-only session on a
+        database without the `apten` tables raises `WarehouseNotReady`."""
+        try:
+            con = dbapi.connect(url.libpq_uri(connect_timeout=timeout_seconds), autocommit=False)
+        except adbc_driver_manager.Error as exc:
+            message = str(exc)
+            if url.password:
+                message = message.replace(url.password, "***")
+            raise WarehouseBusy(
+                f"could not connect to the PostgreSQL warehouse {url} within {timeout_seconds:g}s: "
+                f"{message.strip()}"
+            ) from None
+        store = cls(con, read_only=read_only)
+        try:
+            store._execute("SET TimeZone = 'UTC'")
+            if read_only:
+                store._execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+                ((calls,),) = store._fetch("SELECT to_regclass(?)", [f"{SCHEMA}.{CALLS.name}"])
+                if calls is None:
+                    raise WarehouseNotReady(f"the PostgreSQL warehouse {url} has no apten tables yet")
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        try:
+            self._cursor.close()
+        finally:
+            self.con.close()
+
+    # ---------------------------------------------------------------- the session
+
+    def _execute(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
+        """Run one statement; outside `transaction()` it is committed at once (autocommit).
+
+        The driver runs with autocommit off: in autocommit mode it wraps every statement with
+        parameters in a transaction of its own, which would commit a `transaction()` block early."""
+        cursor = self._cursor
+        try:
+            cursor.execute(_numbered(sql), list(params) if params else None)
+            rows = cursor.fetchall() if cursor.description else []
+        except adbc_driver_manager.Error as exc:
+            if not self._depth:
+                self._rollback()
+            state = _sqlstate(exc)
+            if state in _NOT_READY_STATES:
+                raise WarehouseNotReady(f"the warehouse has no apten tables yet ({exc})") from exc
+            if state.startswith(_BAD_VALUE_STATES):
+                raise ValueError(f"a value cannot be stored: {exc}") from exc
+            raise
+        if not self._depth:
+            self.con.commit()
+        return rows
+
+    def _rollback(self) -> None:
+        # After a lost connection the rollback fails too; the original error must surface.
+        with contextlib.suppress(adbc_driver_manager.Error):
+            self.con.rollback()
+
+    def test_query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Any statement with `?` parameters; its rows (none for a statement without a result).
+        For tests and tools that read the tables directly."""
+        return self._execute(sql, params)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self._locked.clear()
+            self._rollback()
+            raise
+        self._depth = 0
+        self._locked.clear()
+        self.con.commit()
+
+    def _lock(self, spec: TableSpec) -> None:
+        """Queue behind other writers of this table until this transaction ends."""
+        lock = _table_lock_id(spec)
+        if lock not in self._locked:
+            self._execute("SELECT pg_advisory_xact_lock(?)", [lock])
+            self._locked.add(lock)
+
+    # ---------------------------------------------------------------- SqlStore hooks
+
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self._execute(sql, params)
+
+    def _ref(self, spec: TableSpec) -> str:
+        return f"{quote(spec.schema)}.{quote(spec.name)}"
+
+    def _in_list(self, expr: str) -> str:
+        return f"{expr} = ANY(?)"
+
+    def _seconds(self, expr: str) -> str:
+        return f"make_interval(secs => {expr})"
+
+    def _json_string(self, column: str, key: str) -> str:
+        return f"({column} ->> '{key}')"
+
+    def _json_text(self, column: str, key: str) -> str:
+        return f"CAST({column} -> '{key}' AS text)"
+
+    # ---------------------------------------------------------------- schema
+
+    def ensure_schema(self) -> None:
+        if self._schema_is_complete():
+            return
+        with self.transaction():
+            # Two processes creating the schema at once would collide in the catalog.
+            self._execute("SELECT pg_advisory_xact_lock(?)", [zlib.crc32(b"apten.schema")])
+            self._execute(f"CREATE SCHEMA IF NOT EXISTS {quote(SCHEMA)}")
+            for spec in TABLES.values():
+                columns = ", ".join(_column_ddl(column) for column in spec.columns)
+                key = ", ".join(quote(name) for name in spec.primary_key)
+                self._execute(
+                    f"CREATE TABLE IF NOT EXISTS {self._ref(spec)} ({columns}, PRIMARY KEY ({key}))"
+                )
+                existing = {
+                    name
+                    for (name,) in self._execute(
+                        "SELECT column_name FROM information_schema.columns "
+                        "WHERE table_schema = ? AND table_name = ?",
+                        [spec.schema, spec.name],
+                    )
+                }
+                for column in spec.columns:
+                    if column.name not in existing:
+                        self._execute(f"ALTER TABLE {self._ref(spec)} ADD COLUMN {_column_ddl(column)}")
+            self._execute(
+                f"CREATE TABLE IF NOT EXISTS {quote(SCHEMA)}.{quote(SYNC_STATE_TABLE)} "
+                "(name text PRIMARY KEY, value text, updated_at timestamptz)"
+            )
+            # The turn rules' timestamp parse before PostgreSQL 16 (no pg_input_is_valid there).
+            self._execute(
+                f"CREATE OR REPLACE FUNCTION {quote(SCHEMA)}._try_timestamptz(value text) "
+                "RETURNS timestamptz LANGUAGE plpgsql STABLE AS $body$ BEGIN "
+                f"IF value !~ '{_ISO_TIMESTAMP}' THEN RETURN NULL; END IF; "
+                "RETURN CAST(value AS timestamptz); "
+                "EXCEPTION WHEN others THEN RETURN NULL; END $body$"
+            )
+
+    def _schema_is_complete(self) -> bool:
+        expected = {spec.name: set(spec.column_names) for spec in TABLES.values()}
+        expected[SYNC_STATE_TABLE] = {"name", "value", "updated_at"}
+        ((function,),) = self._execute("SELECT to_regprocedure(?)", [f"{SCHEMA}._try_timestamptz(text)"])
+        if function is None:
+            return False
+        found: dict[str, set[str]] = {}
+        for table, column in self._execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = ?",
+            [SCHEMA],
+        ):
+            found.setdefault(table, set()).add(column)
+        return all(columns <= found.get(table, set()) for table, columns in expected.items())
+
+    def column_types(self) -> dict[str, dict[str, str]]:
+        types: dict[str, dict[str, str]] = {}
+        for table, column, data_type in self._execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = ?",
+            [SCHEMA],
+        ):
+            types.setdefault(table, {})[column] = data_type
+        return types
+
+    # ---------------------------------------------------------------- staging
+
+    def _temp(self, label: str) -> str:
+        return f"__{label}_{uuid.uuid4().hex[:12]}"
+
+    def _drop(self, tables: list[str]) -> None:
+        # Called on success only, still inside the write's transaction: after a failure the
+        # ROLLBACK discards them, and the original error must surface rather than a failed DROP.
+        for table in tables:
+            self._execute(f"DROP TABLE IF EXISTS pg_temp.{quote(table)}")
+
+    def _ingest(self, name: str, data: pa.Table) -> None:
+        self._cursor.adbc_ingest(name, data, mode="create", temporary=True)
+
+    def _stage(self, spec: TableSpec, rows: Rows, temps: list[str]) -> tuple[str, pa.Table, int, int]:
+        """Rows into a typed temp table deduplicated on the key (the last row wins).
+
+        Returns (table, the rows as given with `__ord`, rows given, duplicates dropped)."""
+        data = to_arrow(spec, rows)
+        try:
+            data = data.cast(pa.schema([pa.field(c.name, ARROW_TYPES[c.type]) for c in spec.data_columns]))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise ValueError(f"{spec.qualified_name}: a value does not fit its column: {exc}") from exc
+        data, removed = _without_nul(spec, data)
+        if removed:
+            log.warning(
+                "%s: removed U+0000 from %d values (PostgreSQL text and jsonb cannot hold it)",
+                spec.qualified_name,
+                removed,
+            )
+        data = data.append_column("__ord", pa.array(np.arange(data.num_rows, dtype=np.int64)))
+        raw = self._temp(f"raw_{spec.name}")
+        temps.append(raw)
+        self._ingest(raw, data)
+        key = ", ".join(quote(name) for name in spec.primary_key)
+        null_key = " OR ".join(f"{quote(name)} IS NULL" for name in spec.primary_key)
+        ((null_keys,),) = self._execute(f"SELECT count(*) FROM pg_temp.{quote(raw)} WHERE {null_key}")
+        if null_keys:
+            raise ValueError(f"{null_keys} rows for {spec.qualified_name} have a NULL primary key ({key})")
+        casts = ", ".join(
+            f"CAST({quote(c.name)} AS jsonb) AS {quote(c.name)}" if c.type == "JSON" else quote(c.name)
+            for c in spec.data_columns
+        )
+        staged = self._temp(f"stage_{spec.name}")
+        temps.append(staged)
+        self._execute(
+            f"CREATE TEMP TABLE {quote(staged)} AS SELECT DISTINCT ON ({key}) {casts}, __ord "
+            f"FROM pg_temp.{quote(raw)} ORDER BY {key}, __ord DESC"
+        )
+        ((distinct,),) = self._execute(f"SELECT count(*) FROM pg_temp.{quote(staged)}")
+        return f"pg_temp.{quote(staged)}", data, data.num_rows, data.num_rows - int(distinct)
+
+    # ---------------------------------------------------------------- writes
+
+    def upsert(
+        self,
+        spec: TableSpec,
+        rows: Rows,
+        *,
+        keep_existing_when_null: Iterable[str] = (),
+        now: datetime | None = None,
+    ) -> UpsertCounts:
+        return self._upsert(spec, rows, keep_existing_when_null, now or datetime.now(UTC), None)
+
+    def upsert_calls(self, rows: Rows, *, now: datetime | None = None) -> tuple[UpsertCounts, ReplaceCounts]:
+        now = now or datetime.now(UTC)
+        turns = ReplaceCounts()
+
+        def write_turns(merged: str, staged: str, data: pa.Table, temps: list[str]) -> None:
+            nonlocal turns
+            turns = self._replace_turns_of_upserted_calls(merged, staged, data, now, temps)
+
+        return self._upsert(CALLS, rows, (), now, write_turns), turns
+
+    def _upsert(
+        self,
+        spec: TableSpec,
+        rows: Rows,
+        keep_existing_when_null: Iterable[str],
+        now: datetime,
+        after: Callable[[str, str, pa.Table, list[str]], None] | None,
+    ) -> UpsertCounts:
+        late = set(keep_existing_when_null)
+        unknown = late - set(spec.column_names)
+        if unknown:
+            raise ValueError(f"{spec.qualified_name} has no columns {sorted(unknown)}")
+        temps: list[str] = []
+        inserted = updated = 0
+        with self.transaction():
+            staged, data, given, duplicates = self._stage(spec, rows, temps)
+            if given > duplicates:
+                self._lock(spec)
+                inserted, updated = self._merge(spec, staged, late, now, temps, after, data)
+            self._drop(temps)
+        return UpsertCounts(
+            inserted=inserted,
+            updated=updated,
+            unchanged=given - duplicates - inserted - updated,
+            duplicates=duplicates,
+        )
+
+    def _merge(
+        self,
+        spec: TableSpec,
+        staged: str,
+        late: set[str],
+        now: datetime,
+        temps: list[str],
+        after: Callable[[str, str, pa.Table, list[str]], None] | None,
+        data: pa.Table,
+    ) -> tuple[int, int]:
+        key = spec.primary_key
+        join = " AND ".join(f"t.{quote(name)} = s.{quote(name)}" for name in key)
+        merged: list[str] = []
+        content_diff: list[str] = []
+        bookkeeping_diff: list[str] = []
+        for column in spec.data_columns:
+            name = quote(column.name)
+            if column.name in key:
+                merged.append(f"s.{name} AS {name}")
+                continue
+            merge = Merge.COALESCE if column.name in late and column.merge is Merge.REPLACE else column.merge
+            expr = _merged(column, merge, f"s.{name}", f"t.{name}")
+            merged.append(f"{expr} AS {name}")
+            (bookkeeping_diff if column.bookkeeping else content_diff).append(
+                f"({expr}) IS DISTINCT FROM t.{name}"
+            )
+        exists = f"t.{quote(key[0])} IS NOT NULL"
+        changed = " OR ".join(content_diff) or "false"
+        bookkeeping_changed = " OR ".join(bookkeeping_diff) or "false"
+        classified = self._temp(f"merge_{spec.name}")
+        temps.append(classified)
+        self._execute(
+            f"CREATE TEMP TABLE {quote(classified)} AS SELECT {', '.join(merged)}, "
+            f"NOT ({exists}) AS __new, ({exists} AND ({changed})) AS __changed, "
+            f"({exists} AND ({bookkeeping_changed})) AS __bookkeeping_changed "
+            f"FROM {staged} AS s LEFT JOIN {self._ref(spec)} AS t ON {join}"
+        )
+        ref = f"pg_temp.{quote(classified)}"
+        ((inserted, updated, touched),) = self._execute(
+            "SELECT count(*) FILTER (WHERE __new), count(*) FILTER (WHERE __changed), "
+            f"count(*) FILTER (WHERE __new OR __changed OR __bookkeeping_changed) FROM {ref}"
+        )
+        if touched:
+            non_key = [c.name for c in spec.data_columns if c.name not in key]
+            columns = ", ".join(quote(c.name) for c in spec.data_columns)
+            values = ", ".join(f"u.{quote(c.name)}" for c in spec.data_columns)
+            match = " AND ".join(f"t.{quote(name)} = u.{quote(name)}" for name in key)
+            update = ""
+            if non_key:
+                assignments = ", ".join(f"{quote(name)} = u.{quote(name)}" for name in non_key)
+                update = (
+                    f"WHEN MATCHED THEN UPDATE SET {assignments}, "
+                    f"{LOADED_AT} = CASE WHEN u.__changed THEN CAST(? AS timestamptz) ELSE t.{LOADED_AT} END "
+                )
+            params = [now, now] if non_key else [now]
+            self._execute(
+                f"MERGE INTO {self._ref(spec)} AS t USING (SELECT * FROM {ref} "
+                "WHERE __new OR __changed OR __bookkeeping_changed) AS u "
+                f"ON {match} {update}"
+                f"WHEN NOT MATCHED THEN INSERT ({columns}, {LOADED_AT}) "
+                f"VALUES ({values}, CAST(? AS timestamptz))",
+                params,
+            )
+        if after is not None:
+            after(ref, staged, data, temps)
+        return int(inserted), int(updated)
+
+    def replace_children(
+        self,
+        spec: TableSpec,
+        parent_key: str,
+        parent_ids: Iterable[str],
+        rows: Rows,
+        *,
+        now: datetime | None = None,
+    ) -> ReplaceCounts:
+        now = now or datetime.now(UTC)
+        if parent_key not in spec.column_names:
+            raise ValueError(f"{spec.qualified_name} has no column {parent_key!r}")
+        parents = sorted(set(parent_ids))
+        if not parents:
+            return ReplaceCounts()
+        parent = quote(parent_key)
+        temps: list[str] = []
+        with self.transaction():
+            staged, _, _, duplicates = self._stage(spec, rows, temps)
+            listed = "(SELECT unnest(CAST(? AS text[])))"
+            ((orphans,),) = self._execute(
+                f"SELECT count(*) FROM {staged} WHERE {parent} <> ALL(CAST(? AS text[]))", [parents]
+            )
+            if orphans:
+                raise ValueError(
+                    f"{orphans} rows for {spec.qualified_name} belong to parents not in parent_ids"
+                )
+            self._lock(spec)
+            columns = ", ".join(quote(c.name) for c in spec.data_columns)
+            target = self._ref(spec)
+            stored = f"SELECT {columns} FROM {target} WHERE {parent} IN {listed}"
+            staged_rows = f"SELECT {columns} FROM {staged}"
+            changed = self._temp("changed")
+            temps.append(changed)
+            self._execute(
+                f"CREATE TEMP TABLE {quote(changed)} AS SELECT DISTINCT {parent} AS parent_id FROM "
+                f"(({staged_rows} EXCEPT {stored}) UNION ALL ({stored} EXCEPT {staged_rows})) AS d",
+                [parents, parents],
+            )
+            changed_ref = f"pg_temp.{quote(changed)}"
+            ((replaced,),) = self._execute(f"SELECT count(*) FROM {changed_ref}")
+            deleted = inserted = 0
+            if replaced:
+                ((deleted,),) = self._execute(
+                    f"WITH d AS (DELETE FROM {target} WHERE {parent} IN "
+                    f"(SELECT parent_id FROM {changed_ref}) RETURNING 1) SELECT count(*) FROM d"
+                )
+                ((inserted,),) = self._execute(
+                    f"WITH i AS (INSERT INTO {target} ({columns}, {LOADED_AT}) "
+                    f"SELECT {columns}, CAST(? AS timestamptz) FROM {staged} "
+                    f"WHERE {parent} IN (SELECT parent_id FROM {changed_ref}) RETURNING 1) "
+                    "SELECT count(*) FROM i",
+                    [now],
+                )
+            self._drop(temps)
+        return ReplaceCounts(
+            parents=len(parents),
+            parents_replaced=int(replaced),
+            parents_unchanged=len(parents) - int(replaced),
+            deleted=int(deleted),
+            inserted=int(inserted),
+            duplicates=duplicates,
+        )
+
+    def _timestamp(self, text: str) -> str:
+        """`text` as timestamptz when it is an ISO 8601 timestamp PostgreSQL can read within the
+        models' range, else NULL."""
+        if self._try_timestamptz is None:
+            ((version,),) = self._execute("SELECT current_setting('server_version_num')::int")
+            # pg_input_is_valid (PostgreSQL 16) tests a cast without raising.
+            self._try_timestamptz = (
+                "CASE WHEN {t} ~ '" + _ISO_TIMESTAMP + "' AND pg_input_is_valid({t}, 'timestamptz') "
+                "THEN CAST({t} AS timestamptz) END"
+                if version >= 160000
+                else "apten._try_timestamptz({t})"
+            )
+        value = self._try_timestamptz.replace("{t}", text)
+        # The models' range (store.py: stored values are readable back).
+        return (
+            f"CASE WHEN {value} >= '{EARLIEST_TIMESTAMP.isoformat()}' "
+            f"AND {value} < '{LATEST_TIMESTAMP.isoformat()}' THEN {value} END"
+        )
+
+    def _turn_items_sql(self, calls: str) -> str:
+        """Transcript turns from calls' raw jsonb, with the turn rules of `store.py`: one row per
+        transcript item (objects or not, `is_object`), item i is `turn_index` i."""
+
+        def text_of(key: str) -> str:
+            return f"CASE WHEN jsonb_typeof(i.t -> '{key}') = 'string' THEN i.t ->> '{key}' END"
+
+        return f"""
+            SELECT c.call_id, c.first_write, CAST(i.ord - 1 AS integer) AS turn_index,
+                   jsonb_typeof(i.t) = 'object' AS is_object,
+                   {text_of("role")} AS role,
+                   {text_of("content")} AS content,
+                   {self._timestamp(f"btrim({text_of('startTime')})")} AS start_time,
+                   {self._timestamp(f"btrim({text_of('endTime')})")} AS end_time
+            FROM {calls} AS c
+            CROSS JOIN LATERAL jsonb_array_elements(
+              CASE WHEN jsonb_typeof(c.raw -> 'transcript') = 'array' THEN c.raw -> 'transcript'
+                   ELSE '[]'::jsonb END
+            ) WITH ORDINALITY AS i(t, ord)
+        """
+
+    def _replace_turns_of_upserted_calls(
+        self, merged: str, staged: str, data: pa.Table, written_at: datetime, temps: list[str]
+    ) -> ReplaceCounts:
+        calls = self._temp("turn_calls")
+        temps.append(calls)
+        self._execute(
+            f"CREATE TEMP TABLE {quote(calls)} AS SELECT s.call_id, s.raw, m.__new AS first_write "
+            f"FROM {staged} AS s JOIN {merged} AS m ON m.call_id = s.call_id "
+            "WHERE (m.__new OR m.__changed) AND s.raw IS NOT NULL"
+        )
+        items = self._temp("turn_items")
+        temps.append(items)
+        self._execute(
+            f"CREATE TEMP TABLE {quote(items)} AS {self._turn_items_sql(f'pg_temp.{quote(calls)}')}"
+        )
+        items_ref = f"pg_temp.{quote(items)}"
+        ((parents, stored_before),) = self._execute(
+            "SELECT count(DISTINCT call_id), count(DISTINCT call_id) FILTER (WHERE NOT first_write) "
+            f"FROM {items_ref}"
+        )
+        turns = self._ref(CALL_TRANSCRIPT_TURNS)
+        columns = ", ".join(quote(c.name) for c in CALL_TRANSCRIPT_TURNS.data_columns)
+        deleted = changed = inserted = 0
+        to_write = "first_write"
+        if stored_before:
+            staged_turns = f"SELECT {columns} FROM {items_ref} WHERE is_object AND NOT first_write"
+            before = f"call_id IN (SELECT call_id FROM {items_ref} WHERE NOT first_write)"
+            stored_turns = f"SELECT {columns} FROM {turns} WHERE {before}"
+            revised = self._temp("revised")
+            temps.append(revised)
+            revised_ref = f"pg_temp.{quote(revised)}"
+            self._execute(
+                f"CREATE TEMP TABLE {quote(revised)} AS SELECT DISTINCT call_id FROM (({staged_turns} "
+                f"EXCEPT {stored_turns}) UNION ALL ({stored_turns} EXCEPT {staged_turns})) AS d"
+            )
+            ((changed,),) = self._execute(f"SELECT count(*) FROM {revised_ref}")
+            if changed:
+                ((deleted,),) = self._execute(
+                    f"WITH d AS (DELETE FROM {turns} WHERE call_id IN (SELECT call_id FROM {revised_ref}) "
+                    "RETURNING 1) SELECT count(*) FROM d"
+                )
+                to_write = f"(first_write OR call_id IN (SELECT call_id FROM {revised_ref}))"
+        replaced = int(parents) - int(stored_before) + int(changed)
+        if replaced:
+            ((inserted,),) = self._execute(
+                f"WITH i AS (INSERT INTO {turns} ({columns}, {LOADED_AT}) "
+                f"SELECT {columns}, CAST(? AS timestamptz) FROM {items_ref} "
+                f"WHERE is_object AND {to_write} RETURNING 1) SELECT count(*) FROM i",
+                [written_at],
+            )
+        return ReplaceCounts(
+            parents=int(parents),
+            parents_replaced=replaced,
+            parents_unchanged=int(parents) - replaced,
+            deleted=int(deleted),
+            inserted=int(inserted),
+        )
+
+    # ---------------------------------------------------------------- cursors
+
+    def _sync_state_ref(self) -> str:
+        return f"{quote(SCHEMA)}.{quote(SYNC_STATE_TABLE)}"
+
+    def get_sync_state(self, name: str) -> str | None:
+        rows = self._execute(f"SELECT value FROM {self._sync_state_ref()} WHERE name = ?", [name])
+        return rows[0][0] if rows else None
+
+    def set_sync_state(self, name: str, value: str, *, now: datetime | None = None) -> None:
+        self._execute(
+            f"INSERT INTO {self._sync_state_ref()} (name, value, updated_at) "
+            "VALUES (?, ?, CAST(? AS timestamptz)) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            [name, value, now or datetime.now(UTC)],
+        )
+
+    def delete_sync_state(self, name: str) -> None:
+        self._execute(f"DELETE FROM {self._sync_state_ref()} WHERE name = ?", [name])
+
+    def overwrite_columns(
+        self,
+        spec: TableSpec,
+        columns: Sequence[str],
+        rows: Sequence[tuple],
+        *,
+        now: datetime | None = None,
+    ) -> int:
+        if not rows:
+            return 0
+        names = [*spec.primary_key, *columns]
+        data = to_arrow(spec, [dict(zip(names, row, strict=True)) for row in rows])
+        data, removed = _without_nul(spec, data)
+        if removed:
+            log.warning("%s: removed U+0000 from %d values", spec.qualified_name, removed)
+        data = data.select(names)
+        temp = self._temp(f"overwrite_{spec.name}")
+        match = " AND ".join(f"t.{quote(name)} = u.{quote(name)}" for name in spec.primary_key)
+        assignments = ", ".join(
+            f"{quote(name)} = CAST(u.{quote(name)} AS jsonb)"
+            if spec.column(name).type == "JSON"
+            else f"{quote(name)} = u.{quote(name)}"
+            for name in columns
+        )
+        with self.transaction():
+            self._ingest(temp, data)
+            self._lock(spec)
+            ((written,),) = self._execute(
+                f"WITH w AS (UPDATE {self._ref(spec)} AS t SET {assignments}, "
+                f"{LOADED_AT} = CAST(? AS timestamptz) FROM pg_temp.{quote(temp)} AS u "
+                f"WHERE {match} RETURNING 1) SELECT count(*) FROM w",
+                [now or datetime.now(UTC)],
+            )
+            self._drop([temp])
+        return int(written)
