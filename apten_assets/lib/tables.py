@@ -371,7 +371,11 @@ REJECTED_RECORDS = TableSpec(
             f"The record as received (after the PII modes), cut at {QUARANTINE_PAYLOAD_BYTES:,} UTF-8 bytes.",
             pii=True,
         ),
-        Column("payload_bytes", "BIGINT", "Full size of the payload in UTF-8 bytes, before the cut."),
+        Column(
+            "payload_bytes",
+            "BIGINT",
+            "Full size of the payload before the cut (bytes as received, or UTF-8).",
+        ),
         Column("first_seen_at", "TIMESTAMPTZ", "When it was first rejected (UTC).", Merge.KEEP_FIRST),
         Column("last_seen_at", "TIMESTAMPTZ", "When it was last rejected (UTC).", bookkeeping=True),
         Column("times_seen", "INTEGER", "How many times it was rejected.", Merge.ADD, True),
@@ -427,6 +431,8 @@ def rejected_row(
     """Row for `apten.rejected_records`: one more sighting of a rejected record."""
     text = payload_text(payload)
     encoded = text.encode("utf-8")
+    # Bytes as received keep their own size; anything else is measured as the stored text.
+    size = len(payload) if isinstance(payload, bytes) else len(encoded)
     if record_id is not None:
         record_id = repair_text(record_id)[0]
     return {
@@ -435,7 +441,7 @@ def rejected_row(
         "record_id": record_id,
         "reason": payload_text(reason),
         "payload": encoded[:QUARANTINE_PAYLOAD_BYTES].decode("utf-8", errors="ignore"),
-        "payload_bytes": len(encoded),
+        "payload_bytes": size,
         "first_seen_at": seen_at,
         "last_seen_at": seen_at,
         "times_seen": 1,
