@@ -19,7 +19,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from apten_assets.lib.client import AptenAuthError, AptenClient, AptenError, AptenHTTPError, CallFetch
+from apten_assets.lib.client import (
+    AptenAuthError,
+    AptenClient,
+    AptenError,
+    AptenHTTPError,
+    AptenUnusableBody,
+    CallFetch,
+)
 from apten_assets.lib.models import (
     Call,
     Event,
@@ -100,7 +107,10 @@ class SkippedRecord:
 
 
 def is_persistent(exc: AptenError) -> bool:
-    """The item is gone or refused for good (`PERSISTENT_STATUSES`): quarantine it, do not fail."""
+    """The item is gone or refused for good (`PERSISTENT_STATUSES`), or its body is over a limit
+    (too large, nested too deep: the same every time): quarantine it, do not fail."""
+    if isinstance(exc, AptenUnusableBody):
+        return True
     return isinstance(exc, AptenHTTPError) and exc.status in PERSISTENT_STATUSES
 
 

@@ -95,4 +95,19 @@ CALLS_REFUSED = [
     Case("call_422", "persistent_4xx", "call_fetch", None, QUARANTINED, status=422),
 ]
 
-ALL_CASES = [*LEAD_CASES, *EVENT_CASES, *LEAD_EVENTS_REFUSED, *CALL_CASES, *CALLS_REFUSED]
+# JSON nested tens of thousands deep: the client refuses the body for good (APTEN_MAX_JSON_DEPTH),
+# so the item it belongs to is quarantined. (Deliveries: tests/webhooks/test_hostile_deliveries.py.)
+DEEP = 30_000
+DEEP_BODIES = [
+    Case("call_body_nested_30000_deep", "deep", "call_fetch", None, QUARANTINED),
+    Case("call_transcript_nested_30000_deep", "deep", "call_fetch", None, QUARANTINED),
+    Case("lead_events_page_nested_30000_deep", "deep", "lead_events", None, QUARANTINED),
+]
+
+
+def deep_json_text(prefix: str, suffix: str) -> str:
+    """`prefix` + an array nested `DEEP` levels + `suffix`, as JSON text (no encoder recurses that far)."""
+    return prefix + "[" * DEEP + "]" * DEEP + suffix
+
+
+ALL_CASES = [*LEAD_CASES, *EVENT_CASES, *LEAD_EVENTS_REFUSED, *CALL_CASES, *CALLS_REFUSED, *DEEP_BODIES]

@@ -34,12 +34,14 @@ from tests.reliability.quarantine_corpus import (
     ALL_CASES,
     CALL_CASES,
     CALLS_REFUSED,
+    DEEP_BODIES,
     EVENT_CASES,
     LEAD_CASES,
     LEAD_EVENTS_REFUSED,
     QUARANTINED,
     REPLACED,
     Case,
+    deep_json_text,
 )
 from tests.reliability.test_hostile import KEY, SPEC, Pipeline, run_once
 from tools.reliability.harness import environment, partition_range, pipeline_env, snapshot
@@ -65,7 +67,9 @@ def pick_victims(dataset: SandboxDataset, sandbox: SandboxServer) -> Victims:
     def calls_of(lead_id: str) -> list[str]:
         return [e["id"] for e in dataset.events(lead_id) if e["type"] == "CALL" and e["id"] not in missing]
 
-    for case in [*LEAD_CASES, *LEAD_EVENTS_REFUSED]:
+    deep_leads = [c for c in DEEP_BODIES if c.where == "lead_events"]
+    deep_calls = [c for c in DEEP_BODIES if c.where == "call_fetch"]
+    for case in [*LEAD_CASES, *LEAD_EVENTS_REFUSED, *deep_leads]:
         record[case.name] = next(leads)
         touched.add(record[case.name])
     for case in EVENT_CASES:
@@ -79,9 +83,9 @@ def pick_victims(dataset: SandboxDataset, sandbox: SandboxServer) -> Victims:
         for call_id in calls_of(lead_id)
         if (body := sandbox.state.call_json(call_id)) and body.get("transcript") and body.get("summary")
     )
-    for case in [*CALL_CASES, *CALLS_REFUSED]:
+    for case in [*CALL_CASES, *CALLS_REFUSED, *deep_calls]:
         record[case.name] = next(rich)
-    touched |= {lead_of(dataset, record[case.name]) for case in [*CALL_CASES, *CALLS_REFUSED]}
+    touched |= {lead_of(dataset, record[case.name]) for case in [*CALL_CASES, *CALLS_REFUSED, *deep_calls]}
     calls = {e["id"] for lead_id in touched for e in dataset.events(lead_id) if e["type"] == "CALL"}
     return Victims(record, touched, calls)
 
@@ -132,6 +136,19 @@ def install(proxy: HostileProxy, victims: Victims, state: dict[str, Any]) -> Non
     for case in CALLS_REFUSED:
         refused = Reply(status=case.status or 400, json={"message": f"call refused ({case.status})"})
         proxy.rules[("call", victims.record[case.name])] = lambda seen, proxy, r=refused: r
+    for case in DEEP_BODIES:
+        record = victims.record[case.name]
+        if case.name == "call_body_nested_30000_deep":
+            text = deep_json_text(f'{{"id": "{record}", "nested": ', "}")
+        elif case.name == "call_transcript_nested_30000_deep":
+            text = deep_json_text(f'{{"id": "{record}", "transcript": [{{"role": "user", "content": ', "}]}")
+        else:
+            text = deep_json_text(
+                '{"events": [{"id": "e", "type": "CALL", "data": ', '}], "nextToken": null}'
+            )
+        deep = Reply(text=text, headers={"content-type": "application/json"})
+        endpoint = "events" if case.where == "lead_events" else "call"
+        proxy.rules[(endpoint, record)] = lambda seen, proxy, r=deep: r
 
 
 def lead_of_event(proxy: HostileProxy, call_id: str) -> str:
@@ -305,7 +322,7 @@ def test_each_bad_record_is_stored_with_nulls_or_quarantined_with_its_reason(
             "lead_id_surrogate": "not valid Unicode",
             "event_timestamp_year_1": "out of range",
             "event_timestamp_year_9999": "out of range",
-        }.get(case.name, f"HTTP {case.status}")
+        }.get(case.name, "APTEN_MAX_JSON_DEPTH" if case.cls == "deep" else f"HTTP {case.status}")
         assert expected in reason
         assert (times, resolved) == (1, None)
         assert KEY not in reason and KEY not in (payload or "")
@@ -328,10 +345,12 @@ def test_quarantined_records_are_counted_in_the_run_metadata(run: QuarantineRun)
         "apten/leads": ["lead-" + REPLACED],
         "apten/call_events": sorted(
             run.victims.record[c.name]
-            for c in [*EVENT_CASES, *LEAD_EVENTS_REFUSED]
-            if c.outcome == QUARANTINED
+            for c in [*EVENT_CASES, *LEAD_EVENTS_REFUSED, *DEEP_BODIES]
+            if c.outcome == QUARANTINED and c.where != "call_fetch"
         ),
-        "apten/calls": sorted(run.victims.record[c.name] for c in CALLS_REFUSED),
+        "apten/calls": sorted(
+            run.victims.record[c.name] for c in [*CALLS_REFUSED, *DEEP_BODIES] if c.where == "call_fetch"
+        ),
     }
     for asset, ids in expected.items():
         meta = p.metadata(asset)
