@@ -18,7 +18,8 @@ a duplicate never overwrites the stored copy, across threads and across receiver
 sharing the directory. A reader never sees a half-written delivery.
 
 Files are kept after loading: the loader upserts by `delivery_key`, so reading a delivery twice
-is harmless, and the inbox stays the replayable record of what Apten sent.
+is harmless, and the inbox stays the replayable record of what Apten sent. Only an erasure
+request (`apten_erase_leads`) removes them.
 """
 
 from __future__ import annotations
@@ -221,13 +222,22 @@ class Inbox:
             received_at, key = _parse_cursor(after)
             bound = (received_at - overlap, key)
         index = []
+        # A file may be removed meanwhile (an erasure, or the loader dropping an erased lead's
+        # delivery): it is skipped, not an error.
         for path in self._delivery_files():
-            received_at, key = _read_header_order(path)
+            try:
+                received_at, key = _read_header_order(path)
+            except FileNotFoundError:
+                continue
             if bound is None or (received_at, key) > bound:
                 index.append((received_at, key, path))
         index.sort()
         for _, _, path in index:
-            yield _read_delivery(path)
+            try:
+                delivery = _read_delivery(path)
+            except FileNotFoundError:
+                continue
+            yield delivery
 
     def replace_body(self, key: str, raw: bytes) -> bool:
         """Replace a stored delivery's body (same key, header and receipt time), atomically and
@@ -251,6 +261,18 @@ class Inbox:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
+        self._fsync_directory()
+        return True
+
+    def remove(self, key: str) -> bool:
+        """Delete a stored delivery for good (an erasure request); False when it is not there."""
+        path = self.path / f"{key}{SUFFIX}"
+        if not _NAME.match(path.name):
+            return False
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
         self._fsync_directory()
         return True
 
