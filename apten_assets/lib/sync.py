@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from apten_assets.lib.client import AptenAuthError, AptenClient, AptenError, CallFetch
+from apten_assets.lib.erasure import ErasedLeads, lead_id_of
 from apten_assets.lib.models import (
     Call,
     Event,
@@ -109,6 +110,10 @@ class StepReport:
         self.counts[f"{prefix}rows_deleted"] += counts.deleted
         self.counts[f"{prefix}rows_inserted"] += counts.inserted
 
+    def skip_erased(self) -> None:
+        """A record of an erased lead, dropped (`apten_erase_leads`); counted, never logged by id."""
+        self.counts["skipped_erased"] += 1
+
     def skipped_preview(self) -> list[dict[str, str | None]]:
         return [{"id": s.record_id, "reason": s.reason} for s in self.skipped[:MAX_SKIPS_IN_METADATA]]
 
@@ -134,11 +139,12 @@ def sync_leads(
 
     The watermark is written in the same transaction as each batch of leads, so a run that dies
     resumes from its last committed batch; soft-deleted leads are kept with `is_deleted = true`.
-    Each lead goes through `pii` before it becomes a row.
+    Each lead goes through `pii` before it becomes a row; erased leads are dropped before that.
     """
     report = StepReport()
     with open_warehouse() as store:
         stored = store.get_sync_state(LEADS_CURSOR)
+        erased = ErasedLeads.load(store, pii.salt)
     since = parse_timestamp(stored)[0] - CURSOR_OVERLAP if stored else EPOCH
     log.info(f"leads: fetching leads updated since {since.isoformat()}")
     watermark = parse_timestamp(stored)[0] if stored else None
@@ -153,6 +159,9 @@ def sync_leads(
     rows: list[dict[str, Any]] = []
     for raw in client.iter_leads(updated_since=since):
         report.counts["fetched"] += 1
+        if lead_id_of(raw, "id") in erased:
+            report.skip_erased()
+            continue
         try:
             lead = Lead.from_json(pii.record(raw))
         except MalformedRecord as exc:
@@ -191,6 +200,7 @@ def sync_call_events(
     report = StepReport()
     with open_warehouse() as store:
         lead_ids = store.leads_active_since(start)
+        erased = ErasedLeads.load(store, pii.salt)
     report.counts["leads_scanned"] = len(lead_ids)
     log.info(f"call_events: scanning {len(lead_ids):,} leads active since {start.isoformat()}")
 
@@ -217,6 +227,9 @@ def sync_call_events(
             unfetched.append((lead_id, error))
         for raw in events:
             report.counts["fetched"] += 1
+            if lead_id in erased or lead_id_of(raw, "roomId") in erased:
+                report.skip_erased()
+                continue
             try:
                 event = Event.from_json(pii.record(raw))
             except MalformedRecord as exc:
@@ -327,6 +340,7 @@ def enrich_calls(
     calls_report = reports["calls"]
     with open_warehouse() as store:
         targets = choose_call_targets(store, start, end, now(), call_ids=call_ids, refresh_all=refresh_all)
+        erased = ErasedLeads.load(store, pii.salt)
     total = len(targets.call_ids)
     calls_report.counts["targeted"] = total
     log.info(f"calls: fetching {total:,} calls from {start.date()} to {end.date()} (exclusive)")
@@ -359,13 +373,15 @@ def enrich_calls(
             continue
         fetches.append(fetch)
         if len(fetches) >= batch_size:
-            _write_call_batch(open_warehouse, fetches, now(), targets, give_up_after, pii, reports, log)
+            _write_call_batch(
+                open_warehouse, fetches, now(), targets, erased, give_up_after, pii, reports, log
+            )
             fetches = []
         if time.monotonic() - last_progress >= PROGRESS_EVERY_SECONDS:
             progress()
             last_progress = time.monotonic()
     if fetches:
-        _write_call_batch(open_warehouse, fetches, now(), targets, give_up_after, pii, reports, log)
+        _write_call_batch(open_warehouse, fetches, now(), targets, erased, give_up_after, pii, reports, log)
     progress()
     if unfetched:
         raise _incomplete("calls", "calls", unfetched, total)
@@ -377,6 +393,7 @@ def _write_call_batch(
     fetches: list[CallFetch],
     fetched_at: datetime,
     targets: CallTargets,
+    erased: ErasedLeads,
     give_up_after: timedelta,
     pii: PiiPolicy,
     reports: dict[str, StepReport],
@@ -387,9 +404,12 @@ def _write_call_batch(
     summaries: list[dict[str, Any]] = []
     for fetch in fetches:
         calls_report.counts["fetched"] += 1
+        event = targets.events.get(fetch.call_id, CallEventFacts())
+        if event.lead_id in erased or lead_id_of(fetch.body, "leadId") in erased:
+            calls_report.skip_erased()
+            continue
         if not fetch.found:
             calls_report.counts["not_found"] += 1
-            event = targets.events.get(fetch.call_id, CallEventFacts())
             call_table.append(
                 not_found_call_row(
                     fetch.call_id,

@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from apten_assets.lib.erasure import ErasedLeads
 from apten_assets.lib.models import parse_timestamp
 from apten_assets.lib.pii import PiiPolicy
 from apten_assets.lib.sync import OpenWarehouse, StepReport, chunks
@@ -183,18 +184,28 @@ def load_webhook_deliveries(
 
     Each batch and the cursor commit in one transaction. The inbox re-yields a few minutes before
     the cursor (a slow write may land late); those come back as `already_stored`. The cursor only
-    moves forward, so two loads running at once cannot set it back.
+    moves forward, so two loads running at once cannot set it back. Deliveries about an erased
+    lead (`data.leadId`) are dropped and their inbox files deleted: the receiver, which cannot see
+    the warehouse, still stores them.
     """
     load = DeliveryLoad()
     report = load.report
     with open_warehouse() as store:
         stored_cursor = store.get_sync_state(INBOX_CURSOR)
+        erased = ErasedLeads.load(store, pii.salt)
     load.cursor = stored_cursor
     log.info(f"webhook_deliveries: reading {inbox} after {stored_cursor or 'the beginning'}")
     deliveries = inbox.iter_deliveries(after=stored_cursor, on_bad_file=load.bad_files.append)
     for batch in chunks(deliveries, batch_size):
-        table = _delivery_table(batch, report, log, pii)
         batch_cursor = batch[-1].cursor
+        kept = []
+        for delivery in batch:
+            if delivery.lead_id in erased:
+                report.skip_erased()
+                inbox.remove(delivery.delivery_key)
+            else:
+                kept.append(delivery)
+        table = _delivery_table(kept, report, log, pii)
         with open_warehouse() as store, store.transaction():
             counts = store.upsert(WEBHOOK_DELIVERIES, table)
             current = store.get_sync_state(INBOX_CURSOR)
