@@ -42,6 +42,8 @@ class AptenSettings:
     summary_give_up_hours: float = 72.0
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_inbox: str = "data/webhooks/"
+    # APTEN_AUTOMATION_DEFAULT=running: schedules and sensors start on without a click in the UI.
+    automation_running: bool = False
     # Internal knobs for tests and fault drills, not part of the public contract: the HTTP read
     # timeout and the first retry backoff, so injected slow answers and retries cost milliseconds.
     http_read_timeout_seconds: float = 30.0
@@ -145,4 +147,8 @@ class AptenSettings:
             kwargs["webhook_secret"] = v
         if (v := text("APTEN_WEBHOOK_INBOX")) is not None:
             kwargs["webhook_inbox"] = v
+        if (v := text("APTEN_AUTOMATION_DEFAULT")) is not None:
+            if v.lower() not in ("stopped", "running"):
+                raise ConfigError(f"APTEN_AUTOMATION_DEFAULT must be 'stopped' or 'running', got {v!r}")
+            kwargs["automation_running"] = v.lower() == "running"
         return cls(**kwargs)  # type: ignore[arg-type]
