@@ -1,6 +1,7 @@
 """The README's main-job command runs end to end on the bundled sandbox."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,8 @@ def test_main_job_loads_recent_days_and_prints_a_table_per_day(tmp_path: Path) -
     assert calls >= 90  # every lead call of the window, plus webchat calls seen through webhooks
     assert deliveries > 0
     assert "Done in" in result.stdout
+    # The emitter's forged copies are refused by design: one line says so, no warning per copy.
+    assert re.search(r"^\d+ forged deliveries refused, as intended\.$", result.stdout, re.M), result.stdout
+    assert "signature does not match" not in result.stdout + result.stderr
+    # The closing hint repeats this dataset for the UI path.
+    assert "uv run python -m apten_assets.demo --leads 30 --calls-per-lead 3 --days 2 --ui" in result.stdout
