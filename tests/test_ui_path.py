@@ -16,6 +16,7 @@ from pathlib import Path
 
 import dagster as dg
 import httpx
+import pytest
 from dagster._core.scheduler.instigation import TickStatus
 
 from apten_assets.lib.warehouse import connect
@@ -85,6 +86,8 @@ def _tables(db: Path) -> tuple[dict[str, str], dict[str, str], dict[str, int]]:
     return statuses, summaries, turns
 
 
+# A real webserver, daemon and run processes: minutes on an idle machine, far more on a loaded one.
+@pytest.mark.timeout(1800)
 def test_ui_path_with_automation_on_keeps_the_tables_agreeing_with_the_sandbox(tmp_path: Path) -> None:
     home = tmp_path / "dagster_home"
     home.mkdir()
