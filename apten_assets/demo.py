@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,6 +102,21 @@ def _forgeries_expected() -> Iterator[None]:
         receiver_log.setLevel(level)
 
 
+def _start_clean(settings: AptenSettings) -> None:
+    """Drop an earlier demo's warehouse file and inbox, when they are the default ones under data/.
+
+    Each run's sandbox is a new dataset (its ids depend on the moment it is built), so an earlier
+    run's leads and deliveries would only answer 404 to this one. Paths set in the environment are
+    left alone: they may hold data that is not the demo's.
+    """
+    defaults = AptenSettings.from_env({})
+    if "APTEN_DUCKDB_PATH" not in os.environ:
+        for leftover in (defaults.duckdb_file, Path(f"{defaults.duckdb_path}.wal")):
+            leftover.unlink(missing_ok=True)
+    if "APTEN_WEBHOOK_INBOX" not in os.environ:
+        shutil.rmtree(defaults.webhook_inbox, ignore_errors=True)
+
+
 def _instance() -> dg.DagsterInstance:
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path("dagster_home").resolve())))
     home.mkdir(parents=True, exist_ok=True)
@@ -128,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("APTEN_WEBHOOK_SECRET", secrets.token_hex(16))
         settings = AptenSettings.from_env()
         assert settings.webhook_secret is not None
+        _start_clean(settings)
         receiver = running.enter_context(
             ThreadedServer(create_app(settings.webhook_secret, settings.webhook_inbox), lifespan="on")
         )
