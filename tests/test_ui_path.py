@@ -108,7 +108,15 @@ def test_ui_path_with_automation_on_keeps_the_tables_agreeing_with_the_sandbox(t
     command += ["--leads", "20", "--calls-per-lead", "2", "--days", "0", "--late-summary-delay-seconds", "20"]
     with log.open("w") as out:
         demo = subprocess.Popen(
-            command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # A test started in the background inherits an ignored SIGINT, and so would dg dev; a
+            # terminal's Ctrl-C must be able to reach it.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
         _wait_for("the Dagster UI", lambda: _ui_up(port), 300, log)
