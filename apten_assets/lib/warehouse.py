@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import random
+import sys
 import time
 import uuid
 import weakref
@@ -21,12 +22,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
-import pandas as pd
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    # pandas takes ~1.3 s to import, paid by every process that runs the pipeline; no step passes
+    # a DataFrame, so it is imported only by callers that already hold one.
+    import pandas as pd
 
 from apten_assets.lib.tables import (
     CALL_EVENTS,
@@ -63,7 +68,8 @@ _ARROW_TYPES = {
     "DOUBLE": pa.float64(),
 }
 
-Rows = Iterable[Mapping[str, Any]] | pa.Table | pd.DataFrame
+if TYPE_CHECKING:
+    Rows = Iterable[Mapping[str, Any]] | pa.Table | pd.DataFrame
 
 
 class WarehouseBusy(RuntimeError):
@@ -386,7 +392,8 @@ def _to_json_text(value: Any) -> str | None:
 def _to_arrow(spec: TableSpec, rows: Rows) -> pa.Table:
     """Rows as an Arrow table with every data column of `spec` (absent columns are NULL)."""
     columns = spec.data_columns
-    if isinstance(rows, pd.DataFrame):
+    pandas = sys.modules.get("pandas")  # a DataFrame exists only once pandas is imported
+    if pandas is not None and isinstance(rows, pandas.DataFrame):
         rows = pa.Table.from_pandas(rows, preserve_index=False)
     if isinstance(rows, pa.Table):
         unknown = set(rows.column_names) - {column.name for column in columns}
