@@ -8,8 +8,6 @@ import importlib.util
 import os
 import pstats
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -24,34 +22,10 @@ from bench.scenarios import FULL, SMOKE, Bench, Profile, Results
 BENCH_DIR = ROOT / "bench"
 WORK_DIR = BENCH_DIR / ".work"
 NOTES = BENCH_DIR / "notes.md"
-WEBHOOK_TIMEOUT_SECONDS = 180
 
 
 def _load() -> float:
     return os.getloadavg()[0]
-
-
-def _webhook_latency(say) -> str | None:
-    """The webhooks engineer's benchmark, when it is in the tree; its printed figures, verbatim."""
-    if not (BENCH_DIR / "webhook_latency.py").exists():
-        return None
-    say("[webhooks] python -m bench.webhook_latency")
-    env = {**os.environ, "RUNTIME__DLTHUB_TELEMETRY": "false", "PYTHONPATH": str(ROOT)}
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "bench.webhook_latency"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=WEBHOOK_TIMEOUT_SECONDS,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return f"(bench/webhook_latency.py did not finish within {WEBHOOK_TIMEOUT_SECONDS} s)"
-    if proc.returncode != 0:
-        return f"(bench/webhook_latency.py failed with exit code {proc.returncode})\n{proc.stderr[-2000:]}"
-    return proc.stdout
 
 
 def _profile_ours(bench: Bench, results: Results) -> str:
@@ -84,7 +58,7 @@ def run_bench(profile: Profile, out: Path, *, with_profile: bool | None = None, 
     scenarios.head_to_head(bench, results)
     scenarios.scale(bench, results)
     scenarios.sensor(bench, results)
-    webhook_output = _webhook_latency(say) if profile.name == "full" else None
+    scenarios.launch(bench, results)
     failed = [g for g in report.goals(results) if g.met is False and g.scenario in ("2, 3", "3", "4")]
     if with_profile or (with_profile is None and failed and profile.name == "full"):
         results.extras["profile"] = _profile_ours(bench, results)
@@ -92,7 +66,7 @@ def run_bench(profile: Profile, out: Path, *, with_profile: bool | None = None, 
     results.extras["started_at"] = started_at.strftime("%Y-%m-%d %H:%M")
     results.extras["total_seconds"] = time.perf_counter() - started
     notes = NOTES.read_text() if NOTES.exists() and profile.name == "full" else ""
-    text = report.render(results, webhook_output, notes)
+    text = report.render(results, notes)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return results
