@@ -311,7 +311,7 @@ def render(results: Results, notes: str = "") -> str:
         "## How to reproduce",
         "",
         "```",
-        f"{COMMAND}            # the full run, about 12 minutes on 2 cores; rewrites bench/RESULTS.md",
+        f"{COMMAND}            # the full run, about 15 minutes on 2 cores; rewrites bench/RESULTS.md",
         f"{COMMAND} --smoke    # tiny sizes, seconds (the test suite runs this)",
         "```",
         "",
