@@ -38,14 +38,20 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
 
 from apten_assets.lib.tables import TableSpec
 
-Rows = Iterable[Mapping[str, Any]] | pa.Table | pd.DataFrame
+if TYPE_CHECKING:
+    # pandas takes ~1.3 s to import, paid by every process that runs the pipeline; no step passes a
+    # DataFrame, so only a caller that already holds one has imported it (see `arrow.to_arrow`).
+    import pandas as pd
+
+    Rows = Iterable[Mapping[str, Any]] | pa.Table | pd.DataFrame
+else:
+    Rows = Iterable[Mapping[str, Any]] | pa.Table
 
 CALL_TIME_RULE = "COALESCE(call_events.occurred_at, calls.created_at, first webhook event_timestamp)"
 CALL_END_RULE = "calls.created_at + duration_seconds, else max(call_transcript_turns.end_time)"

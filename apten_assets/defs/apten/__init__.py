@@ -22,6 +22,10 @@ def build_definitions(settings: AptenSettings) -> dg.Definitions:
         jobs=[*jobs, build_erasure_job()],
         schedules=schedules,
         sensors=[build_webhook_sensor(settings), build_late_summary_sensor(settings)],
+        # Every run (UI, CLI, schedules, sensors) executes its steps in the run's own process: a
+        # process per step re-imports Dagster and this code location, ~4 s each on 2 cores, which
+        # was most of a run's time (docs/DESIGN.md, "Launching runs"). Pools still hold in process.
+        executor=dg.in_process_executor,
         resources={
             "apten": AptenApiResource(),
             "warehouse": AptenWarehouse(),
