@@ -8,8 +8,6 @@ import importlib.util
 import os
 import pstats
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -24,34 +22,10 @@ from bench.scenarios import FULL, SMOKE, Bench, Profile, Results
 BENCH_DIR = ROOT / "bench"
 WORK_DIR = BENCH_DIR / ".work"
 NOTES = BENCH_DIR / "notes.md"
-WEBHOOK_TIMEOUT_SECONDS = 180
 
 
 def _load() -> float:
     return os.getloadavg()[0]
-
-
-def _webhook_latency(say) -> str | None:
-    """The webhooks engineer's benchmark, when it is in the tree; its printed figures, verbatim."""
-    if not (BENCH_DIR / "webhook_latency.py").exists():
-        return None
-    say("[webhooks] python -m bench.webhook_latency")
-    env = {**os.environ, "RUNTIME__DLTHUB_TELEMETRY": "false", "PYTHONPATH": str(ROOT)}
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "bench.webhook_latency"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=WEBHOOK_TIMEOUT_SECONDS,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return f"(bench/webhook_latency.py did not finish within {WEBHOOK_TIMEOUT_SECONDS} s)"
-    if proc.returncode != 0:
-        return f"(bench/webhook_latency.py failed with exit code {proc.returncode})\n{proc.stderr[-2000:]}"
-    return proc.stdout
 
 
 def _profile_ours(bench: Bench, results: Results) -> str:
@@ -70,8 +44,25 @@ def _profile_ours(bench: Bench, results: Results) -> str:
     return text[start:] if start >= 0 else text
 
 
-def run_bench(profile: Profile, out: Path, *, with_profile: bool | None = None, say=print) -> Results:
-    """Every scenario of `profile`; writes `out` and returns the results."""
+STEPS = {
+    "1": scenarios.rate_limit,
+    "2,3": scenarios.head_to_head,
+    "4": scenarios.scale,
+    "5": scenarios.sensor,
+    # Compares against the in-process, loop and dlt runs of 2 and 3, so those run with it.
+    "6": scenarios.launch,
+}
+
+
+def run_bench(
+    profile: Profile,
+    out: Path,
+    *,
+    with_profile: bool | None = None,
+    say=print,
+    only: set[str] | None = None,
+) -> Results:
+    """Every scenario of `profile` (or those in `only`); writes `out` and returns the results."""
     started_at = datetime.now(UTC)
     started = time.perf_counter()
     workdir = WORK_DIR / profile.name
@@ -80,11 +71,10 @@ def run_bench(profile: Profile, out: Path, *, with_profile: bool | None = None, 
     results = Results(profile)
     results.extras["load_before"] = _load()
     bench = Bench(profile, workdir, say)
-    scenarios.rate_limit(bench, results)
-    scenarios.head_to_head(bench, results)
-    scenarios.scale(bench, results)
-    scenarios.sensor(bench, results)
-    webhook_output = _webhook_latency(say) if profile.name == "full" else None
+    wanted = set(STEPS) if only is None else only | ({"2,3"} if "6" in only else set())
+    for name, step in STEPS.items():
+        if name in wanted:
+            step(bench, results)
     failed = [g for g in report.goals(results) if g.met is False and g.scenario in ("2, 3", "3", "4")]
     if with_profile or (with_profile is None and failed and profile.name == "full"):
         results.extras["profile"] = _profile_ours(bench, results)
@@ -92,7 +82,7 @@ def run_bench(profile: Profile, out: Path, *, with_profile: bool | None = None, 
     results.extras["started_at"] = started_at.strftime("%Y-%m-%d %H:%M")
     results.extras["total_seconds"] = time.perf_counter() - started
     notes = NOTES.read_text() if NOTES.exists() and profile.name == "full" else ""
-    text = report.render(results, webhook_output, notes)
+    text = report.render(results, notes)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return results
@@ -103,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run each (seconds)")
     parser.add_argument("--out", type=Path, default=None, help="where to write the results page")
     parser.add_argument("--profile", action="store_true", help="always add a cProfile of one run of ours")
+    parser.add_argument(
+        "--only",
+        choices=sorted(STEPS),
+        action="append",
+        help="run only this scenario (repeatable); 6 brings 2,3 along",
+    )
     args = parser.parse_args(argv)
     profile = SMOKE if args.smoke else FULL
     if importlib.util.find_spec("dlt") is None:
@@ -114,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     load = _load()
     if load > 1.0:
         print(f"note: load average is {load:.2f}; other work on this machine will show in the figures")
-    results = run_bench(profile, out, with_profile=True if args.profile else None)
+    only = set(args.only) if args.only else None
+    results = run_bench(profile, out, with_profile=True if args.profile else None, only=only)
     print()
     print(report.summary_table(results))
     print(f"\nwrote {out} in {results.extras['total_seconds'] / 60:.1f} min")

@@ -6,12 +6,63 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 PYCACHE = ROOT / "bench" / ".work" / "pycache"
+SAMPLE_SECONDS = 0.05
+
+
+class TreeSampler:
+    """Samples a process and its descendants: CPU time (last seen per process, summed) and the
+    largest total resident set seen at once. A process that exits between two samples loses at
+    most one interval of CPU."""
+
+    def __init__(self, root: psutil.Process, interval: float = SAMPLE_SECONDS) -> None:
+        self.root = root
+        self.interval = interval
+        self.cpu: dict[int, float] = {}
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="tree-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        try:
+            processes = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:
+            return
+        rss = 0
+        for process in processes:
+            try:
+                with process.oneshot():
+                    times = process.cpu_times()
+                    rss += process.memory_info().rss
+            except psutil.Error:
+                continue
+            self.cpu[process.pid] = times.user + times.system
+        self.peak_rss = max(self.peak_rss, rss)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu.values())
 
 
 class ContenderFailed(RuntimeError):
@@ -39,18 +90,22 @@ def run_contender(name: str, params: dict[str, Any], workdir: Path, label: str) 
     (workdir / "dagster_home").mkdir(exist_ok=True)
     started = time.perf_counter()
     with log_path.open("w") as log:
-        proc = subprocess.run(
+        proc = psutil.Popen(
             [sys.executable, "-m", f"bench.contenders.{name}", str(params_path)],
             cwd=ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            check=False,
         )
+        with TreeSampler(proc) as sampler:
+            returncode = proc.wait()
     process_seconds = time.perf_counter() - started
-    if proc.returncode != 0 or not result_path.exists():
+    if returncode != 0 or not result_path.exists():
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
-        raise ContenderFailed(f"{name} ({label}) exited with {proc.returncode}; log {log_path}:\n{tail}")
+        raise ContenderFailed(f"{name} ({label}) exited with {returncode}; log {log_path}:\n{tail}")
     result = json.loads(result_path.read_text())
+    # The whole process as its users run it: interpreter start, imports and setup included.
     result["process_seconds"] = process_seconds
+    result["process_cpu_seconds"] = sampler.cpu_seconds
+    result["process_peak_rss_bytes"] = sampler.peak_rss
     return result

@@ -8,7 +8,10 @@ slow minute on the machine hits all of them alike.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +23,8 @@ from typing import Any
 
 from apten_assets.sandbox.app import FaultConfig
 from apten_assets.sandbox.data import DatasetSpec
-from bench.runner import run_contender
+from bench import launch as launching
+from bench.runner import ROOT, run_contender
 from bench.sandbox_proc import SandboxInfo, SandboxProcess
 from bench.stats import Figure
 
@@ -48,6 +52,11 @@ class Profile:
     # 5: the late-summary sensor.
     sensor_pending: int
     sensor_runs: int
+    # 6: the head-to-head load launched as users launch it, and again at this latency (0: not run).
+    launch_latency_ms: float
+    launch_cli_runs: int
+    # Webhook rounds through the daemon (one call each: one sensor-requested targeted run each).
+    webhook_rounds: int
     max_concurrency: int = 8
 
 
@@ -62,11 +71,15 @@ FULL = Profile(
     rate_runs=3,
     ours_runs=3,
     loop_runs=3,
-    dlt_runs=2,
+    # One dlt run at latency 0 (~86 s) pays for scenario 6's runs at 50 ms.
+    dlt_runs=1,
     scale_leads=(40, 400, 4000),
     scale_runs=(2, 2, 1),
     sensor_pending=50_000,
     sensor_runs=2,
+    launch_latency_ms=50.0,
+    launch_cli_runs=2,
+    webhook_rounds=6,
 )
 SMOKE = Profile(
     name="smoke",
@@ -83,6 +96,9 @@ SMOKE = Profile(
     scale_runs=(1, 1),
     sensor_pending=300,
     sensor_runs=1,
+    launch_latency_ms=5.0,
+    launch_cli_runs=1,
+    webhook_rounds=1,
 )
 
 
@@ -303,6 +319,22 @@ class SensorResult:
 
 
 @dataclass
+class LaunchResult:
+    """Scenario 6: the head-to-head load as users launch it. Each run is a dict with `seconds`,
+    `cpu_seconds` and `peak_rss_bytes` of the launched process tree."""
+
+    dataset: SandboxInfo
+    cli: ContenderFigures
+    daemon: ContenderFigures
+    latency_ms: float = 0.0
+    cli_latency: ContenderFigures | None = None
+    dlt_latency: ContenderFigures | None = None
+    requests_latency: int = 0
+    webhook: dict[str, Any] | None = None
+    webhook_error: str | None = None
+
+
+@dataclass
 class Results:
     profile: Profile
     rate_limit: RateLimitResult | None = None
@@ -310,6 +342,7 @@ class Results:
     scale: list[ScalePoint] = field(default_factory=list)
     sensor: SensorResult | None = None
     sensor_skipped: str | None = None
+    launch: LaunchResult | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -416,3 +449,141 @@ def sensor(bench: Bench, results: Results) -> None:
             )
     bench.say(f"  sensor scenario took {time.perf_counter() - started:.0f} s with setup")
     results.sensor = SensorResult(profile.sensor_pending, int(runs[0]["bound"]), runs)
+
+
+CALL_ASSETS = "apten/call_events,apten/calls,apten/call_summaries,apten/call_transcript_turns"
+WEBHOOK_TIMEOUT_SECONDS = 600
+
+
+def _launched(
+    bench: Bench,
+    sandbox: SandboxProcess,
+    label: str,
+    how: Callable[[Path, dict[str, str]], dict[str, Any]],
+) -> dict[str, Any]:
+    """One launched load on a fresh DuckDB file: `how(run_dir, apten_env)` starts it and returns
+    its figures; adds the rows loaded and the sandbox's request counts."""
+    profile = bench.profile
+    run_dir = bench.workdir / label
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    db_path = run_dir / "warehouse.duckdb"
+    env = {
+        "APTEN_BASE_URL": sandbox.base_url,
+        "APTEN_DUCKDB_PATH": str(db_path),
+        "APTEN_START_DATE": data_day().isoformat(),
+        "APTEN_MAX_RPS": str(NO_LIMIT_RPS),
+        "APTEN_MAX_CONCURRENCY": str(profile.max_concurrency),
+        "APTEN_WEBHOOK_INBOX": str(run_dir / "inbox"),
+    }
+    sandbox.reset_counts()
+    result = how(run_dir, env)
+    counts = sandbox.counts()
+    result["rows"] = launching.warehouse_rows(db_path)
+    result["sandbox"] = {"total": counts.total, "by_endpoint": counts.by_endpoint}
+    for path in run_dir.glob("warehouse.duckdb*"):
+        path.unlink()
+    bench.raw.setdefault("runs", {})[label] = result
+    bench.say(
+        f"  {label}: {result['seconds']:.1f} s, CPU {result['cpu_seconds']:.1f} s, peak RSS "
+        f"{result['peak_rss_bytes'] / 2**20:,.0f} MiB, {counts.total:,} requests, rows {result['rows']}"
+    )
+    return result
+
+
+def _cli(day: str) -> Callable[[Path, dict[str, str]], dict[str, Any]]:
+    """`dagster asset materialize` of leads and the day's call assets: one run, as a user types it."""
+
+    def how(run_dir: Path, env: dict[str, str]) -> dict[str, Any]:
+        home = launching.project_dagster_home(run_dir / "dagster_home")
+        command = launching.dagster_cli(
+            *("asset", "materialize", "-m", "apten_assets.definitions"),
+            *("--select", f"apten/leads,{CALL_ASSETS}", "--partition", day),
+        )
+        return launching.measure(command, launching.process_env(env, home), run_dir / "cli.log")
+
+    return how
+
+
+def _daemon(day: str) -> Callable[[Path, dict[str, str]], dict[str, Any]]:
+    """The intraday schedule's run (the pipeline job for `day`) submitted to a running daemon."""
+
+    def how(run_dir: Path, env: dict[str, str]) -> dict[str, Any]:
+        with launching.Daemon(
+            run_dir / "dagster_home", env, run_dir / "daemon.log", webhook_sensor=False
+        ) as d:
+            return d.launch(day, run_dir / "job_launch.log")
+
+    return how
+
+
+def _webhooks_through_daemon(bench: Bench, results_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """`python -m bench.webhook_latency --daemon`: webhook sent -> calls row, through the daemon."""
+    out = results_dir / "webhook_latency.json"
+    out.unlink(missing_ok=True)
+    command = [
+        sys.executable,
+        *("-m", "bench.webhook_latency", "--daemon"),
+        *("--rounds", str(bench.profile.webhook_rounds), "--calls-per-round", "1", "--json", str(out)),
+    ]
+    env = launching.process_env({})
+    log_path = results_dir / "webhook_latency.log"
+    with log_path.open("w") as log:
+        try:
+            proc = subprocess.run(
+                command,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=WEBHOOK_TIMEOUT_SECONDS,
+            )
+        except subprocess.TimeoutExpired:
+            return (
+                None,
+                f"bench/webhook_latency.py --daemon did not finish within {WEBHOOK_TIMEOUT_SECONDS} s",
+            )
+    if proc.returncode != 0 or not out.exists():
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+        return None, f"bench/webhook_latency.py --daemon exited with {proc.returncode}:\n{tail}"
+    return json.loads(out.read_text()), None
+
+
+def launch(bench: Bench, results: Results) -> None:
+    """Scenario 6: the head-to-head load launched the ways users launch it: the CLI (one
+    `dagster asset materialize` run of leads and the day's call assets), and the intraday
+    schedule's run submitted to `dagster-daemon` (request to success); then the CLI and the dlt
+    script again at `launch_latency_ms`; then webhooks through the daemon. The in-process figures,
+    and the loop and dlt as plain scripts at latency 0, are the runs of scenarios 2 and 3."""
+    profile = bench.profile
+    spec = dataset_spec(profile, profile.head_to_head_leads)
+    day = data_day().isoformat()
+    bench.say(
+        f"[6] as users launch it: {spec.n_leads * spec.calls_per_lead:,} calls through the CLI and the daemon"
+    )
+    with SandboxProcess(spec) as sandbox:
+        assert sandbox.info is not None
+        runs = range(profile.launch_cli_runs)
+        cli = [_launched(bench, sandbox, f"launch.cli.{i}", _cli(day)) for i in runs]
+        daemon = [_launched(bench, sandbox, "launch.daemon.0", _daemon(day))]
+        out = LaunchResult(sandbox.info, ContenderFigures("cli", cli), ContenderFigures("daemon", daemon))
+        if profile.launch_latency_ms:
+            out.latency_ms = profile.launch_latency_ms
+            sandbox.set_faults(FaultConfig(latency_ms=profile.launch_latency_ms))
+            bench.say(f"  the same at {profile.launch_latency_ms:g} ms latency")
+            run = _launched(bench, sandbox, "launch.cli_latency.0", _cli(day))
+            out.cli_latency = ContenderFigures("cli", [run])
+            out.requests_latency = run["sandbox"]["total"]
+            if profile.dlt_runs:
+                dlt = bench.run("dlt_rest_api", sandbox, "launch.dlt_latency.0")
+                figures = {
+                    "seconds": dlt["process_seconds"],
+                    "cpu_seconds": dlt["process_cpu_seconds"],
+                    "peak_rss_bytes": dlt["process_peak_rss_bytes"],
+                }
+                out.dlt_latency = ContenderFigures("dlt", [{**dlt, **figures}])
+    bench.say(f"  webhooks through the daemon: {profile.webhook_rounds} rounds of one call")
+    out.webhook, out.webhook_error = _webhooks_through_daemon(bench, bench.workdir)
+    if out.webhook_error:
+        bench.say(f"  {out.webhook_error}")
+    results.launch = out

@@ -110,6 +110,8 @@ class AptenSettings:
     max_body_bytes: int = 64 * 1024 * 1024
     max_pages: int = 20_000
     max_json_depth: int = 512
+    # APTEN_AUTOMATION_DEFAULT=running: schedules and sensors start on without a click in the UI.
+    automation_running: bool = False
     # Internal knobs for tests and fault drills, not part of the public contract: the HTTP read
     # timeout and the first retry backoff, so injected slow answers and retries cost milliseconds.
     http_read_timeout_seconds: float = 30.0
@@ -222,4 +224,8 @@ class AptenSettings:
                     raise ConfigError(f"{name} must be one of {choices}, got {v!r}") from None
         if (v := text("APTEN_PII_SALT")) is not None:
             kwargs["pii_salt"] = v
+        if (v := text("APTEN_AUTOMATION_DEFAULT")) is not None:
+            if v.lower() not in ("stopped", "running"):
+                raise ConfigError(f"APTEN_AUTOMATION_DEFAULT must be 'stopped' or 'running', got {v!r}")
+            kwargs["automation_running"] = v.lower() == "running"
         return cls(**kwargs)  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ from apten_assets.lib.client import (
     AptenUnusableBody,
     CallFetch,
 )
+from apten_assets.lib.erasure import ErasedLeads, lead_id_of
 from apten_assets.lib.models import (
     Call,
     Event,
@@ -174,6 +175,10 @@ class StepReport:
         self.counts[f"{prefix}rows_deleted"] += counts.deleted
         self.counts[f"{prefix}rows_inserted"] += counts.inserted
 
+    def skip_erased(self) -> None:
+        """A record of an erased lead, dropped (`apten_erase_leads`); counted, never logged by id."""
+        self.counts["skipped_erased"] += 1
+
     def skipped_preview(self) -> list[dict[str, str | None]]:
         return [{"id": s.record_id, "reason": s.reason} for s in self.skipped[:MAX_SKIPS_IN_METADATA]]
 
@@ -239,12 +244,14 @@ def sync_leads(
     It never passes `now` (the run's clock) plus `WATERMARK_SKEW`: a lead dated later is stored
     but does not move it, and a stored watermark past that bound (written before the bound
     existed) is dropped, so the leads are read from the start once. Each lead goes through `pii`
-    before it becomes a row; a lead that cannot be read or stored is quarantined.
+    before it becomes a row; erased leads are dropped before that; a lead that cannot be read or
+    stored is quarantined.
     """
     report = StepReport()
     ceiling = (now or datetime.now(UTC)) + WATERMARK_SKEW
     with open_warehouse() as store:
         stored = store.get_sync_state(LEADS_CURSOR)
+        erased = ErasedLeads.load(store, pii.salt)
     watermark = parse_timestamp(stored)[0] if stored else None
     if watermark is not None and watermark > ceiling:
         log.warning(
@@ -280,6 +287,9 @@ def sync_leads(
     rows: list[dict[str, Any]] = []
     for raw in client.iter_leads(updated_since=since):
         report.counts["fetched"] += 1
+        if lead_id_of(raw, "id") in erased:
+            report.skip_erased()
+            continue
         try:
             raw = pii.record(decoded(raw, report, f"lead {_record_id(raw)!r}", log))
             lead = Lead.from_json(raw)
@@ -331,6 +341,7 @@ def sync_call_events(
     report = StepReport()
     with open_warehouse() as store:
         lead_ids = store.leads_active_since(start)
+        erased = ErasedLeads.load(store, pii.salt)
     report.counts["leads_scanned"] = len(lead_ids)
     log.info(f"call_events: scanning {len(lead_ids):,} leads active since {start.isoformat()}")
 
@@ -371,7 +382,9 @@ def sync_call_events(
 
     unfetched: list[tuple[str, str]] = []
     for done, (lead_id, events, error) in enumerate(client.map_concurrent(fetch, lead_ids), start=1):
-        if error is not None and is_persistent(error):
+        if error is not None and lead_id in erased:
+            report.skip_erased()
+        elif error is not None and is_persistent(error):
             # The lead is gone (404) or its events are refused for good: nothing to wait for.
             report.counts["leads_gone"] += 1
             report.reject(
@@ -384,6 +397,9 @@ def sync_call_events(
             leads_read.append(lead_id)
         for raw in events:
             report.counts["fetched"] += 1
+            if lead_id in erased or lead_id_of(raw, "roomId") in erased:
+                report.skip_erased()
+                continue
             try:
                 raw = pii.record(decoded(raw, report, f"event {_record_id(raw)!r}", log))
                 event = Event.from_json(raw)
@@ -504,6 +520,7 @@ def enrich_calls(
     calls_report = reports["calls"]
     with open_warehouse() as store:
         targets = choose_call_targets(store, start, end, now(), call_ids=call_ids, refresh_all=refresh_all)
+        erased = ErasedLeads.load(store, pii.salt)
     total = len(targets.call_ids)
     calls_report.counts["targeted"] = total
     log.info(f"calls: fetching {total:,} calls from {start.date()} to {end.date()} (exclusive)")
@@ -526,7 +543,9 @@ def enrich_calls(
             return CallFetch(call_id=call_id, found=False, body=None), exc
 
     def write(fetches: list[CallFetch]) -> None:
-        _write_call_batch(open_warehouse, fetches, now(), targets, give_up_after, pii, reports, log, client)
+        _write_call_batch(
+            open_warehouse, fetches, now(), targets, erased, give_up_after, pii, reports, log, client
+        )
 
     fetches: list[CallFetch] = []
     unfetched: list[tuple[str, str]] = []
@@ -562,6 +581,7 @@ def _write_call_batch(
     fetches: list[CallFetch],
     fetched_at: datetime,
     targets: CallTargets,
+    erased: ErasedLeads,
     give_up_after: timedelta,
     pii: PiiPolicy,
     reports: dict[str, StepReport],
@@ -575,9 +595,12 @@ def _write_call_batch(
     items: list[tuple[dict[str, Any], dict[str, Any] | None, Any]] = []
     for fetch in fetches:
         calls_report.counts["fetched"] += 1
+        event = targets.events.get(fetch.call_id, CallEventFacts())
+        if event.lead_id in erased or lead_id_of(fetch.body, "leadId") in erased:
+            calls_report.skip_erased()
+            continue
         if not fetch.found:
             calls_report.counts["not_found"] += 1
-            event = targets.events.get(fetch.call_id, CallEventFacts())
             row = not_found_call_row(
                 fetch.call_id,
                 fetched_at,

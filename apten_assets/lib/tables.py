@@ -408,6 +408,55 @@ TABLES: dict[str, TableSpec] = {
     )
 }
 
+# Written by `apten_erase_leads`, read by every sync: not a pipeline asset, so not in TABLES.
+ERASED_LEADS = TableSpec(
+    name="erased_leads",
+    description=(
+        "Leads erased on request: the syncs drop their records while Apten still returns them. "
+        "Holds a hash of each lead id, never the id itself."
+    ),
+    primary_key=("lead_key",),
+    columns=(
+        Column("lead_key", "VARCHAR", "Hex SHA-256 of the lead id (HMAC with APTEN_PII_SALT when set)."),
+        Column("key_scheme", "VARCHAR", "sha256, or hmac-sha256/<fingerprint of the salt> (never the salt)."),
+        Column("erased_at", "TIMESTAMPTZ", "When the lead was first erased (UTC).", Merge.KEEP_FIRST),
+        _LOADED_AT_COLUMN,
+    ),
+)
+
+# Every table a backend creates in schema `apten` (besides its own `_sync_state`).
+STORED_TABLES: tuple[TableSpec, ...] = (*TABLES.values(), ERASED_LEADS)
+
+
+@dataclass(frozen=True)
+class LeadData:
+    """How one table holds a lead's data, so erasure finds all of it: rows whose `lead_columns`
+    hold an erased lead id, rows whose `call_columns` hold the id of one of its calls (calls are
+    found through every table that has both), and rows whose `text_columns` mention either id
+    anywhere (for free-form payloads such as quarantined records)."""
+
+    spec: TableSpec
+    lead_columns: tuple[str, ...] = ()
+    call_columns: tuple[str, ...] = ()
+    text_columns: tuple[str, ...] = ()
+
+
+# One line per table holding lead data: a new table is erased once it is listed here.
+# `rejected_records` is matched by `record_id` (a lead id, or a call/event id of the lead) and by
+# its `payload` text (a quarantined record of the lead's, whatever its source).
+LEAD_DATA: tuple[LeadData, ...] = (
+    LeadData(LEADS, lead_columns=("lead_id",)),
+    LeadData(CALL_EVENTS, lead_columns=("lead_id",), call_columns=("call_id",)),
+    LeadData(CALLS, lead_columns=("lead_id",), call_columns=("call_id",)),
+    LeadData(CALL_SUMMARIES, lead_columns=("lead_id",), call_columns=("call_id",)),
+    LeadData(CALL_TRANSCRIPT_TURNS, call_columns=("call_id",)),
+    LeadData(CALL_TRANSFERS, lead_columns=("lead_id",), call_columns=("call_id",)),
+    LeadData(WEBHOOK_DELIVERIES, lead_columns=("lead_id",), call_columns=("call_id",)),
+    LeadData(
+        REJECTED_RECORDS, lead_columns=("record_id",), call_columns=("record_id",), text_columns=("payload",)
+    ),
+)
+
 
 def payload_text(payload: Any) -> str:
     """A rejected record as text: bytes decoded (invalid UTF-8 replaced), JSON values serialised,

@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from apten_assets.lib.erasure import ErasedLeads
 from apten_assets.lib.models import parse_timestamp
 from apten_assets.lib.pii import PiiPolicy
 from apten_assets.lib.sync import (
@@ -215,18 +216,28 @@ def load_webhook_deliveries(
 
     Each batch and the cursor commit in one transaction. The inbox re-yields a few minutes before
     the cursor (a slow write may land late); those come back as `already_stored`. The cursor only
-    moves forward, so two loads running at once cannot set it back.
+    moves forward, so two loads running at once cannot set it back. Deliveries about an erased
+    lead (`data.leadId`) are dropped and their inbox files deleted: the receiver, which cannot see
+    the warehouse, still stores them.
     """
     load = DeliveryLoad()
     report = load.report
     with open_warehouse() as store:
         stored_cursor = store.get_sync_state(INBOX_CURSOR)
+        erased = ErasedLeads.load(store, pii.salt)
     load.cursor = stored_cursor
     log.info(f"webhook_deliveries: reading {inbox} after {stored_cursor or 'the beginning'}")
     deliveries = inbox.iter_deliveries(after=stored_cursor, on_bad_file=load.bad_files.append)
     for batch in chunks(deliveries, batch_size):
-        table = _delivery_table(batch, report, log, pii)
-        _write_delivery_batch(open_warehouse, batch, table, load, log)
+        kept = []
+        for delivery in batch:
+            if delivery.lead_id in erased:
+                report.skip_erased()
+                inbox.remove(delivery.delivery_key)
+            else:
+                kept.append(delivery)
+        table = _delivery_table(kept, report, log, pii)
+        _write_delivery_batch(open_warehouse, kept, table, batch[-1].cursor, load, log)
         report.write_quarantine(open_warehouse)
         report.counts["read"] += len(batch)
         load.by_event.update(table.column("event").to_pylist())
@@ -242,13 +253,17 @@ def load_webhook_deliveries(
 
 
 def _write_delivery_batch(
-    open_warehouse: OpenWarehouse, batch: list[Delivery], table: pa.Table, load: DeliveryLoad, log: Any
+    open_warehouse: OpenWarehouse,
+    batch: list[Delivery],
+    table: pa.Table,
+    batch_cursor: str,
+    load: DeliveryLoad,
+    log: Any,
 ) -> None:
     """Upsert one batch and move the cursor past it, in one transaction; a delivery the warehouse
     refuses is found by halving the batch (`write_isolating`) and quarantined, and the cursor still
     moves past it, so it never holds back the deliveries behind it."""
     report = load.report
-    batch_cursor = batch[-1].cursor
 
     def write(rows: list[int], cursor: bool = False) -> None:
         part = table.take(pa.array(rows, type=pa.int64()))

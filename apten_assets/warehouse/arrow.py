@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 
 from apten_assets.lib.tables import TableSpec
@@ -46,7 +46,8 @@ def _to_json_text(value: Any) -> str | None:
 def to_arrow(spec: TableSpec, rows: Rows) -> pa.Table:
     """Rows as an Arrow table with every data column of `spec` (absent columns are NULL)."""
     columns = spec.data_columns
-    if isinstance(rows, pd.DataFrame):
+    pandas = sys.modules.get("pandas")  # a DataFrame exists only once pandas is imported
+    if pandas is not None and isinstance(rows, pandas.DataFrame):
         rows = pa.Table.from_pandas(rows, preserve_index=False)
     if isinstance(rows, pa.Table):
         unknown = set(rows.column_names) - {column.name for column in columns}

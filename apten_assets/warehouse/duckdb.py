@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import random
 import time
 import uuid
@@ -31,7 +32,7 @@ from apten_assets.lib.tables import (
     CALLS,
     LOADED_AT,
     SCHEMA,
-    TABLES,
+    STORED_TABLES,
     Column,
     Merge,
     TableSpec,
@@ -92,18 +93,10 @@ def _open(database: str, read_only: bool) -> duckdb.DuckDBPyConnection:
     instance = ":memory:apten_" + hashlib.sha1(database.encode()).hexdigest()[:16]
     con = duckdb.connect(instance)
     try:
-        attached = "SELECT readonly FROM duckdb_databases() WHERE database_name = ?"
-        quoted_path = database.replace("'", "''")
-        if not _run(con, attached, [CATALOG]):
-            mode = " (READ_ONLY)" if read_only else f" (ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
-            _run(con, f"ATTACH IF NOT EXISTS '{quoted_path}' AS {CATALOG}{mode}")
-        ((attached_read_only,),) = _run(con, attached, [CATALOG])
-        if attached_read_only and not read_only:
-            raise _AttachedReadOnly("the file is open read-only in this process; a writer must wait (lock)")
-        _run(con, f"USE {CATALOG}")
+        _attach(con, database, read_only)
         _run(con, "SET TimeZone = 'UTC'")
         # Spill next to the file, as a plain duckdb.connect(path) would, not into the working directory.
-        _run(con, f"SET temp_directory = '{quoted_path}.tmp'")
+        _run(con, f"SET temp_directory = '{_sql_text(database)}.tmp'")
         # DuckDB's default (80% of RAM) lets its buffer pool grow with the file; bulk writes and
         # checks spill to temp_directory past this instead.
         _run(con, f"SET memory_limit = '{MEMORY_LIMIT}'")
@@ -111,6 +104,22 @@ def _open(database: str, read_only: bool) -> duckdb.DuckDBPyConnection:
         con.close()
         raise
     return con
+
+
+def _sql_text(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def _attach(con: duckdb.DuckDBPyConnection, database: str, read_only: bool) -> None:
+    """Attach the file as CATALOG (unless this instance has it already) and make it the default."""
+    attached = "SELECT readonly FROM duckdb_databases() WHERE database_name = ?"
+    if not _run(con, attached, [CATALOG]):
+        mode = " (READ_ONLY)" if read_only else f" (ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
+        _run(con, f"ATTACH IF NOT EXISTS '{_sql_text(database)}' AS {CATALOG}{mode}")
+    ((attached_read_only,),) = _run(con, attached, [CATALOG])
+    if attached_read_only and not read_only:
+        raise _AttachedReadOnly("the file is open read-only in this process; a writer must wait (lock)")
+    _run(con, f"USE {CATALOG}")
 
 
 def connect(
@@ -245,7 +254,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     with transaction(con):
         (catalog,) = _run(con, "SELECT current_database()")[0]
         _run(con, f"CREATE SCHEMA IF NOT EXISTS {_quote(catalog)}.{SCHEMA}")
-        for spec in TABLES.values():
+        for spec in STORED_TABLES:
             ref = spec_ref(con, spec)
             _run(con, create_table_sql(spec, ref))
             existing = {
@@ -270,7 +279,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _schema_is_complete(con: duckdb.DuckDBPyConnection) -> bool:
-    expected = {spec.name: set(spec.column_names) for spec in TABLES.values()}
+    expected = {spec.name: set(spec.column_names) for spec in STORED_TABLES}
     expected[SYNC_STATE_TABLE] = {"name", "value", "updated_at"}
     found: dict[str, set[str]] = {}
     for table, column in _run(
@@ -766,6 +775,48 @@ def delete_sync_state(con: duckdb.DuckDBPyConnection, name: str) -> None:
     _run(con, f"DELETE FROM {table_ref(con, SCHEMA, SYNC_STATE_TABLE)} WHERE name = ?", [name])
 
 
+def rewrite_file(con: duckdb.DuckDBPyConnection) -> Path | None:
+    """Copy the attached file into a fresh one (`COPY FROM DATABASE`, DuckDB's documented way to
+    compact a file) and move it over the old one; returns the path, None for an in-memory database.
+
+    Deleted rows stay readable in the freed blocks of a DuckDB file (a CHECKPOINT or VACUUM does not
+    clear them) until DuckDB reuses the blocks; a copy holds only live rows. The copy is made under
+    this session's file lock and moved into place before the lock is let go, so no other process
+    writes to the old file in between; one waiting for the lock then opens the new file. The caller
+    detaches the old file next (see `DuckDBStore.discard_deleted_data`).
+    """
+    if con in _open_transactions:
+        raise RuntimeError("rewrite_file cannot run inside a transaction")
+    ((location,),) = _run(con, "SELECT path FROM duckdb_databases() WHERE database_name = ?", [CATALOG])
+    if not location:
+        return None
+    path = Path(location)
+    _run(con, f"CHECKPOINT {CATALOG}")
+    if Path(f"{path}.wal").exists():
+        raise RuntimeError(f"{path}.wal is still there after a checkpoint; the file was not rewritten")
+    fresh = path.with_name(f"{path.name}.rewrite-{uuid.uuid4().hex[:12]}")
+    copy = f"{CATALOG}_rewrite"
+    try:
+        _run(con, f"ATTACH '{_sql_text(str(fresh))}' AS {copy} (ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
+        try:
+            _run(con, f"COPY FROM DATABASE {CATALOG} TO {copy}")
+        finally:
+            _run(con, f"DETACH {copy}")
+        with fresh.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(fresh, path)
+    except BaseException:
+        for leftover in (fresh, Path(f"{fresh}.wal")):
+            leftover.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return path
+
+
 # What DuckDB raises for a value it cannot take (a CHECK, a cast, JSON it cannot parse, a number
 # out of range); anything else (the lock, I/O) is not the rows' fault.
 _BAD_VALUE_ERRORS = (
@@ -904,3 +955,15 @@ class DuckDBStore(SqlStore):
     ) -> int:
         with _refusing_bad_values():
             return overwrite_columns(self.con, spec, columns, rows, now=now)
+
+    def discard_deleted_data(self) -> None:
+        path = rewrite_file(self.con)
+        if path is None:
+            return
+        # This instance still has the old, now unlinked, file attached: let it go, and take the new
+        # one under the same name (waiting for its lock like any other session would).
+        _run(self.con, "USE memory")
+        _run(self.con, f"DETACH {CATALOG}")
+        self._catalog = None
+        self.con.close()
+        self.con = connect(path)

@@ -39,9 +39,10 @@ from apten_assets.lib.models import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 from apten_assets.lib.tables import (
     CALL_TRANSCRIPT_TURNS,
     CALLS,
+    LEAD_DATA,
     LOADED_AT,
     SCHEMA,
-    TABLES,
+    STORED_TABLES,
     Column,
     Merge,
     TableSpec,
@@ -303,7 +304,7 @@ class PostgresStore(SqlStore):
             # Two processes creating the schema at once would collide in the catalog.
             self._execute("SELECT pg_advisory_xact_lock(?)", [zlib.crc32(b"apten.schema")])
             self._execute(f"CREATE SCHEMA IF NOT EXISTS {quote(SCHEMA)}")
-            for spec in TABLES.values():
+            for spec in STORED_TABLES:
                 columns = ", ".join(_column_ddl(column) for column in spec.columns)
                 key = ", ".join(quote(name) for name in spec.primary_key)
                 self._execute(
@@ -334,7 +335,7 @@ class PostgresStore(SqlStore):
             )
 
     def _schema_is_complete(self) -> bool:
-        expected = {spec.name: set(spec.column_names) for spec in TABLES.values()}
+        expected = {spec.name: set(spec.column_names) for spec in STORED_TABLES}
         expected[SYNC_STATE_TABLE] = {"name", "value", "updated_at"}
         ((function,),) = self._execute("SELECT to_regprocedure(?)", [f"{SCHEMA}._try_timestamptz(text)"])
         if function is None:
@@ -703,6 +704,18 @@ class PostgresStore(SqlStore):
             "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
             [name, value, now or datetime.now(UTC)],
         )
+
+    def discard_deleted_data(self) -> None:
+        # VACUUM FULL writes each table anew and drops the old files, so deleted rows are gone
+        # from the table files (the server's WAL and backups are the operator's retention policy).
+        # It cannot run inside a transaction block, so the session leaves its own for the time.
+        self.con.commit()
+        self.con.adbc_connection.set_autocommit(True)
+        try:
+            for target in LEAD_DATA:
+                self._cursor.execute(f"VACUUM FULL {self._ref(target.spec)}")
+        finally:
+            self.con.adbc_connection.set_autocommit(False)
 
     def delete_sync_state(self, name: str) -> None:
         self._execute(f"DELETE FROM {self._sync_state_ref()} WHERE name = ?", [name])

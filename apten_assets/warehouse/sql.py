@@ -21,10 +21,13 @@ from apten_assets.lib.tables import (
     CALL_TRANSCRIPT_TURNS,
     CALL_TRANSFERS,
     CALLS,
+    ERASED_LEADS,
+    LEAD_DATA,
     LEADS,
     REJECTED_RECORDS,
     SUMMARY_STATUSES,
     WEBHOOK_DELIVERIES,
+    LeadData,
     TableSpec,
 )
 from apten_assets.warehouse.store import (
@@ -33,6 +36,7 @@ from apten_assets.warehouse.store import (
     CallEventFacts,
     CallTransferRecord,
     DaySummary,
+    Erasure,
     Finding,
     PendingCall,
     Preview,
@@ -131,6 +135,57 @@ class SqlStore(Store):
         """`call_id IN (...)` of the calls whose `CALL_TIME_RULE` falls in [?, ?)."""
         times = self._call_times()
         return f"call_id IN (SELECT call_id FROM ({times}) AS ct WHERE call_at >= ? AND call_at < ?)"
+
+    # ------------------------------------------------------------------ erasure on request
+
+    def erase_leads(self, lead_ids: Sequence[str]) -> Erasure:
+        leads = sorted(set(lead_ids))
+        removed = dict.fromkeys((target.spec.name for target in LEAD_DATA), 0)
+        if not leads:
+            return Erasure(removed, frozenset())
+        with self.transaction():
+            calls: set[str] = set()
+            for target in LEAD_DATA:
+                for lead_column in target.lead_columns:
+                    for call_column in target.call_columns:
+                        call, lead = quote(call_column), quote(lead_column)
+                        rows = self._fetch(
+                            f"SELECT DISTINCT {call} FROM {self._ref(target.spec)} "
+                            f"WHERE {self._in_list(lead)} AND {call} IS NOT NULL",
+                            [leads],
+                        )
+                        calls.update(call_id for (call_id,) in rows)
+            call_ids = sorted(calls)
+            for target in LEAD_DATA:
+                where, params = self._lead_data_match(target, leads, call_ids)
+                if not where:
+                    continue
+                # RETURNING: the one row count DuckDB and PostgreSQL both hand back the same way.
+                deleted = self._fetch(
+                    f"DELETE FROM {self._ref(target.spec)} WHERE {where} RETURNING 1", params
+                )
+                removed[target.spec.name] = len(deleted)
+        return Erasure(removed, frozenset(call_ids))
+
+    def _lead_data_match(
+        self, target: LeadData, leads: Sequence[str], call_ids: Sequence[str]
+    ) -> tuple[str, list[Any]]:
+        """The WHERE clause (and its parameters) of `target`'s rows that hold these leads' data."""
+        conditions: list[str] = []
+        params: list[Any] = []
+        matched = [(c, leads) for c in target.lead_columns] + [(c, call_ids) for c in target.call_columns]
+        for column, ids in matched:
+            if ids:
+                conditions.append(self._in_list(quote(column)))
+                params.append(list(ids))
+        for column in target.text_columns:
+            for value in [*leads, *call_ids]:
+                conditions.append(f"strpos(CAST({quote(column)} AS VARCHAR), ?) > 0")
+                params.append(value)
+        return " OR ".join(conditions), params
+
+    def erased_lead_keys(self) -> set[tuple[str, str]]:
+        return set(self._fetch(f"SELECT key_scheme, lead_key FROM {self._ref(ERASED_LEADS)}"))
 
     # ------------------------------------------------------------------ choosing what to fetch
 

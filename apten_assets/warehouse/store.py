@@ -33,6 +33,9 @@ The rules every backend keeps, written once here:
   successful store of the record sets `resolved_at` once. `quarantine` is the backend's `upsert`
   (the spec's `Merge` rules do it); `resolve_quarantined` is a shared SELECT plus the backend's
   `overwrite_columns`.
+* **Erasure** (`erase_leads`): every row `lib.tables.LEAD_DATA` ties to the leads or their calls
+  goes, in one transaction; `discard_deleted_data` then makes sure no copy of deleted rows stays
+  readable in the warehouse's storage (freed blocks, dead tuples).
 * **Transactions**: every write method is atomic; `with store.transaction():` makes several
   writes one transaction (a batch's calls, summaries and turns; leads and their watermark).
 """
@@ -45,14 +48,20 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
 
 from apten_assets.lib.tables import REJECTED_RECORDS, TableSpec
 
-Rows = Iterable[Mapping[str, Any]] | pa.Table | pd.DataFrame
+if TYPE_CHECKING:
+    # pandas takes ~1.3 s to import, paid by every process that runs the pipeline; no step passes a
+    # DataFrame, so only a caller that already holds one has imported it (see `arrow.to_arrow`).
+    import pandas as pd
+
+    Rows = Iterable[Mapping[str, Any]] | pa.Table | pd.DataFrame
+else:
+    Rows = Iterable[Mapping[str, Any]] | pa.Table
 
 CALL_TIME_RULE = "COALESCE(call_events.occurred_at, calls.created_at, first webhook event_timestamp)"
 CALL_END_RULE = "calls.created_at + duration_seconds, else max(call_transcript_turns.end_time)"
@@ -159,6 +168,15 @@ class CallTransferRecord:
     fallback_transfer_number: str | None = None
     transfer_status: str | None = None
     transfer_connected_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """What `erase_leads` removed: rows per table name (every `LEAD_DATA` table, 0 included), and
+    the ids of the leads' calls it found (their webhook inbox files go too)."""
+
+    rows: dict[str, int]
+    call_ids: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -309,6 +327,23 @@ class Store(ABC):
         """Set `columns` of existing rows to exactly these values (NULL included, no merge rule), by
         primary key; `rows` are `(primary key..., columns...)`, JSON as Python values. Returns rows
         written; they get `_loaded_at = now`."""
+
+    # ------------------------------------------------------------------ erasure on request
+
+    @abstractmethod
+    def erase_leads(self, lead_ids: Sequence[str]) -> Erasure:
+        """Delete every row of these leads and of their calls (`lib.tables.LEAD_DATA` says where
+        they are), in one transaction (the caller's when there is one). Leads not stored: 0 rows."""
+
+    @abstractmethod
+    def erased_lead_keys(self) -> set[tuple[str, str]]:
+        """`(key_scheme, lead_key)` of every erased lead (`apten.erased_leads`; written by upsert)."""
+
+    @abstractmethod
+    def discard_deleted_data(self) -> None:
+        """Make deleted rows unreadable from the warehouse's storage, not only from SQL: DuckDB
+        keeps their bytes in freed blocks until reused, so it rewrites the file. Call it outside
+        a transaction, on the only open session."""
 
     # ------------------------------------------------------------------ choosing what to fetch
 

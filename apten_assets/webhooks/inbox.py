@@ -18,7 +18,8 @@ a duplicate never overwrites the stored copy, across threads and across receiver
 sharing the directory. A reader never sees a half-written delivery.
 
 Files are kept after loading: the loader upserts by `delivery_key`, so reading a delivery twice
-is harmless, and the inbox stays the replayable record of what Apten sent.
+is harmless, and the inbox stays the replayable record of what Apten sent. Only an erasure
+request (`apten_erase_leads`) removes them.
 
 A file that cannot be read back (garbage, truncated, unreadable, a foreign format) never stops a
 reader: `iter_deliveries` skips it and reports it as a `BadInboxFile`, so the deliveries after it
@@ -251,9 +252,13 @@ class Inbox:
             received_at, key = parse_cursor(after)
             bound = (received_at - overlap, key)
         index = []
+        # A file may be removed meanwhile (an erasure, or the loader dropping an erased lead's
+        # delivery): it is skipped, not an error.
         for path in self._delivery_files():
             try:
                 received_at, key = _read_header_order(path)
+            except FileNotFoundError:
+                continue
             except _UNREADABLE as exc:
                 _report(on_bad_file, path, exc)
                 continue
@@ -263,6 +268,8 @@ class Inbox:
         for _, _, path in index:
             try:
                 delivery = _read_delivery(path)
+            except FileNotFoundError:
+                continue
             except _UNREADABLE as exc:
                 _report(on_bad_file, path, exc)
                 continue
@@ -290,6 +297,18 @@ class Inbox:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
+        self._fsync_directory()
+        return True
+
+    def remove(self, key: str) -> bool:
+        """Delete a stored delivery for good (an erasure request); False when it is not there."""
+        path = self.path / f"{key}{SUFFIX}"
+        if not _NAME.match(path.name):
+            return False
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
         self._fsync_directory()
         return True
 

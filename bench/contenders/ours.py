@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 import dagster as dg
-import duckdb
 
 from apten_assets.defs.apten import assets as assets_module
 from apten_assets.defs.apten.resources import AptenApiResource, AptenWarehouse
@@ -21,6 +20,7 @@ from apten_assets.lib import sync
 from apten_assets.lib.config import AptenSettings
 from apten_assets.warehouse.duckdb import DuckDBStore
 from bench.contenders._harness import run
+from bench.launch import warehouse_rows
 
 CALL_TABLES = {"calls", "call_summaries", "call_transcript_turns"}
 
@@ -120,16 +120,7 @@ def load(params: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
             event = materialization.event_specific_data.materialization
             metadata["/".join(event.asset_key.path)] = _numbers(event)
     metadata["apten/calls"].update(state["timer"].calls_step())
-    with duckdb.connect(params["db_path"], read_only=True) as con:
-        rows = {
-            "leads": con.execute("SELECT count(*) FROM apten.leads").fetchone()[0],
-            "call_events": con.execute("SELECT count(*) FROM apten.call_events").fetchone()[0],
-            "calls": con.execute(
-                "SELECT count(*) FROM apten.calls WHERE summary_status <> 'not_found'"
-            ).fetchone()[0],
-            "summaries": con.execute("SELECT count(*) FROM apten.call_summaries").fetchone()[0],
-            "turns": con.execute("SELECT count(*) FROM apten.call_transcript_turns").fetchone()[0],
-        }
+    rows = warehouse_rows(params["db_path"])
     return {"rows": rows, "metadata": metadata}
 
 

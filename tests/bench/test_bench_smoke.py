@@ -66,8 +66,22 @@ def test_sensor_tick_stays_within_its_bound(smoke: tuple[Results, Path]) -> None
     assert run["calls_named_in_runs"] > 0
 
 
+def test_launched_runs_load_what_the_in_process_run_loads(smoke: tuple[Results, Path]) -> None:
+    results, _ = smoke
+    launch, hh = results.launch, results.head_to_head
+    assert launch is not None and hh is not None
+    runs = [*launch.cli.runs, *launch.daemon.runs, *(launch.cli_latency.runs if launch.cli_latency else [])]
+    for run in runs:
+        assert run["rows"] == hh.ours.rows
+        assert run["cpu_seconds"] > 0 and run["peak_rss_bytes"] > 0
+    # The daemon's run is timed from its request: it was queued, then launched in a process.
+    assert launch.daemon.runs[0]["seconds"] >= launch.daemon.runs[0]["queued_seconds"] > 0
+    assert launch.webhook is not None, launch.webhook_error
+    assert launch.webhook["send_to_calls_row"]["n"] == SMOKE.webhook_rounds
+
+
 def test_results_page_has_every_section(smoke: tuple[Results, Path]) -> None:
     _, out = smoke
     text = out.read_text()
-    for heading in ("## Machine", "## Goals", "## 1.", "## 2 and 3.", "## 4. Scale", "## 5."):
+    for heading in ("## Machine", "## Goals", "## 1.", "## 2 and 3.", "## 4. Scale", "## 5.", "## 6."):
         assert heading in text

@@ -470,8 +470,6 @@ def test_two_runs_started_at_once_both_succeed(pipeline: Pipeline, tmp_path: Pat
         str(BIN / "dagster"),
         *("asset", "materialize", "-m", "apten_assets.definitions"),
         *("--select", "apten/call_events,apten/calls,apten/call_summaries,apten/call_transcript_turns"),
-        # Steps in the run's own process: the two runs overlap without a process per step.
-        *("--config-json", json.dumps({"execution": {"config": {"in_process": {}}}})),
     ]
     launches = {
         "range": ["--partition-range", f"{pipeline.days[0]}...{pipeline.days[-1]}"],

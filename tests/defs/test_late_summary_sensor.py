@@ -562,10 +562,9 @@ def test_a_tick_over_50000_pending_calls_stays_bounded_and_carries_the_rest(
     )
 
 
-def test_sensor_is_registered_running_with_the_refresh_assets_as_target() -> None:
+def test_sensor_is_registered_with_the_refresh_assets_as_target() -> None:
     from apten_assets.defs.apten import build_definitions
 
     defs = build_definitions(AptenSettings())
     sensor = defs.resolve_sensor_def(LATE_SUMMARY_SENSOR_NAME)
-    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert sensor.minimum_interval_seconds == 30

@@ -22,6 +22,30 @@ def _defs(monkeypatch: pytest.MonkeyPatch, base_url: str, db: Path) -> dg.Defini
     return build_definitions(AptenSettings.from_env())
 
 
+AUTOMATION = [
+    "apten_intraday_schedule",
+    "apten_daily_lookback_schedule",
+    "apten_late_summary_sensor",
+    "apten_webhook_sensor",
+]
+
+
+def _default_statuses(defs: dg.Definitions) -> dict[str, str]:
+    statuses = {s.name: s.default_status.value for s in defs.schedules}
+    statuses.update({s.name: s.default_status.value for s in defs.sensors})
+    return statuses
+
+
+def test_schedules_and_sensors_start_stopped_unless_asked() -> None:
+    defs = build_definitions(AptenSettings.from_env({}))
+    assert _default_statuses(defs) == dict.fromkeys(AUTOMATION, "STOPPED")
+
+
+def test_automation_default_running_starts_every_schedule_and_sensor() -> None:
+    defs = build_definitions(AptenSettings.from_env({"APTEN_AUTOMATION_DEFAULT": " Running "}))
+    assert _default_statuses(defs) == dict.fromkeys(AUTOMATION, "RUNNING")
+
+
 def test_lookback_range_is_clipped_to_the_first_partition() -> None:
     assert lookback_range(date(2026, 11, 25), 3, date(2026, 1, 1)) == ("2026-11-22", "2026-11-25")
     assert lookback_range(date(2026, 11, 25), 3, date(2026, 11, 24)) == ("2026-11-24", "2026-11-25")

@@ -39,6 +39,11 @@ def test_bad_start_date_names_the_variable(value: str) -> None:
         AptenSettings.from_env({"APTEN_START_DATE": value})
 
 
+def test_unknown_automation_default_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="APTEN_AUTOMATION_DEFAULT must be 'stopped' or 'running'"):
+        AptenSettings.from_env({"APTEN_AUTOMATION_DEFAULT": "on"})
+
+
 def test_start_date_in_the_future_is_refused() -> None:
     with pytest.raises(ConfigError, match="APTEN_START_DATE must not be in the future"):
         AptenSettings.from_env({"APTEN_START_DATE": "2999-01-01"})

@@ -28,5 +28,13 @@ def test_no_duckdb_lock_error_escapes(report: ConcurrencyReport) -> None:
     assert report.lock_messages == 0
 
 
+def test_pools_keep_api_and_write_steps_one_at_a_time_across_runs(report: ConcurrencyReport) -> None:
+    """Steps run in their run's process (the Definitions' in-process executor); the pools of
+    dagster_home/dagster.yaml still let one op per pool run at a time, over all five runs."""
+    assert report.pool_steps["apten_api"] >= 9, report.pool_steps
+    assert report.pool_steps["duckdb_write"] >= 4, report.pool_steps
+    assert report.pool_overlaps == {"apten_api": 0, "duckdb_write": 0}
+
+
 def test_totals_are_exact(report: ConcurrencyReport) -> None:
     assert report.equal, describe_diffs(report.diffs)

@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from apten_assets.lib.models import Call
-from apten_assets.lib.tables import CALLS, LEADS, TABLES, call_rows
+from apten_assets.lib.tables import CALLS, LEADS, STORED_TABLES, call_rows
 from apten_assets.warehouse import WarehouseBusy, open_store
 from apten_assets.warehouse import duckdb as duckdb_store
 from apten_assets.warehouse.duckdb import DuckDBStore
@@ -36,7 +36,7 @@ def test_connect_creates_the_parent_directory_and_ensure_schema_is_idempotent(tm
             "SELECT table_name FROM information_schema.tables WHERE table_schema='apten'"
         ).fetchall()
     }
-    assert tables == set(TABLES) | {"_sync_state"}
+    assert tables == {spec.name for spec in STORED_TABLES} | {"_sync_state"}
     con.close()
 
 

@@ -18,6 +18,7 @@ from apten_assets.lib.tables import (
     LEADS,
     QUARANTINE_PAYLOAD_BYTES,
     REJECTED_RECORDS,
+    STORED_TABLES,
     TABLES,
     call_event_row,
     call_rows,
@@ -194,7 +195,7 @@ def test_json_and_timestamp_columns_have_json_and_timestamptz_types(store: Store
 def test_ensure_schema_is_idempotent_and_creates_every_table(store: Store) -> None:
     for _ in range(3):
         store.ensure_schema()
-    assert set(store.column_types()) == set(TABLES) | {"_sync_state"}
+    assert set(store.column_types()) == {spec.name for spec in STORED_TABLES} | {"_sync_state"}
 
 
 def test_upsert_counts_inserted_updated_unchanged_and_keeps_loaded_at_of_unchanged(

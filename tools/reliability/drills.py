@@ -18,11 +18,14 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
+from apten_assets.defs.apten import build_definitions
+from apten_assets.lib.config import AptenSettings
 from apten_assets.lib.tables import TABLES
 from apten_assets.sandbox.data import DatasetSpec, SandboxDataset
 from apten_assets.sandbox.server import SandboxServer
 from apten_assets.warehouse.duckdb import DuckDBStore, connect
 from tools.reliability.harness import (
+    REPO_ROOT,
     RunOutcome,
     TableDiff,
     TableSnapshot,
@@ -355,10 +358,38 @@ class ConcurrencyReport:
     lock_messages: int
     diffs: dict[str, TableDiff]
     seconds: float
+    # Per pool: how many times two steps of that pool (from any runs) were running at once.
+    pool_overlaps: dict[str, int]
+    pool_steps: dict[str, int]
 
     @property
     def equal(self) -> bool:
         return _all_equal(self.diffs)
+
+
+def _pool_overlaps(
+    instance: dg.DagsterInstance, pools: dict[str, str]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """From every run's event log: for each pool, the steps of that pool that ran (STEP_START to
+    STEP_SUCCESS or STEP_FAILURE) and how many pairs of them overlapped in time."""
+    intervals: dict[str, list[tuple[float, float]]] = {pool: [] for pool in set(pools.values())}
+    for run in instance.get_runs():
+        started: dict[str, float] = {}
+        for record in instance.all_logs(run.run_id):
+            event = record.dagster_event
+            if event is None or event.step_key not in pools:
+                continue
+            if event.event_type_value == "STEP_START":
+                started[event.step_key] = record.timestamp
+            elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE") and event.step_key in started:
+                intervals[pools[event.step_key]].append((started.pop(event.step_key), record.timestamp))
+    overlaps = {}
+    for pool, spans in intervals.items():
+        spans.sort()
+        overlaps[pool] = sum(
+            1 for i, (_, end) in enumerate(spans) for start, _ in spans[i + 1 :] if start < end
+        )
+    return overlaps, {pool: len(spans) for pool, spans in intervals.items()}
 
 
 LOCK_ERROR_MARKERS = ("WarehouseBusy", "Could not set lock", "Conflicting lock")
@@ -380,7 +411,8 @@ def concurrency_drill(
     first, last = partition_range(dataset)
     home = workdir / "dagster_home_concurrent"
     home.mkdir(exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    # The project's instance settings: the pools are what keep these runs apart.
+    (home / "dagster.yaml").write_text((REPO_ROOT / "dagster_home" / "dagster.yaml").read_text())
     db = workdir / "concurrent.duckdb"
     started = time.monotonic()
     with SandboxServer(dataset) as sandbox:
@@ -389,6 +421,8 @@ def concurrency_drill(
         # asks again for calls stored there.
         with environment(env):
             instance = dg.DagsterInstance.get()
+            defs = build_definitions(AptenSettings.from_env())
+            pools = {a.node_def.name: pool for a in defs.assets for pool in a.node_def.pools}
             for kind in ("leads", "events_and_calls"):
                 outcome = run_pipeline(kind, partition_key=first, instance=instance)
                 if not outcome.success:
@@ -409,10 +443,13 @@ def concurrency_drill(
         codes = {name: finish(proc) for name, proc in procs.items()}
     outcomes = {name: read_outcomes(workdir / f"{name}.log") for name in launches}
     text = "\n".join((workdir / f"{name}.log").read_text(errors="replace") for name in launches)
+    overlaps, steps = _pool_overlaps(instance, pools)
     return ConcurrencyReport(
         processes=codes,
         outcomes=outcomes,
         lock_messages=sum(text.count(marker) for marker in LOCK_ERROR_MARKERS),
         diffs=compare(expected, snapshot(db)),
         seconds=time.monotonic() - started,
+        pool_overlaps=overlaps,
+        pool_steps=steps,
     )

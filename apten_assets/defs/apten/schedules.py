@@ -12,6 +12,7 @@ from apten_assets.defs.apten.assets import (
     LEADS_KEY,
     WEBHOOK_DELIVERIES_KEY,
 )
+from apten_assets.defs.apten.automation import schedule_status
 from apten_assets.defs.apten.webhooks import CALL_TRANSFERS_KEY
 from apten_assets.lib.config import AptenSettings
 
@@ -51,7 +52,7 @@ def build_schedules(settings: AptenSettings) -> tuple[list, list[dg.ScheduleDefi
         cron_schedule=INTRADAY_CRON,
         execution_timezone="UTC",
         job=job,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
+        default_status=schedule_status(settings),
         description=(
             f"Every 15 minutes (`{INTRADAY_CRON}`, UTC): new and changed leads and webhook deliveries, "
             "then today's CALL events, calls and transfers, so today's tables trail Apten by minutes."
@@ -67,7 +68,7 @@ def build_schedules(settings: AptenSettings) -> tuple[list, list[dg.ScheduleDefi
         cron_schedule=LOOKBACK_CRON,
         execution_timezone="UTC",
         job=job,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
+        default_status=schedule_status(settings),
         description=(
             f"Daily at 02:30 UTC (`{LOOKBACK_CRON}`): one run over the last {LOOKBACK_DAYS} days and today, "
             "picking up events updated after they happened and calls that were not final yet."

@@ -17,6 +17,7 @@ from typing import Any
 import dagster as dg
 
 from apten_assets.defs.apten.assets import CALL_SUMMARIES_KEY, CALL_TRANSCRIPT_TURNS_KEY, CALLS_KEY
+from apten_assets.defs.apten.automation import sensor_status
 from apten_assets.defs.apten.partitions import daily_partitions
 from apten_assets.defs.apten.resources import AptenWarehouse
 from apten_assets.lib.config import AptenSettings
@@ -56,7 +57,7 @@ def build_late_summary_sensor(
         name=LATE_SUMMARY_SENSOR_NAME,
         target=REFRESH_ASSETS,
         minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
-        default_status=dg.DefaultSensorStatus.RUNNING,
+        default_status=sensor_status(settings),
         description=(
             "Finds calls stored with summary_status = 'pending', asks Apten again for those due a recheck "
             "(APTEN_SUMMARY_RECHECK_MINUTES, backing off for older calls; a bounded batch per tick), and "

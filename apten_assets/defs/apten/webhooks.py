@@ -17,6 +17,7 @@ from apten_assets.defs.apten.assets import (
     WEBHOOK_DELIVERIES_KEY,
     warehouse_kinds,
 )
+from apten_assets.defs.apten.automation import sensor_status
 from apten_assets.defs.apten.metadata import figures, run_metadata, table_definition_metadata, window_label
 from apten_assets.defs.apten.partitions import daily_partitions, partition_window
 from apten_assets.defs.apten.pii import pii_for_run
@@ -160,7 +161,7 @@ def build_webhook_sensor(settings: AptenSettings) -> dg.SensorDefinition:
         name=WEBHOOK_SENSOR_NAME,
         target=WEBHOOK_RUN_ASSETS,
         minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
-        default_status=dg.DefaultSensorStatus.RUNNING,
+        default_status=sensor_status(settings),
         description=(
             "Watches the webhook inbox. New call deliveries (call.completed, transfers) become one run per "
             "day of the calls: webhook_deliveries, then calls/summaries/turns for exactly those call ids, "

@@ -1,0 +1,227 @@
+"""Processes as users start them: the `dagster` CLI, `dagster-daemon`, plain scripts, measured from
+outside over their whole process tree (wall time, CPU time, peak RSS), imports and start-up included.
+
+`measure(command, ...)` runs one command to completion; `Daemon` keeps a `dagster-daemon` with the
+project's instance settings (`dagster_home/dagster.yaml`: pools, run queue) and the project's
+`workspace.yaml`, the way the README's UI and schedule paths run it, and times runs from their
+request (the run's creation) to their success.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import psutil
+
+from bench.runner import PYCACHE, ROOT, TreeSampler
+
+BIN = Path(sys.executable).parent
+# Every daemon-launched run here goes through this job: what the schedules launch.
+PIPELINE_JOB = "apten_pipeline_job"
+WEBHOOK_SENSOR = "apten_webhook_sensor"
+# Instigators that would start runs of their own during a measurement.
+OTHER_INSTIGATORS = (
+    ("sensor", "apten_late_summary_sensor"),
+    ("schedule", "apten_intraday_schedule"),
+    ("schedule", "apten_daily_lookback_schedule"),
+)
+
+
+def process_env(base: Mapping[str, str], dagster_home: Path | None = None) -> dict[str, str]:
+    """This environment with `base` over it, as a user's shell would have it (no stray APTEN_*)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("APTEN_", "DAGSTER_"))}
+    env.update(base)
+    env.update(RUNTIME__DLTHUB_TELEMETRY="false", PYTHONPATH=str(ROOT), PYTHONPYCACHEPREFIX=str(PYCACHE))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    if dagster_home is not None:
+        env["DAGSTER_HOME"] = str(dagster_home)
+    return env
+
+
+def project_dagster_home(path: Path) -> Path:
+    """A fresh instance folder with the project's `dagster.yaml` (pools, run queue, retries) and
+    its storage created, as a user's DAGSTER_HOME is after the first run (creating the SQLite
+    storage took ~4 s of the first CLI run)."""
+    import dagster as dg
+
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", path / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(path)) as instance:
+        instance.get_runs(limit=1)
+    return path
+
+
+def measure(command: Sequence[str], env: Mapping[str, str], log_path: Path) -> dict[str, Any]:
+    """Run `command` from the project root to completion: wall time, CPU time and peak RSS of its
+    whole process tree. Raises with the log's tail when it fails."""
+    with log_path.open("w") as log:
+        started = time.perf_counter()
+        proc = psutil.Popen(list(command), cwd=ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
+        with TreeSampler(proc) as sampler:
+            returncode = proc.wait()
+        seconds = time.perf_counter() - started
+    if returncode != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
+        raise RuntimeError(f"{' '.join(command[:4])} exited with {returncode}; log {log_path}:\n{tail}")
+    return {"seconds": seconds, "cpu_seconds": sampler.cpu_seconds, "peak_rss_bytes": sampler.peak_rss}
+
+
+def warehouse_rows(db_path: Path | str) -> dict[str, int]:
+    """Rows a load left in our warehouse, in the terms every contender reports."""
+    import duckdb
+
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        count = lambda sql: con.execute(sql).fetchone()[0]  # noqa: E731
+        return {
+            "leads": count("SELECT count(*) FROM apten.leads"),
+            "call_events": count("SELECT count(*) FROM apten.call_events"),
+            "calls": count("SELECT count(*) FROM apten.calls WHERE summary_status <> 'not_found'"),
+            "summaries": count("SELECT count(*) FROM apten.call_summaries"),
+            "turns": count("SELECT count(*) FROM apten.call_transcript_turns"),
+        }
+
+
+def dagster_cli(*args: str) -> list[str]:
+    return [str(BIN / "dagster"), *args]
+
+
+class Daemon:
+    """`dagster-daemon run -w workspace.yaml` on its own instance folder, with the webhook sensor
+    on or off and nothing else starting runs; `launch` submits a run the way a schedule tick or
+    the UI does (to the run queue) and waits for it."""
+
+    def __init__(self, home: Path, env: Mapping[str, str], log_path: Path, *, webhook_sensor: bool) -> None:
+        self.home = project_dagster_home(home)
+        self.env = process_env(env, self.home)
+        self.log_path = log_path
+        self.webhook_sensor = webhook_sensor
+        self.proc: psutil.Popen | None = None
+        self._log: Any = None
+        self._instance: Any = None
+
+    def _instigators(self) -> None:
+        """Set before the daemon starts, so no tick happens in between (default statuses vary)."""
+        wanted = [(kind, name, "stop") for kind, name in OTHER_INSTIGATORS]
+        wanted.append(("sensor", WEBHOOK_SENSOR, "start" if self.webhook_sensor else "stop"))
+        procs = [
+            subprocess.Popen(
+                dagster_cli(kind, action, name, "-w", "workspace.yaml"),
+                cwd=ROOT,
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for kind, name, action in wanted
+        ]
+        # `stop` of an instigator that is stopped by default exits non-zero; the state is right.
+        for proc in procs:
+            proc.wait(timeout=300)
+
+    def __enter__(self) -> Daemon:
+        import dagster as dg
+
+        self._instigators()
+        self._log = self.log_path.open("w")
+        self.proc = psutil.Popen(
+            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self._instance = dg.DagsterInstance.from_config(str(self.home))
+        deadline = time.monotonic() + 300
+        while not self._instance.get_daemon_heartbeats():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"dagster-daemon did not start; log {self.log_path}")
+            time.sleep(0.2)
+        return self
+
+    def runs(self) -> list[Any]:
+        return list(self._instance.get_run_records())
+
+    def wait(self, run_ids: Sequence[str], timeout: float = 900.0) -> list[dict[str, Any]]:
+        """Wait for these runs to end; request -> success of each (raises on a failed run)."""
+        import dagster as dg
+
+        deadline = time.monotonic() + timeout
+        ended = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+        while True:
+            records = self._instance.get_run_records(filters=dg.RunsFilter(run_ids=list(run_ids)))
+            if len(records) == len(run_ids) and all(r.dagster_run.status in ended for r in records):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"runs {list(run_ids)} did not end within {timeout:.0f} s")
+            time.sleep(0.05)
+        out = []
+        for record in records:
+            if record.dagster_run.status != dg.DagsterRunStatus.SUCCESS:
+                raise RuntimeError(f"run {record.dagster_run.run_id} ended {record.dagster_run.status}")
+            requested = record.create_timestamp.timestamp()
+            out.append(
+                {
+                    "run_id": record.dagster_run.run_id,
+                    "requested_at": requested,
+                    "started_at": record.start_time,
+                    "ended_at": record.end_time,
+                    "seconds": record.end_time - requested,
+                    "queued_seconds": record.start_time - requested,
+                    "tags": dict(record.dagster_run.tags),
+                }
+            )
+        return out
+
+    def launch(self, partition: str, log_path: Path) -> dict[str, Any]:
+        """Submit the pipeline job for `partition` to the run queue (as a schedule tick or the UI
+        does) and wait for it; request -> success, with CPU and peak RSS of the daemon's tree
+        (the run worker it starts included) over that time."""
+        assert self.proc is not None
+        before = {r.dagster_run.run_id for r in self.runs()}
+        tags = '{"dagster/partition": "' + partition + '"}'
+        with TreeSampler(self.proc) as sampler, log_path.open("w") as log:
+            subprocess.run(
+                dagster_cli("job", "launch", "-w", "workspace.yaml", "-j", PIPELINE_JOB, "--tags", tags),
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=True,
+                timeout=600,
+            )
+            cpu_before = dict(sampler.cpu)
+            (run_id,) = [r.dagster_run.run_id for r in self.runs() if r.dagster_run.run_id not in before]
+            (run,) = self.wait([run_id])
+            time.sleep(2 * sampler.interval)
+        # CPU of the daemon's tree from the request on: processes that were there before count
+        # only what they used since; the run worker counts whole.
+        run["cpu_seconds"] = sum(cpu - cpu_before.get(pid, 0.0) for pid, cpu in sampler.cpu.items())
+        run["peak_rss_bytes"] = sampler.peak_rss
+        return run
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.proc is not None:
+            children = self.proc.children(recursive=True)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except psutil.TimeoutExpired:
+                self.proc.kill()
+            for child in children:
+                if child.is_running():
+                    child.kill()
+            self.proc = None
+        if self._instance is not None:
+            self._instance.dispose()
+        if self._log is not None:
+            self._log.close()
