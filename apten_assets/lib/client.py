@@ -104,6 +104,11 @@ class AptenMalformedResponse(AptenProtocolError, AptenRetriesExhausted):
     record comes back the same)."""
 
 
+class AptenUnusableBody(AptenMalformedResponse):
+    """One answer's body is over APTEN_MAX_BODY_BYTES or APTEN_MAX_JSON_DEPTH: the same record
+    comes back the same, so it is not retried; the pipeline quarantines the item it belongs to."""
+
+
 # --------------------------------------------------------------------------- small named objects
 
 
@@ -870,6 +875,10 @@ class AptenClient:
             resource_id=resource_id,
         )
 
+    def redact(self, text: str) -> str:
+        """`text` with the API key taken out: for anything quoting an answer that is logged or stored."""
+        return self._redact(text)
+
     def _redact(self, text: str) -> str:
         return self._redactor.text(text)
 
@@ -1009,8 +1018,8 @@ class AptenClient:
 
     def _unusable(
         self, endpoint: Endpoint, resource_id: str | None, status: int, problem: _FinalBadBody
-    ) -> AptenMalformedResponse:
-        return AptenMalformedResponse(
+    ) -> AptenUnusableBody:
+        return AptenUnusableBody(
             f"{self._describe(endpoint, resource_id)}: HTTP {status} with a body that cannot be used: "
             f"{problem}; not retried",
             endpoint=str(endpoint),
@@ -1117,6 +1126,7 @@ __all__ = [
     "AptenMalformedResponse",
     "AptenProtocolError",
     "AptenRetriesExhausted",
+    "AptenUnusableBody",
     "CallFetch",
     "ClientStats",
     "Endpoint",

@@ -193,6 +193,9 @@ class TickPlan:
     due: int
     awaiting_run: int
     oldest_pending_age: timedelta | None
+    # Stored rows the tick could not plan (a value no date arithmetic takes), with the error:
+    # quarantined by the sensor, never a reason to fail the tick.
+    unusable: list[tuple[PendingCall, str]] = field(default_factory=list)
 
 
 def plan_tick(
@@ -209,23 +212,23 @@ def plan_tick(
     `missing`), awaiting a refresh run already requested, due a look-up, and not due yet."""
     due: list[PendingCall] = []
     give_up: list[PendingCall] = []
+    unusable: list[tuple[PendingCall, str]] = []
     awaiting_run = 0
     oldest: timedelta | None = None
     for call in pending:
-        end = call_end(call)
-        age = _age(call, now)
-        if end is not None and (oldest is None or age > oldest):
+        try:
+            plan = _plan_one(call, cursor, now, recheck, give_up_after)
+        except (ValueError, OverflowError, TypeError) as exc:
+            unusable.append((call, f"{type(exc).__name__}: {exc}"))
+            continue
+        age, kind = plan
+        if call_end(call) is not None and (oldest is None or age > oldest):
             oldest = age
-        key = call_key(call.call_id)
-        requested = cursor.requested.get(key)
-        if requested is not None and now - requested.at < REQUEST_AGAIN_AFTER:
+        if kind == "awaiting_run":
             awaiting_run += 1
-            continue
-        if end is not None and now - end > give_up_after:
+        elif kind == "give_up":
             give_up.append(call)
-            continue
-        looked = [t for t in (call.last_fetched_at, cursor.checked.get(key)) if t is not None]
-        if not looked or now - max(looked) >= recheck_interval(age, recheck):
+        elif kind == "due":
             due.append(call)
     due.sort(key=lambda call: call.call_id)
     if cursor.resume_after is not None:
@@ -239,7 +242,27 @@ def plan_tick(
         due=len(due),
         awaiting_run=awaiting_run,
         oldest_pending_age=oldest,
+        unusable=unusable,
     )
+
+
+def _plan_one(
+    call: PendingCall, cursor: SensorCursor, now: datetime, recheck: timedelta, give_up_after: timedelta
+) -> tuple[timedelta, str]:
+    """How old one pending call is, and what this tick does with it (`awaiting_run`, `give_up`,
+    `due` or `wait`)."""
+    end = call_end(call)
+    age = _age(call, now)
+    key = call_key(call.call_id)
+    requested = cursor.requested.get(key)
+    if requested is not None and now - requested.at < REQUEST_AGAIN_AFTER:
+        return age, "awaiting_run"
+    if end is not None and now - end > give_up_after:
+        return age, "give_up"
+    looked = [t for t in (call.last_fetched_at, cursor.checked.get(key)) if t is not None]
+    if not looked or now - max(looked) >= recheck_interval(age, recheck):
+        return age, "due"
+    return age, "wait"
 
 
 def advance(cursor: SensorCursor, plan: TickPlan, results: CheckResults, now: datetime) -> None:
@@ -307,6 +330,10 @@ def check_calls(client: AptenClient, call_ids: Iterable[str], deadline: float) -
                 arrived = summary_arrived(fetch)
             except MalformedRecord as exc:
                 results.failed[call_id] = f"malformed call: {exc.reason}"
+                continue
+            except (ValueError, OverflowError, RecursionError) as exc:
+                # Whatever one body holds, the tick goes on; the calls run quarantines it.
+                results.failed[call_id] = f"unreadable call: {type(exc).__name__}: {exc}"[:300]
                 continue
             (results.arrived if arrived else results.still_pending).append(call_id)
     return results

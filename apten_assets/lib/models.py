@@ -10,12 +10,21 @@ reading it in `warnings`. The rules, in one place:
   because a type change in the API is something to notice, and `raw` still holds the value.
 * Timestamps go through `parse_timestamp`: ISO 8601 with or without milliseconds, `Z` or an
   offset, converted to aware UTC. A timestamp without a zone is read as UTC and warned about.
+  One outside [`EARLIEST_TIMESTAMP`, `LATEST_TIMESTAMP`) is unreadable like any other (year 1 or
+  9999 with an offset overflows, and day arithmetic on it overflows later).
+* Numbers must fit a DOUBLE exactly (|n| <= 2^53 for integers) and be finite; a duration must
+  also lie in [0, `MAX_DURATION_SECONDS`]: a call end computed from 1e300 seconds overflows every
+  query that adds it to a start. Outside: None plus a warning, `raw` keeps the value.
+* Text with a lone UTF-16 surrogate (a cut emoji, `"\ud83d"`) cannot be stored in any UTF-8
+  column: `repair_text` replaces each with U+FFFD before a record is read, and the callers count it.
+  An id holding one is refused (`MalformedRecord`): a replaced id could name another record.
 * Enum-like values (`type`, `direction`, `callStatus`, `role`, ...) are open strings.
 * Field names the docs do not confirm (see apten-api.md) are read when present.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +32,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 MAX_WARNINGS_PER_RECORD = 50
+EARLIEST_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIMESTAMP = datetime(2200, 1, 1, tzinfo=UTC)
+# Integers beyond this lose digits as a DOUBLE (and Arrow refuses them).
+MAX_EXACT_INTEGER = 2**53
+# Longer than any real call (the longest seen are hours); what lies beyond is a broken value.
+MAX_DURATION_SECONDS = 30 * 24 * 3600.0
 
 
 class MalformedRecord(ValueError):
@@ -54,9 +69,57 @@ def parse_timestamp(value: object) -> tuple[datetime, bool]:
             raise ValueError(f"not an ISO 8601 timestamp: {value[:64]!r}") from None
     else:
         raise ValueError(f"expected an ISO 8601 string, got {type(value).__name__}")
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC), True
-    return parsed.astimezone(UTC), False
+    assumed_utc = parsed.tzinfo is None
+    try:
+        parsed = parsed.replace(tzinfo=UTC) if assumed_utc else parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"timestamp {str(value)[:64]!r} is out of range") from None
+    if not EARLIEST_TIMESTAMP <= parsed < LATEST_TIMESTAMP:
+        raise ValueError(
+            f"timestamp {str(value)[:64]!r} is outside {EARLIEST_TIMESTAMP.year}-{LATEST_TIMESTAMP.year}"
+        )
+    return parsed, assumed_utc
+
+
+def is_unicode_text(value: str) -> bool:
+    """False for a string holding a lone UTF-16 surrogate: no UTF-8 column can store it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _replace_surrogates(text: str) -> str:
+    # Through UTF-16: a proper pair stays the character it encodes, a lone half becomes U+FFFD.
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def repair_text(obj: Any) -> tuple[Any, int]:
+    """`obj` (decoded JSON) with every lone UTF-16 surrogate replaced by U+FFFD, and how many
+    strings (keys included) held one. An honest record costs one serialisation and is returned
+    as it is."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        return obj, 0
+    except UnicodeEncodeError:
+        pass
+    repaired = 0
+
+    def walk(value: Any) -> Any:
+        nonlocal repaired
+        if isinstance(value, str):
+            if is_unicode_text(value):
+                return value
+            repaired += 1
+            return _replace_surrogates(value)
+        if isinstance(value, list):
+            return [walk(item) for item in value]
+        if isinstance(value, dict):
+            return {walk(key): walk(item) for key, item in value.items()}
+        return value
+
+    return walk(obj), repaired
 
 
 class _Reader:
@@ -107,12 +170,25 @@ class _Reader:
         if value is None:
             return None
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if isinstance(value, int) and abs(value) > MAX_EXACT_INTEGER:
+                digits = len(str(abs(value)))
+                self.warn(f"{where or key}: integer of {digits} digits fits no DOUBLE; stored as NULL")
+                return None
             if math.isfinite(value):
                 return value
             self.warn(f"{where or key}: non-finite number {value!r}; stored as NULL")
             return None
         self._wrong_type(where or key, "a number", value)
         return None
+
+    def duration(
+        self, key: str, obj: Mapping[str, Any] | None = None, where: str | None = None
+    ) -> float | None:
+        value = self.number(key, obj, where)
+        if value is not None and not 0 <= value <= MAX_DURATION_SECONDS:
+            self.warn(f"{where or key}: {value:.6g} s is not a call length; stored as NULL")
+            return None
+        return value
 
     def timestamp(
         self, key: str, obj: Mapping[str, Any] | None = None, where: str | None = None
@@ -158,6 +234,8 @@ def _require_id(obj: Mapping[str, Any], key: str = "id", fallback: str | None = 
         raise MalformedRecord(record_id, f"{key!r} {problem}")
     if not value.strip():
         raise MalformedRecord(value, f"{key!r} is empty")
+    if not is_unicode_text(value) or "\ufffd" in value:
+        raise MalformedRecord(_replace_surrogates(value), f"{key!r} is not valid Unicode text")
     return value
 
 
@@ -276,7 +354,7 @@ class Event:
         if event_type == "CALL":
             call = CallEventData(
                 direction=r.text("direction", data, "data.direction"),
-                duration_seconds=r.number("durationSeconds", data, "data.durationSeconds"),
+                duration_seconds=r.duration("durationSeconds", data, "data.durationSeconds"),
                 call_status=r.text("callStatus", data, "data.callStatus"),
                 is_transfer=r.boolean("isTransfer", data, "data.isTransfer"),
             )
@@ -355,7 +433,7 @@ class Call:
             session_id=r.text("sessionId"),
             direction=r.text("direction"),
             call_status=r.text("callStatus"),
-            duration_seconds=r.number("durationSeconds"),
+            duration_seconds=r.duration("durationSeconds"),
             created_at=r.timestamp("createdAt"),
             updated_at=r.timestamp("updatedAt"),
             ended_by=r.text("endedBy"),
@@ -366,7 +444,7 @@ class Call:
             fallback_transfer_number=r.text("fallbackTransferNumber"),
             transfer_status=r.text("transferStatus"),
             answered_by=r.text("answeredBy"),
-            transfer_connected_seconds=r.number("transferConnectedSeconds"),
+            transfer_connected_seconds=r.duration("transferConnectedSeconds"),
             lead_never_spoke=r.boolean("leadNeverSpoke"),
             summary=summary,
             raw=_check_transcript(obj, r),
@@ -402,7 +480,15 @@ def _check_transcript(obj: Mapping[str, Any], r: _Reader) -> Mapping[str, Any]:
     if transcript is not None and not isinstance(transcript, list):
         r.warn(f"transcript: expected an array, got {type(transcript).__name__}; call kept without turns")
     elif transcript is not None:
+        first, last = f"{EARLIEST_TIMESTAMP.year:04d}", f"{LATEST_TIMESTAMP.year:04d}"
         for index, item in enumerate(transcript):
             if not isinstance(item, Mapping):
                 r.warn(f"transcript[{index}]: a {type(item).__name__}, not an object; turn skipped")
+                continue
+            # The warehouse reads turn times (store.py); only the year is looked at here, so a
+            # 10,000-turn transcript is not parsed twice. Out of range there means NULL.
+            for key in ("startTime", "endTime"):
+                value = item.get(key)
+                if isinstance(value, str) and not first <= value.lstrip()[:4] < last:
+                    r.warn(f"transcript[{index}].{key}: {value[:40]!r} is out of range; stored as NULL")
     return obj

@@ -30,8 +30,10 @@ from apten_assets.lib.tables import (
     CALL_TRANSCRIPT_TURNS,
     CALLS,
     LEADS,
+    REJECTED_RECORDS,
     WEBHOOK_DELIVERIES,
     TableSpec,
+    payload_text,
 )
 from apten_assets.webhooks.inbox import Inbox
 
@@ -58,6 +60,7 @@ REWRITTEN_COLUMNS: tuple[tuple[TableSpec, dict[str, str | None]], ...] = (
     (CALL_SUMMARIES, {"summary": "summary"}),
     (CALL_TRANSCRIPT_TURNS, {"content": "content"}),
     (WEBHOOK_DELIVERIES, {"raw": None}),
+    (REJECTED_RECORDS, {"payload": None}),
 )
 
 
@@ -120,6 +123,21 @@ def apply_pii_modes(
 def _apply(policy: PiiPolicy, spec: TableSpec, key: str | None, value: Any) -> Any:
     if value is None:
         return None
+    if spec is REJECTED_RECORDS:
+        return _rejected_payload(policy, value)
     if key is None:
         return policy.call_body(value) if spec is CALLS else policy.record(value)
     return policy.record({key: value})[key]
+
+
+def _rejected_payload(policy: PiiPolicy, payload: str) -> str | None:
+    """A quarantined payload under `policy`: a whole JSON record goes through it like the record
+    would have; one cut at the 64 KiB cap (or not JSON at all) cannot be walked field by field, so
+    under any mode but `full` it is dropped (`payload_bytes` still tells its size)."""
+    if policy.is_full:
+        return payload
+    try:
+        record = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    return payload_text(policy.record(record))

@@ -19,7 +19,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from apten_assets.lib.client import AptenAuthError, AptenClient, AptenError, CallFetch
+from apten_assets.lib.client import (
+    AptenAuthError,
+    AptenClient,
+    AptenError,
+    AptenHTTPError,
+    AptenUnusableBody,
+    CallFetch,
+)
 from apten_assets.lib.erasure import ErasedLeads, lead_id_of
 from apten_assets.lib.models import (
     Call,
@@ -27,6 +34,7 @@ from apten_assets.lib.models import (
     Lead,
     MalformedRecord,
     parse_timestamp,
+    repair_text,
 )
 from apten_assets.lib.pii import PiiPolicy
 from apten_assets.lib.tables import (
@@ -37,6 +45,7 @@ from apten_assets.lib.tables import (
     call_rows,
     lead_row,
     not_found_call_row,
+    rejected_row,
 )
 from apten_assets.warehouse import CallEventFacts, ReplaceCounts, Store, UpsertCounts
 
@@ -49,6 +58,20 @@ LEADS_CURSOR = "leads.updated_since"
 # Apten's cursors are inclusive and writes may land late; re-reading a few minutes is cheap
 # because every write is an upsert.
 CURSOR_OVERLAP = timedelta(minutes=5)
+# A watermark never moves past the run's own clock plus this much (clocks disagree by seconds, not
+# minutes): a record dated later (a lead "updated" in 2099) is stored, but taking its time as the
+# watermark would make every later fetch skip every real change.
+WATERMARK_SKEW = timedelta(minutes=5)
+# Answers that mean "this item is and stays unusable": retrying gets the same. The item is
+# quarantined and the step goes on; every other failure (5xx, timeouts, dropped connections after
+# their retries) fails the step with IncompleteFetch, so a partition is never done with holes.
+PERSISTENT_STATUSES = frozenset({400, 404, 410, 422})
+# What a write raises for rows the warehouse cannot take (the store turns its engine's value
+# errors into ValueError); anything else (a lock, I/O) is not one record's fault and propagates.
+UNSTORABLE = (ValueError, OverflowError, RecursionError)
+SOURCE_LEADS = "leads"
+SOURCE_CALL_EVENTS = "call_events"
+SOURCE_CALLS = "calls"
 MAX_SKIPS_IN_METADATA = 20
 PROGRESS_EVERY_SECONDS = 10.0
 # Calls fetched before each write. A batch with fewer `calls` rows than DuckDB's row group
@@ -84,19 +107,61 @@ class SkippedRecord:
     reason: str
 
 
+def is_persistent(exc: AptenError) -> bool:
+    """The item is gone or refused for good (`PERSISTENT_STATUSES`), or its body is over a limit
+    (too large, nested too deep: the same every time): quarantine it, do not fail."""
+    if isinstance(exc, AptenUnusableBody):
+        return True
+    return isinstance(exc, AptenHTTPError) and exc.status in PERSISTENT_STATUSES
+
+
+def describe_error(exc: BaseException, redact: Callable[[str], str] = str) -> str:
+    """`reason` text of a rejected record: the error class and message, the key redacted."""
+    return redact(f"{type(exc).__name__}: {exc}")
+
+
 @dataclass
 class StepReport:
-    """What one step fetched, wrote and skipped; the assets turn it into metadata."""
+    """What one step fetched, wrote, skipped and quarantined; the assets turn it into metadata.
+
+    A quarantined record is also a skip (counted and logged with its id); its `rejected_records`
+    row waits in `to_quarantine` until the step's next write (`write_quarantine`).
+    """
 
     counts: Counter[str] = field(default_factory=Counter)
     skipped: list[SkippedRecord] = field(default_factory=list)
     skip_reasons: Counter[str] = field(default_factory=Counter)
+    quarantined_ids: list[str | None] = field(default_factory=list)
+    to_quarantine: list[dict[str, Any]] = field(default_factory=list)
 
     def skip(self, record_id: str | None, reason: str, log: logging.Logger | Any) -> None:
         self.skipped.append(SkippedRecord(record_id, reason))
         self.skip_reasons[reason.split(":")[0]] += 1
         self.counts["skipped"] += 1
         log.warning(f"skipped record {record_id!r}: {reason}")
+
+    def reject(
+        self,
+        source: str,
+        record_id: str | None,
+        reason: str,
+        payload: Any,
+        log: logging.Logger | Any,
+        *,
+        now: datetime | None = None,
+    ) -> None:
+        """Skip the record and queue it for `apten.rejected_records` under `source`."""
+        self.skip(record_id, reason, log)
+        self.counts["quarantined"] += 1
+        self.quarantined_ids.append(record_id)
+        self.to_quarantine.append(rejected_row(source, record_id, reason, payload, now or datetime.now(UTC)))
+
+    def write_quarantine(self, open_warehouse: OpenWarehouse) -> None:
+        """Write the queued rejected records (one upsert; they are always storable)."""
+        if self.to_quarantine:
+            with open_warehouse() as store:
+                store.quarantine(self.to_quarantine)
+            self.to_quarantine = []
 
     def add_upsert(self, prefix: str, counts: UpsertCounts) -> None:
         self.counts[f"{prefix}inserted"] += counts.inserted
@@ -124,6 +189,42 @@ def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
+def write_isolating(
+    items: list[T], write: Callable[[list[T]], None], reject: Callable[[T, BaseException], None]
+) -> None:
+    """`write(items)`; when the warehouse refuses it (`UNSTORABLE`), split it in halves and write
+    each, down to the single items it refuses, which go to `reject`. Each `write` must be one
+    transaction, so a refused part leaves nothing behind. One bad record among n costs about
+    2 log2(n) extra writes; honest batches cost nothing extra."""
+    if not items:
+        return
+    try:
+        write(items)
+        return
+    except UNSTORABLE as exc:
+        if len(items) == 1:
+            reject(items[0], exc)
+            return
+    middle = len(items) // 2
+    write_isolating(items[:middle], write, reject)
+    write_isolating(items[middle:], write, reject)
+
+
+def decoded(raw: Any, report: StepReport, record: str, log: logging.Logger | Any) -> Any:
+    """`raw` with lone UTF-16 surrogates replaced (models.repair_text), counted as field warnings."""
+    raw, repaired = repair_text(raw)
+    if repaired:
+        report.counts["field_warnings"] += repaired
+        report.counts["text_repaired"] += repaired
+        log.warning(f"{record}: {repaired} string(s) held a lone UTF-16 surrogate; stored with U+FFFD")
+    return raw
+
+
+def _record_id(raw: Any, key: str = "id") -> str | None:
+    value = raw.get(key) if isinstance(raw, dict) else None
+    return repair_text(value)[0] if isinstance(value, str) else None
+
+
 # --------------------------------------------------------------------------- leads
 
 
@@ -134,26 +235,53 @@ def sync_leads(
     *,
     pii: PiiPolicy,
     batch_size: int = 5000,
+    now: datetime | None = None,
 ) -> StepReport:
     """Incremental `GET /leads?updatedSince=` from the stored watermark (all leads the first time).
 
     The watermark is written in the same transaction as each batch of leads, so a run that dies
     resumes from its last committed batch; soft-deleted leads are kept with `is_deleted = true`.
-    Each lead goes through `pii` before it becomes a row; erased leads are dropped before that.
+    It never passes `now` (the run's clock) plus `WATERMARK_SKEW`: a lead dated later is stored
+    but does not move it, and a stored watermark past that bound (written before the bound
+    existed) is dropped, so the leads are read from the start once. Each lead goes through `pii`
+    before it becomes a row; erased leads are dropped before that; a lead that cannot be read or
+    stored is quarantined.
     """
     report = StepReport()
+    ceiling = (now or datetime.now(UTC)) + WATERMARK_SKEW
     with open_warehouse() as store:
         stored = store.get_sync_state(LEADS_CURSOR)
         erased = ErasedLeads.load(store, pii.salt)
-    since = parse_timestamp(stored)[0] - CURSOR_OVERLAP if stored else EPOCH
-    log.info(f"leads: fetching leads updated since {since.isoformat()}")
     watermark = parse_timestamp(stored)[0] if stored else None
+    if watermark is not None and watermark > ceiling:
+        log.warning(
+            f"leads: the stored watermark {watermark.isoformat()} is in the future; reading every lead again"
+        )
+        report.counts["future_watermark_reset"] += 1
+        watermark = None
+    since = watermark - CURSOR_OVERLAP if watermark is not None else EPOCH
+    log.info(f"leads: fetching leads updated since {since.isoformat()}")
+
+    def reject(source_raw: Any, lead_id: str | None, exc: BaseException) -> None:
+        report.reject(SOURCE_LEADS, lead_id, describe_error(exc, client.redact), source_raw, log)
 
     def flush(rows: list[dict[str, Any]], batch_watermark: datetime | None) -> None:
-        with open_warehouse() as store, store.transaction():
-            report.add_upsert("", store.upsert(LEADS, rows))
+        def write(part: list[dict[str, Any]], cursor: bool = False) -> None:
+            with open_warehouse() as store, store.transaction():
+                report.add_upsert("", store.upsert(LEADS, part))
+                store.resolve_quarantined(SOURCE_LEADS, [row["lead_id"] for row in part])
+                if cursor and batch_watermark is not None:
+                    store.set_sync_state(LEADS_CURSOR, batch_watermark.isoformat())
+
+        try:
+            # One transaction with the watermark: the common case.
+            write(rows, cursor=True)
+        except UNSTORABLE:
+            write_isolating(rows, write, lambda row, exc: reject(row["raw"], row["lead_id"], exc))
             if batch_watermark is not None:
-                store.set_sync_state(LEADS_CURSOR, batch_watermark.isoformat())
+                with open_warehouse() as store:
+                    store.set_sync_state(LEADS_CURSOR, batch_watermark.isoformat())
+        report.write_quarantine(open_warehouse)
         log.info(f"leads: {report.counts['fetched']:,} fetched, {report.counts['inserted']:,} new so far")
 
     rows: list[dict[str, Any]] = []
@@ -163,13 +291,26 @@ def sync_leads(
             report.skip_erased()
             continue
         try:
-            lead = Lead.from_json(pii.record(raw))
+            raw = pii.record(decoded(raw, report, f"lead {_record_id(raw)!r}", log))
+            lead = Lead.from_json(raw)
         except MalformedRecord as exc:
-            report.skip(exc.record_id, f"malformed lead: {exc.reason}", log)
+            report.reject(SOURCE_LEADS, exc.record_id, f"malformed lead: {exc.reason}", raw, log)
             continue
+        except UNSTORABLE as exc:
+            reject(raw, _record_id(raw), exc)
+            continue
+        for warning in lead.warnings:
+            report.counts["field_warnings"] += 1
+            log.debug(f"lead {lead.id}: {warning}")
         rows.append(lead_row(lead))
         report.counts["deleted_leads"] += lead.is_deleted
-        if lead.updated_at is not None and (watermark is None or lead.updated_at > watermark):
+        if lead.updated_at is not None and lead.updated_at > ceiling:
+            report.counts["future_dated"] += 1
+            log.warning(
+                f"lead {lead.id}: updatedAt {lead.updated_at.isoformat()} is in the future; stored, "
+                "but the watermark does not move to it"
+            )
+        elif lead.updated_at is not None and (watermark is None or lead.updated_at > watermark):
             watermark = lead.updated_at
         if len(rows) >= batch_size:
             flush(rows, watermark)
@@ -204,36 +345,71 @@ def sync_call_events(
     report.counts["leads_scanned"] = len(lead_ids)
     log.info(f"call_events: scanning {len(lead_ids):,} leads active since {start.isoformat()}")
 
-    def fetch(lead_id: str) -> tuple[str, list[dict[str, Any]], str | None]:
+    def fetch(lead_id: str) -> tuple[str, list[dict[str, Any]], AptenError | None]:
         try:
             return lead_id, list(client.iter_lead_events(lead_id, since=start, types=["CALL"])), None
         except AptenAuthError:
             raise
         except AptenError as exc:
-            return lead_id, [], str(exc)
+            return lead_id, [], exc
 
     rows: list[dict[str, Any]] = []
+    payloads: dict[str, Any] = {}
+    leads_read: list[str] = []
     ignored_types: Counter[str] = Counter()
 
+    def reject(row: dict[str, Any], exc: BaseException) -> None:
+        call_id = row["call_id"]
+        report.reject(
+            SOURCE_CALL_EVENTS, call_id, describe_error(exc, client.redact), payloads.get(call_id), log
+        )
+
+    def write(part: list[dict[str, Any]]) -> None:
+        with open_warehouse() as store, store.transaction():
+            report.add_upsert("", store.upsert(CALL_EVENTS, part))
+            store.resolve_quarantined(SOURCE_CALL_EVENTS, [row["call_id"] for row in part])
+
     def flush() -> None:
-        with open_warehouse() as store:
-            report.add_upsert("", store.upsert(CALL_EVENTS, rows))
+        write_isolating(rows, write, reject)
+        if leads_read:
+            with open_warehouse() as store:
+                # A lead whose events were read fine is no longer gone.
+                store.resolve_quarantined(SOURCE_CALL_EVENTS, leads_read)
+        report.write_quarantine(open_warehouse)
         rows.clear()
+        payloads.clear()
+        leads_read.clear()
 
     unfetched: list[tuple[str, str]] = []
     for done, (lead_id, events, error) in enumerate(client.map_concurrent(fetch, lead_ids), start=1):
-        if error is not None:
+        if error is not None and lead_id in erased:
+            report.skip_erased()
+        elif error is not None and is_persistent(error):
+            # The lead is gone (404) or its events are refused for good: nothing to wait for.
+            report.counts["leads_gone"] += 1
+            report.reject(
+                SOURCE_CALL_EVENTS, lead_id, f"lead events refused: {describe_error(error)}", None, log
+            )
+        elif error is not None:
             report.skip(lead_id, f"lead events not fetched: {error}", log)
-            unfetched.append((lead_id, error))
+            unfetched.append((lead_id, str(error)))
+        else:
+            leads_read.append(lead_id)
         for raw in events:
             report.counts["fetched"] += 1
             if lead_id in erased or lead_id_of(raw, "roomId") in erased:
                 report.skip_erased()
                 continue
             try:
-                event = Event.from_json(pii.record(raw))
+                raw = pii.record(decoded(raw, report, f"event {_record_id(raw)!r}", log))
+                event = Event.from_json(raw)
             except MalformedRecord as exc:
-                report.skip(exc.record_id, f"malformed event: {exc.reason}", log)
+                report.reject(SOURCE_CALL_EVENTS, exc.record_id, f"malformed event: {exc.reason}", raw, log)
+                continue
+            except UNSTORABLE as exc:
+                report.reject(
+                    SOURCE_CALL_EVENTS, _record_id(raw), describe_error(exc, client.redact), raw, log
+                )
                 continue
             if not event.is_call:
                 ignored_types[event.type] += 1
@@ -241,9 +417,13 @@ def sync_call_events(
             if not start <= event.timestamp < end:
                 report.counts["outside_partitions"] += 1
                 continue
+            for warning in event.warnings:
+                report.counts["field_warnings"] += 1
+                log.debug(f"event {event.id}: {warning}")
             if event.lead_id is None:
                 event = _with_lead(event, lead_id)
             rows.append(call_event_row(event))
+            payloads[event.id] = raw
         if len(rows) >= batch_size:
             flush()
         if done % 500 == 0:
@@ -354,34 +534,42 @@ def enrich_calls(
 
     # The fan-out keeps fetching while a full batch is written; the batch's fetch time is when
     # its last answer came in.
-    def fetch_one(call_id: str) -> tuple[CallFetch, str | None]:
+    def fetch_one(call_id: str) -> tuple[CallFetch, AptenError | None]:
         try:
             return client.get_call(call_id), None
         except AptenAuthError:
             raise
         except AptenError as exc:
-            return CallFetch(call_id=call_id, found=False, body=None), str(exc)
+            return CallFetch(call_id=call_id, found=False, body=None), exc
+
+    def write(fetches: list[CallFetch]) -> None:
+        _write_call_batch(
+            open_warehouse, fetches, now(), targets, erased, give_up_after, pii, reports, log, client
+        )
 
     fetches: list[CallFetch] = []
     unfetched: list[tuple[str, str]] = []
     last_progress = time.monotonic()
     for fetch, error in client.map_concurrent(fetch_one, targets.call_ids):
+        if error is not None and is_persistent(error):
+            calls_report.counts["refused"] += 1
+            calls_report.reject(
+                SOURCE_CALLS, fetch.call_id, f"call refused: {describe_error(error)}", None, log
+            )
+            continue
         if error is not None:
             # One call Apten keeps failing on must not cost the rest of the batch.
             calls_report.skip(fetch.call_id, f"call not fetched: {error}", log)
-            unfetched.append((fetch.call_id, error))
+            unfetched.append((fetch.call_id, str(error)))
             continue
         fetches.append(fetch)
         if len(fetches) >= batch_size:
-            _write_call_batch(
-                open_warehouse, fetches, now(), targets, erased, give_up_after, pii, reports, log
-            )
+            write(fetches)
             fetches = []
         if time.monotonic() - last_progress >= PROGRESS_EVERY_SECONDS:
             progress()
             last_progress = time.monotonic()
-    if fetches:
-        _write_call_batch(open_warehouse, fetches, now(), targets, erased, give_up_after, pii, reports, log)
+    write(fetches)
     progress()
     if unfetched:
         raise _incomplete("calls", "calls", unfetched, total)
@@ -398,10 +586,13 @@ def _write_call_batch(
     pii: PiiPolicy,
     reports: dict[str, StepReport],
     log: logging.Logger | Any,
+    client: AptenClient,
 ) -> None:
+    """Rows of a batch of fetches, written in one transaction; a call the warehouse refuses is
+    found by halving the batch (`write_isolating`) and quarantined, the others are written."""
     calls_report = reports["calls"]
-    call_table: list[dict[str, Any]] = []
-    summaries: list[dict[str, Any]] = []
+    # (call row, summary row or None, payload) per call.
+    items: list[tuple[dict[str, Any], dict[str, Any] | None, Any]] = []
     for fetch in fetches:
         calls_report.counts["fetched"] += 1
         event = targets.events.get(fetch.call_id, CallEventFacts())
@@ -410,37 +601,56 @@ def _write_call_batch(
             continue
         if not fetch.found:
             calls_report.counts["not_found"] += 1
-            call_table.append(
-                not_found_call_row(
-                    fetch.call_id,
-                    fetched_at,
-                    lead_id=event.lead_id,
-                    created_at=event.occurred_at,
-                    direction=event.direction,
-                    call_status=event.call_status,
-                    duration_seconds=event.duration_seconds,
-                )
+            row = not_found_call_row(
+                fetch.call_id,
+                fetched_at,
+                lead_id=event.lead_id,
+                created_at=event.occurred_at,
+                direction=event.direction,
+                call_status=event.call_status,
+                duration_seconds=event.duration_seconds,
             )
+            items.append((row, None, None))
             continue
+        body: Any = fetch.body
         try:
-            call = Call.from_json(pii.call_body(fetch.body))
+            body = pii.call_body(decoded(body, calls_report, f"call {fetch.call_id!r}", log))
+            call = Call.from_json(body)
         except MalformedRecord as exc:
-            calls_report.skip(fetch.call_id, f"malformed call: {exc.reason}", log)
+            calls_report.reject(SOURCE_CALLS, fetch.call_id, f"malformed call: {exc.reason}", body, log)
+            continue
+        except UNSTORABLE as exc:
+            calls_report.reject(SOURCE_CALLS, fetch.call_id, describe_error(exc, client.redact), body, log)
             continue
         if call.id != fetch.call_id:
-            calls_report.skip(fetch.call_id, f"malformed call: body has id {call.id!r}", log)
+            calls_report.reject(
+                SOURCE_CALLS, fetch.call_id, f"malformed call: body has id {call.id!r}", body, log
+            )
             continue
         for warning in call.warnings:
             calls_report.counts["field_warnings"] += 1
             log.debug(f"call {call.id}: {warning}")
         status = summary_status_for(call, fetched_at, give_up_after)
-        calls_report.counts[f"summary_{status}"] += 1
         rows = call_rows(call, fetched_at, summary_status=status)
-        call_table.append(rows.call)
-        if rows.summary is not None:
-            summaries.append(rows.summary)
-    with open_warehouse() as store, store.transaction():
-        calls, turns = store.upsert_calls(call_table, now=fetched_at)
+        items.append((rows.call, rows.summary, body))
+
+    def write(part: list[tuple[dict[str, Any], dict[str, Any] | None, Any]]) -> None:
+        with open_warehouse() as store, store.transaction():
+            calls, turns = store.upsert_calls([call for call, _, _ in part], now=fetched_at)
+            summaries = store.upsert(
+                CALL_SUMMARIES, [summary for _, summary, _ in part if summary is not None], now=fetched_at
+            )
+            store.resolve_quarantined(SOURCE_CALLS, [call["call_id"] for call, _, _ in part], now=fetched_at)
         reports["calls"].add_upsert("", calls)
-        reports["call_summaries"].add_upsert("", store.upsert(CALL_SUMMARIES, summaries, now=fetched_at))
+        reports["call_summaries"].add_upsert("", summaries)
         reports["call_transcript_turns"].add_replace("", turns)
+        for call, _, _ in part:
+            if call["summary_status"] != "not_found":
+                calls_report.counts[f"summary_{call['summary_status']}"] += 1
+
+    def reject(item: tuple[dict[str, Any], dict[str, Any] | None, Any], exc: BaseException) -> None:
+        call, _, body = item
+        calls_report.reject(SOURCE_CALLS, call["call_id"], describe_error(exc, client.redact), body, log)
+
+    write_isolating(items, write, reject)
+    calls_report.write_quarantine(open_warehouse)

@@ -6,18 +6,22 @@ the warehouse serialises them. `_loaded_at` is never set by a builder: the wareh
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from apten_assets.lib.models import Call, Event, Lead, transcript_object_count
+from apten_assets.lib.models import Call, Event, Lead, repair_text, transcript_object_count
 
 SCHEMA = "apten"
 LOADED_AT = "_loaded_at"
 SUMMARY_STATUSES = ("ready", "pending", "missing", "not_found")
 TRANSFER_OUTCOMES = ("started", "connected", "missed", "fallback_triggered")
 TRANSFER_SOURCES = ("webhook", "api")
+# A quarantined payload is stored up to this many UTF-8 bytes; `payload_bytes` keeps the full size.
+QUARANTINE_PAYLOAD_BYTES = 64 * 1024
 
 
 class Merge(Enum):
@@ -346,6 +350,50 @@ CALL_TRANSFERS = TableSpec(
     ),
 )
 
+REJECTED_RECORDS = TableSpec(
+    name="rejected_records",
+    description=(
+        "Quarantine: one row per record a step or sensor could not store at all, by (source, "
+        "record_key); written by every op, resolved when a later fetch stores the record."
+    ),
+    primary_key=("source", "record_key"),
+    columns=(
+        Column(
+            "source",
+            "VARCHAR",
+            "What rejected it: leads, call_events, calls, webhook_deliveries or a sensor's name.",
+        ),
+        Column("record_id", "VARCHAR", "The record's id as far as it could be read; NULL without one."),
+        Column("reason", "VARCHAR", "Error class and message (the API key never appears)."),
+        Column(
+            "payload",
+            "VARCHAR",
+            f"The record as received (after the PII modes), cut at {QUARANTINE_PAYLOAD_BYTES:,} UTF-8 bytes.",
+            pii=True,
+        ),
+        Column(
+            "payload_bytes",
+            "BIGINT",
+            "Full size of the payload before the cut (bytes as received, or UTF-8).",
+        ),
+        Column("first_seen_at", "TIMESTAMPTZ", "When it was first rejected (UTC).", Merge.KEEP_FIRST),
+        Column("last_seen_at", "TIMESTAMPTZ", "When it was last rejected (UTC).", bookkeeping=True),
+        Column("times_seen", "INTEGER", "How many times it was rejected.", Merge.ADD, True),
+        Column(
+            "resolved_at",
+            "TIMESTAMPTZ",
+            "When a later fetch stored the record fine (UTC); NULL while it is still rejected.",
+        ),
+        Column(
+            "record_key",
+            "VARCHAR",
+            "Key within the source: `record_id`, or `sha256:<hex>` of the full payload when the "
+            "record has no id (one row per distinct payload).",
+        ),
+        _LOADED_AT_COLUMN,
+    ),
+)
+
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
@@ -356,6 +404,7 @@ TABLES: dict[str, TableSpec] = {
         CALL_TRANSCRIPT_TURNS,
         WEBHOOK_DELIVERIES,
         CALL_TRANSFERS,
+        REJECTED_RECORDS,
     )
 }
 
@@ -392,8 +441,9 @@ class LeadData:
     text_columns: tuple[str, ...] = ()
 
 
-# One line per table holding lead data: a new table (e.g. `rejected_records`, matched by
-# `record_id` as a lead or call id and by its `payload` text) is erased once it is listed here.
+# One line per table holding lead data: a new table is erased once it is listed here.
+# `rejected_records` is matched by `record_id` (a lead id, or a call/event id of the lead) and by
+# its `payload` text (a quarantined record of the lead's, whatever its source).
 LEAD_DATA: tuple[LeadData, ...] = (
     LeadData(LEADS, lead_columns=("lead_id",)),
     LeadData(CALL_EVENTS, lead_columns=("lead_id",), call_columns=("call_id",)),
@@ -402,7 +452,50 @@ LEAD_DATA: tuple[LeadData, ...] = (
     LeadData(CALL_TRANSCRIPT_TURNS, call_columns=("call_id",)),
     LeadData(CALL_TRANSFERS, lead_columns=("lead_id",), call_columns=("call_id",)),
     LeadData(WEBHOOK_DELIVERIES, lead_columns=("lead_id",), call_columns=("call_id",)),
+    LeadData(
+        REJECTED_RECORDS, lead_columns=("record_id",), call_columns=("record_id",), text_columns=("payload",)
+    ),
 )
+
+
+def payload_text(payload: Any) -> str:
+    """A rejected record as text: bytes decoded (invalid UTF-8 replaced), JSON values serialised,
+    lone surrogates and NUL characters replaced (PostgreSQL text holds no NUL), so that every
+    payload is storable on every backend."""
+    if isinstance(payload, bytes):
+        payload = payload.decode("utf-8", errors="replace")
+    elif payload is None:
+        payload = ""
+    elif not isinstance(payload, str):
+        try:
+            payload = json.dumps(payload, ensure_ascii=False, default=str)
+        except (ValueError, RecursionError):
+            payload = repr(payload)
+    return repair_text(payload)[0].replace("\x00", "\ufffd")
+
+
+def rejected_row(
+    source: str, record_id: str | None, reason: str, payload: Any, seen_at: datetime
+) -> dict[str, Any]:
+    """Row for `apten.rejected_records`: one more sighting of a rejected record."""
+    text = payload_text(payload)
+    encoded = text.encode("utf-8")
+    # Bytes as received keep their own size; anything else is measured as the stored text.
+    size = len(payload) if isinstance(payload, bytes) else len(encoded)
+    if record_id is not None:
+        record_id = repair_text(record_id)[0]
+    return {
+        "source": source,
+        "record_key": record_id if record_id is not None else "sha256:" + hashlib.sha256(encoded).hexdigest(),
+        "record_id": record_id,
+        "reason": payload_text(reason),
+        "payload": encoded[:QUARANTINE_PAYLOAD_BYTES].decode("utf-8", errors="ignore"),
+        "payload_bytes": size,
+        "first_seen_at": seen_at,
+        "last_seen_at": seen_at,
+        "times_seen": 1,
+        "resolved_at": None,
+    }
 
 
 def lead_row(lead: Lead) -> dict[str, Any]:

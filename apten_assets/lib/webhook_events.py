@@ -20,7 +20,14 @@ import pyarrow as pa
 from apten_assets.lib.erasure import ErasedLeads
 from apten_assets.lib.models import parse_timestamp
 from apten_assets.lib.pii import PiiPolicy
-from apten_assets.lib.sync import OpenWarehouse, StepReport, chunks
+from apten_assets.lib.sync import (
+    UNSTORABLE,
+    OpenWarehouse,
+    StepReport,
+    chunks,
+    describe_error,
+    write_isolating,
+)
 from apten_assets.lib.tables import WEBHOOK_DELIVERIES
 from apten_assets.webhooks.inbox import BadInboxFile, Delivery, Inbox, is_unicode_text, parse_cursor
 
@@ -57,13 +64,38 @@ EARLIEST_EVENT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST_EVENT_TIME = datetime(2200, 1, 1, tzinfo=UTC)
 
 
+SOURCE_WEBHOOK_DELIVERIES = "webhook_deliveries"
+# The skips of unreadable files, logged once by `report_bad_inbox_files` rather than per file.
+_ALREADY_LOGGED = logging.getLogger(__name__ + ".already_logged")
+_ALREADY_LOGGED.addHandler(logging.NullHandler())
+_ALREADY_LOGGED.propagate = False
+
+
 def report_bad_inbox_files(bad: list[BadInboxFile], log: logging.Logger | Any, where: str) -> None:
     """The one place an inbox file that cannot be read back is reported: logged here, counted by
-    the caller. (It is the hook for `apten.rejected_records` once that table exists.)"""
+    the caller; the loader also quarantines it (`quarantine_bad_inbox_files`)."""
     for item in bad[:5]:
         log.warning(f"{where}: skipped inbox file {item.name}: {item.reason}")
     if len(bad) > 5:
         log.warning(f"{where}: skipped {len(bad) - 5} more unreadable inbox files")
+
+
+def quarantine_bad_inbox_files(inbox: Inbox, bad: list[BadInboxFile], report: StepReport) -> None:
+    """Queue each unreadable inbox file for `apten.rejected_records` (source `webhook_deliveries`,
+    its file name as the id, its bytes as the payload; the receiver applied the PII modes before
+    writing it). Logged once by `report_bad_inbox_files`, not per file here."""
+    for item in bad:
+        try:
+            payload: bytes | None = (inbox.path / item.name).read_bytes()
+        except OSError:
+            payload = None
+        report.reject(
+            SOURCE_WEBHOOK_DELIVERIES,
+            item.name,
+            f"unreadable inbox file: {item.reason}",
+            payload,
+            _ALREADY_LOGGED,
+        )
 
 
 # --------------------------------------------------------------------------- loading
@@ -197,7 +229,6 @@ def load_webhook_deliveries(
     log.info(f"webhook_deliveries: reading {inbox} after {stored_cursor or 'the beginning'}")
     deliveries = inbox.iter_deliveries(after=stored_cursor, on_bad_file=load.bad_files.append)
     for batch in chunks(deliveries, batch_size):
-        batch_cursor = batch[-1].cursor
         kept = []
         for delivery in batch:
             if delivery.lead_id in erased:
@@ -206,15 +237,9 @@ def load_webhook_deliveries(
             else:
                 kept.append(delivery)
         table = _delivery_table(kept, report, log, pii)
-        with open_warehouse() as store, store.transaction():
-            counts = store.upsert(WEBHOOK_DELIVERIES, table)
-            current = store.get_sync_state(INBOX_CURSOR)
-            if current is None or batch_cursor > current:
-                store.set_sync_state(INBOX_CURSOR, batch_cursor)
-                load.cursor = batch_cursor
+        _write_delivery_batch(open_warehouse, kept, table, batch[-1].cursor, load, log)
+        report.write_quarantine(open_warehouse)
         report.counts["read"] += len(batch)
-        report.counts["new"] += counts.inserted
-        report.counts["already_stored"] += counts.updated + counts.unchanged
         load.by_event.update(table.column("event").to_pylist())
         log.info(f"webhook_deliveries: {report.counts['read']:,} read, {report.counts['new']:,} new so far")
     report.counts["unknown_event_deliveries"] = sum(
@@ -222,7 +247,55 @@ def load_webhook_deliveries(
     )
     report.counts["unreadable_inbox_files"] = len(load.bad_files)
     report_bad_inbox_files(load.bad_files, log, "webhook_deliveries")
+    quarantine_bad_inbox_files(inbox, load.bad_files, report)
+    report.write_quarantine(open_warehouse)
     return load
+
+
+def _write_delivery_batch(
+    open_warehouse: OpenWarehouse,
+    batch: list[Delivery],
+    table: pa.Table,
+    batch_cursor: str,
+    load: DeliveryLoad,
+    log: Any,
+) -> None:
+    """Upsert one batch and move the cursor past it, in one transaction; a delivery the warehouse
+    refuses is found by halving the batch (`write_isolating`) and quarantined, and the cursor still
+    moves past it, so it never holds back the deliveries behind it."""
+    report = load.report
+
+    def write(rows: list[int], cursor: bool = False) -> None:
+        part = table.take(pa.array(rows, type=pa.int64()))
+        with open_warehouse() as store, store.transaction():
+            counts = store.upsert(WEBHOOK_DELIVERIES, part)
+            store.resolve_quarantined(SOURCE_WEBHOOK_DELIVERIES, part.column("delivery_key").to_pylist())
+            if cursor:
+                _advance_cursor(store, batch_cursor, load)
+        report.counts["new"] += counts.inserted
+        report.counts["already_stored"] += counts.updated + counts.unchanged
+
+    def reject(row: int, exc: BaseException) -> None:
+        delivery = batch[row]
+        report.reject(
+            SOURCE_WEBHOOK_DELIVERIES, delivery.delivery_key, describe_error(exc), delivery.raw, log
+        )
+
+    rows = list(range(len(batch)))
+    try:
+        write(rows, cursor=True)
+    except UNSTORABLE:
+        write_isolating(rows, write, reject)
+        with open_warehouse() as store, store.transaction():
+            _advance_cursor(store, batch_cursor, load)
+
+
+def _advance_cursor(store: Any, batch_cursor: str, load: DeliveryLoad) -> None:
+    """Move the inbox cursor to `batch_cursor`, never back (two loads may run at once)."""
+    current = store.get_sync_state(INBOX_CURSOR)
+    if current is None or batch_cursor > current:
+        store.set_sync_state(INBOX_CURSOR, batch_cursor)
+        load.cursor = batch_cursor
 
 
 # --------------------------------------------------------------------------- planning (the sensor)

@@ -26,6 +26,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from apten_assets.lib.models import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 from apten_assets.lib.tables import (
     CALL_TRANSCRIPT_TURNS,
     CALLS,
@@ -621,10 +622,20 @@ SELECT
   types[1] = 'OBJECT' AS is_object,
   CASE WHEN types[2] = 'VARCHAR' THEN texts[1] END AS role,
   CASE WHEN types[3] = 'VARCHAR' THEN texts[2] END AS content,
-  CASE WHEN types[4] = 'VARCHAR' THEN TRY_CAST(trim(texts[3]) AS TIMESTAMPTZ) END AS start_time,
-  CASE WHEN types[5] = 'VARCHAR' THEN TRY_CAST(trim(texts[4]) AS TIMESTAMPTZ) END AS end_time
+  {start_time} AS start_time,
+  {end_time} AS end_time
 FROM typed
 """
+
+
+def _turn_time(index: int) -> str:
+    # The models' range (store.py: stored values are readable back): year 1 or 10000 would be
+    # stored, and then fail every read that returns it to Python.
+    value = f"TRY_CAST(trim(texts[{index}]) AS TIMESTAMPTZ)"
+    return (
+        f"CASE WHEN types[{index + 1}] = 'VARCHAR' AND {value} >= '{EARLIEST_TIMESTAMP.isoformat()}' "
+        f"AND {value} < '{LATEST_TIMESTAMP.isoformat()}' THEN {value} END"
+    )
 
 
 def upsert_calls(
@@ -669,7 +680,11 @@ def _replace_turns_of_upserted_calls(
     try:
         _register(con, view, _chunked(calls))
         try:
-            _run(con, f"CREATE TEMP TABLE {items} AS {_TRANSCRIPT_ITEMS_SQL.format(calls=view)}")
+            _run(
+                con,
+                f"CREATE TEMP TABLE {items} AS "
+                + _TRANSCRIPT_ITEMS_SQL.format(calls=view, start_time=_turn_time(3), end_time=_turn_time(4)),
+            )
         finally:
             con.unregister(view)
         ((parents, stored_before),) = _run(
@@ -802,13 +817,23 @@ def rewrite_file(con: duckdb.DuckDBPyConnection) -> Path | None:
     return path
 
 
+# What DuckDB raises for a value it cannot take (a CHECK, a cast, JSON it cannot parse, a number
+# out of range); anything else (the lock, I/O) is not the rows' fault.
+_BAD_VALUE_ERRORS = (
+    duckdb.ConstraintException,
+    duckdb.ConversionException,
+    duckdb.InvalidInputException,
+    duckdb.OutOfRangeException,
+)
+
+
 @contextmanager
 def _refusing_bad_values() -> Iterator[None]:
-    """A value a column's CHECK refuses is the caller's bad row (ValueError), as on every backend."""
+    """A value DuckDB refuses is the caller's bad row (ValueError), as on every backend."""
     try:
         yield
-    except duckdb.ConstraintException as exc:
-        raise ValueError(f"a value breaks a column rule: {exc}") from exc
+    except _BAD_VALUE_ERRORS as exc:
+        raise ValueError(f"a value the warehouse cannot store: {type(exc).__name__}: {exc}") from exc
 
 
 class DuckDBStore(SqlStore):

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from adbc_driver_postgresql import dbapi
 
+from apten_assets.lib.models import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 from apten_assets.lib.tables import (
     CALL_TRANSCRIPT_TURNS,
     CALLS,
@@ -590,7 +591,8 @@ class PostgresStore(SqlStore):
         )
 
     def _timestamp(self, text: str) -> str:
-        """`text` as timestamptz when it is an ISO 8601 timestamp PostgreSQL can read, else NULL."""
+        """`text` as timestamptz when it is an ISO 8601 timestamp PostgreSQL can read within the
+        models' range, else NULL."""
         if self._try_timestamptz is None:
             ((version,),) = self._execute("SELECT current_setting('server_version_num')::int")
             # pg_input_is_valid (PostgreSQL 16) tests a cast without raising.
@@ -600,7 +602,12 @@ class PostgresStore(SqlStore):
                 if version >= 160000
                 else "apten._try_timestamptz({t})"
             )
-        return self._try_timestamptz.replace("{t}", text)
+        value = self._try_timestamptz.replace("{t}", text)
+        # The models' range (store.py: stored values are readable back).
+        return (
+            f"CASE WHEN {value} >= '{EARLIEST_TIMESTAMP.isoformat()}' "
+            f"AND {value} < '{LATEST_TIMESTAMP.isoformat()}' THEN {value} END"
+        )
 
     def _turn_items_sql(self, calls: str) -> str:
         """Transcript turns from calls' raw jsonb, with the turn rules of `store.py`: one row per

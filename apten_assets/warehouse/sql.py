@@ -10,10 +10,11 @@ A backend without these SQL features implements `Store` directly instead.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from apten_assets.lib.models import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, MAX_DURATION_SECONDS
 from apten_assets.lib.tables import (
     CALL_EVENTS,
     CALL_SUMMARIES,
@@ -23,6 +24,7 @@ from apten_assets.lib.tables import (
     ERASED_LEADS,
     LEAD_DATA,
     LEADS,
+    REJECTED_RECORDS,
     SUMMARY_STATUSES,
     WEBHOOK_DELIVERIES,
     LeadData,
@@ -43,6 +45,9 @@ from apten_assets.warehouse.store import (
 )
 
 BROKEN_TURNS_COLUMNS = ("call_id", "turns", "distinct_indexes", "first_index", "last_index")
+# Rows stored before the models bounded these values may still hold them; the read queries leave
+# such values out rather than overflow on them.
+_USABLE_DURATION = f"c.duration_seconds >= 0 AND c.duration_seconds <= {MAX_DURATION_SECONDS!r}"
 
 
 def quote(name: str) -> str:
@@ -102,17 +107,27 @@ class SqlStore(Store):
         """`(call_id, call_at)` of every known call: `CALL_TIME_RULE`, written only here."""
         return f"SELECT k.call_id, {self._CALL_AT} AS call_at FROM {self._call_sources()}"
 
+    def _readable(self, expr: str) -> str:
+        """`expr` (a timestamp) when it lies in the models' range, else NULL."""
+        return f"CASE WHEN {expr} >= ? AND {expr} < ? THEN {expr} END"
+
+    _READABLE_PARAMS = (EARLIEST_TIMESTAMP, LATEST_TIMESTAMP)
+
     def _call_end(self, calls_where: str) -> str:
         """`(call_id, ended_at)` of the calls matching `calls_where` (over `c`): `CALL_END_RULE`,
-        written only here. The turns are read only for calls without a duration."""
+        written only here. The turns are read only for calls without a usable duration. Takes
+        the `_READABLE_PARAMS` twice, before any parameter of `calls_where`."""
         calls = self._ref(CALLS)
         turns = self._ref(CALL_TRANSCRIPT_TURNS)
+        start = self._readable("c.created_at")
         return (
-            f"SELECT c.call_id, COALESCE(c.created_at + {self._seconds('c.duration_seconds')}, "
+            f"SELECT c.call_id, COALESCE(CASE WHEN {_USABLE_DURATION} THEN "
+            f"({start}) + {self._seconds('c.duration_seconds')} END, "
             "t.last_turn_end) AS ended_at "
-            f"FROM {calls} AS c LEFT JOIN (SELECT call_id, max(end_time) AS last_turn_end FROM {turns} "
-            f"WHERE call_id IN (SELECT c.call_id FROM {calls} AS c WHERE ({calls_where}) "
-            "AND c.duration_seconds IS NULL) GROUP BY call_id) AS t ON t.call_id = c.call_id "
+            f"FROM {calls} AS c LEFT JOIN "
+            f"(SELECT call_id, max({self._readable('end_time')}) AS last_turn_end "
+            f"FROM {turns} WHERE call_id IN (SELECT c.call_id FROM {calls} AS c WHERE ({calls_where}) "
+            f"AND NOT COALESCE({_USABLE_DURATION}, false)) GROUP BY call_id) AS t ON t.call_id = c.call_id "
             f"WHERE {calls_where}"
         )
 
@@ -240,16 +255,19 @@ class SqlStore(Store):
 
     def pending_calls(self) -> list[PendingCall]:
         pending = "c.summary_status = 'pending'"
+        bounds = list(self._READABLE_PARAMS)
         rows = self._fetch(
             f"""
-            SELECT c.call_id, CAST(ct.call_at AT TIME ZONE 'UTC' AS DATE), c.last_fetched_at, c.created_at,
-                   ce.ended_at, COALESCE(c.fetch_attempts, 0)
+            SELECT c.call_id, CAST(({self._readable("ct.call_at")}) AT TIME ZONE 'UTC' AS DATE),
+                   {self._readable("c.last_fetched_at")}, {self._readable("c.created_at")},
+                   {self._readable("ce.ended_at")}, COALESCE(c.fetch_attempts, 0)
             FROM {self._ref(CALLS)} AS c
             LEFT JOIN ({self._call_times()}) AS ct ON ct.call_id = c.call_id
             LEFT JOIN ({self._call_end(pending)}) AS ce ON ce.call_id = c.call_id
             WHERE {pending}
             ORDER BY c.last_fetched_at NULLS FIRST, c.call_id
-            """
+            """,
+            bounds * 6,
         )
         return [PendingCall(*row) for row in rows]
 
@@ -302,6 +320,61 @@ class SqlStore(Store):
             [list(call_ids)],
         )
         return {row[0]: CallTransferRecord(*row) for row in rows}
+
+    # ------------------------------------------------------------------ quarantine
+
+    def resolve_quarantined(
+        self, source: str, record_ids: Iterable[str], *, now: datetime | None = None
+    ) -> int:
+        ids = sorted(set(record_ids))
+        if not ids:
+            return 0
+        keys = self._fetch(
+            f"SELECT source, record_key FROM {self._ref(REJECTED_RECORDS)} "
+            f"WHERE source = ? AND resolved_at IS NULL AND {self._in_list('record_id')}",
+            [source, ids],
+        )
+        if not keys:
+            return 0
+        when = now or datetime.now(UTC)
+        return self.overwrite_columns(
+            REJECTED_RECORDS, ["resolved_at"], [(*key, when) for key in keys], now=when
+        )
+
+    def unresolved_quarantine(self, source: str) -> Finding:
+        table = self._ref(REJECTED_RECORDS)
+        unresolved = f"FROM {table} WHERE source = ? AND resolved_at IS NULL"
+        ((count, seen),) = self._fetch(
+            f"SELECT count(*), COALESCE(sum(times_seen), 0) {unresolved}", [source]
+        )
+        ((resolved,),) = self._fetch(
+            f"SELECT count(*) FROM {table} WHERE source = ? AND resolved_at IS NOT NULL", [source]
+        )
+        sample = self._fetch(
+            f"SELECT record_id, record_key, reason, times_seen, first_seen_at, last_seen_at {unresolved} "
+            f"ORDER BY last_seen_at DESC, record_key LIMIT {SAMPLE_SIZE}",
+            [source],
+        )
+        return Finding(
+            passed=count == 0,
+            metadata={
+                "source": source,
+                "unresolved": int(count),
+                "unresolved_times_seen": int(seen),
+                "resolved": int(resolved),
+                "sample_unresolved": [
+                    {
+                        "record_id": record_id,
+                        "record_key": key,
+                        "reason": reason[:300],
+                        "times_seen": int(times),
+                        "first_seen_at": first.isoformat() if first else None,
+                        "last_seen_at": last.isoformat() if last else None,
+                    }
+                    for record_id, key, reason, times, first, last in sample
+                ],
+            },
+        )
 
     # ------------------------------------------------------------------ quality rules
 
@@ -387,17 +460,18 @@ class SqlStore(Store):
             f"FROM {self._ref(CALLS)} AS c LEFT JOIN {self._ref(CALL_EVENTS)} AS e ON e.call_id = c.call_id "
             f"LEFT JOIN ({self._call_end('true')}) AS ce ON ce.call_id = c.call_id"
         )
+        bounds = list(self._READABLE_PARAMS) * 2
         due = f"FROM ({settled}) AS s WHERE ended_at < ? AND summary_status IS DISTINCT FROM 'not_found'"
         ((total, ready, missing, pending),) = self._fetch(
             "SELECT count(*), count(*) FILTER (WHERE summary_status = 'ready'), "
             "count(*) FILTER (WHERE summary_status = 'missing'), "
             f"count(*) FILTER (WHERE summary_status = 'pending') {due}",
-            [cutoff],
+            [*bounds, cutoff],
         )
         sample = self._fetch(
             f"SELECT call_id {due} AND summary_status = 'pending' "
             f"ORDER BY ended_at, call_id LIMIT {SAMPLE_SIZE}",
-            [cutoff],
+            [*bounds, cutoff],
         )
         metadata: dict[str, Any] = {
             "give_up_hours": round(give_up_after.total_seconds() / 3600, 2),

@@ -23,6 +23,16 @@ The rules every backend keeps, written once here:
 * **The end of a call** (`CALL_END_RULE`): `created_at + duration_seconds`; without a duration,
   the latest `end_time` of its transcript turns. `models.Call.ended_at` applies the same rule to
   a body before it is stored; `tests/warehouse` pins that the two agree.
+* **Stored values are readable back**: a turn timestamp outside the models' range
+  (`models.EARLIEST_TIMESTAMP` to `LATEST_TIMESTAMP`) is NULL like an unparseable one, and
+  `CALL_END_RULE` uses a duration only within [0, `models.MAX_DURATION_SECONDS`], so no stored
+  row makes a read query overflow (one call of 1e300 seconds once wedged the late-summary sensor).
+* **Quarantine** (`quarantine`, `resolve_quarantined`): `apten.rejected_records` holds one row
+  per `(source, record_key)`, built by `tables.rejected_row`. Seeing it again bumps `times_seen`
+  and `last_seen_at`, takes the latest reason and payload and clears `resolved_at`; a later
+  successful store of the record sets `resolved_at` once. `quarantine` is the backend's `upsert`
+  (the spec's `Merge` rules do it); `resolve_quarantined` is a shared SELECT plus the backend's
+  `overwrite_columns`.
 * **Erasure** (`erase_leads`): every row `lib.tables.LEAD_DATA` ties to the leads or their calls
   goes, in one transaction; `discard_deleted_data` then makes sure no copy of deleted rows stays
   readable in the warehouse's storage (freed blocks, dead tuples).
@@ -42,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from apten_assets.lib.tables import TableSpec
+from apten_assets.lib.tables import REJECTED_RECORDS, TableSpec
 
 if TYPE_CHECKING:
     # pandas takes ~1.3 s to import, paid by every process that runs the pipeline; no step passes a
@@ -272,6 +282,22 @@ class Store(ABC):
         """Make the rows of each parent in `parent_ids` exactly `rows` (every row's parent must be
         listed; a parent listed without rows ends with none); parents left as they were keep
         their rows and `_loaded_at`."""
+
+    def quarantine(self, rows: Rows, *, now: datetime | None = None) -> UpsertCounts:
+        """Record rejected records (`tables.rejected_row` rows); see "Quarantine" above."""
+        return self.upsert(REJECTED_RECORDS, rows, now=now)
+
+    @abstractmethod
+    def resolve_quarantined(
+        self, source: str, record_ids: Iterable[str], *, now: datetime | None = None
+    ) -> int:
+        """Set `resolved_at = now` on the unresolved rejected rows of `source` whose `record_id` is
+        in `record_ids` (they were just stored fine); returns how many were resolved."""
+
+    @abstractmethod
+    def unresolved_quarantine(self, source: str) -> Finding:
+        """Rejected records of `source` not resolved yet: passes when there are none; metadata
+        counts them and samples their ids and reasons."""
 
     @abstractmethod
     def get_sync_state(self, name: str) -> str | None:

@@ -357,7 +357,14 @@ def test_hostile_deliveries_and_a_garbage_inbox_file_never_stop_the_sensor_or_th
     assert meta["unreadable_inbox_files"] == 1
     assert meta["unreadable_inbox_file_names"] == [garbage.name]
     assert meta["unreadable_event_timestamp"] == 3
-    assert (meta["unstorable_ids"], meta["unstorable_event_names"], meta["skipped"]) == (1, 1, 0)
+    assert (meta["unstorable_ids"], meta["unstorable_event_names"], meta["skipped"]) == (1, 1, 1)
+    # The garbage file is the one record that cannot be stored: quarantined with its bytes.
+    assert (meta["quarantined"], meta["quarantined_ids"]) == (1, [garbage.name])
+    quarantined = pipeline.query(
+        "SELECT source, record_id, reason, payload_bytes, times_seen FROM apten.rejected_records"
+    )
+    assert [row[:2] for row in quarantined] == [("webhook_deliveries", garbage.name)]
+    assert "unreadable inbox file" in quarantined[0][2] and quarantined[0][3:] == (16, 1)
     assert "message.received\ufffd" in meta["unknown_event_names"]
 
     rows = pipeline.query(
@@ -375,3 +382,4 @@ def test_hostile_deliveries_and_a_garbage_inbox_file_never_stop_the_sensor_or_th
     # The sensor keeps ticking: nothing new, and the garbage file is skipped again, not fatal.
     assert pipeline.tick() == []
     assert _metadata(pipeline.materialize([WEBHOOK_DELIVERIES_KEY]), WEBHOOK_DELIVERIES_KEY)["new"] == 0
+    assert pipeline.query("SELECT times_seen FROM apten.rejected_records") == [(2,)]

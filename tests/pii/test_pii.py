@@ -5,7 +5,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import hmac
+import json
+import logging
 import re
+from contextlib import contextmanager
+from datetime import UTC, datetime
 
 import pytest
 
@@ -22,6 +26,9 @@ from apten_assets.lib.pii import (
     normalize_phone,
     redact_text,
 )
+from apten_assets.lib.pii_store import apply_pii_modes
+from apten_assets.lib.tables import QUARANTINE_PAYLOAD_BYTES, rejected_row
+from apten_assets.warehouse.duckdb import DuckDBStore
 from tests.pii.corpus import MUST_REDACT, MUST_SURVIVE, SECRETS
 
 SALT = "test-salt-不要"
@@ -192,3 +199,29 @@ def test_settings_read_the_modes_and_require_a_salt_for_hashed() -> None:
     ):
         AptenSettings.from_env({"APTEN_TRANSCRIPT_MODE": "partial"})
     assert AptenSettings.from_env({}).pii == PiiPolicy()
+
+
+def test_a_mode_change_applies_to_quarantined_payloads(tmp_path) -> None:
+    path = tmp_path / "w.duckdb"
+
+    @contextmanager
+    def open_warehouse():
+        with DuckDBStore.open(path) as store:
+            store.ensure_schema()
+            yield store
+
+    seen = datetime(2026, 6, 1, tzinfo=UTC)
+    lead = {"id": "L1", "firstName": "Ada", "phone": "+14155550123", "summary": "call +14155550123"}
+    cut = {"id": "L2", "summary": "x" * QUARANTINE_PAYLOAD_BYTES}
+    with open_warehouse() as store:
+        store.quarantine(
+            [rejected_row("leads", "L1", "bad", lead, seen), rejected_row("leads", "L2", "bad", cut, seen)]
+        )
+
+    policy = PiiPolicy(TranscriptMode.REDACTED, LeadPii.OFF)
+    apply_pii_modes(open_warehouse, policy, None, logging.getLogger("test"))
+    with open_warehouse() as store:
+        rows = dict(store.con.execute("SELECT record_id, payload FROM apten.rejected_records").fetchall())
+    assert json.loads(rows["L1"]) == policy.record(lead)
+    assert "Ada" not in rows["L1"] and "4155550123" not in rows["L1"]
+    assert rows["L2"] is None  # cut at the cap: it cannot be walked, so it is not kept

@@ -571,7 +571,6 @@ CALL_FETCH_CASES = {
     "html_body": (_always(Reply(text="<!doctype html><title>Login</title>")), "malformed body"),
     "json_array_body": (_always(Reply(json=[])), "malformed body"),
     "redirect_to_another_host": (None, f"redirecting to host '{EVIL_HOST}'"),
-    "bad_request": (_always(Reply(status=400, json={"message": "callId is invalid"})), "callId is invalid"),
     "server_error_every_time": (_always(Reply(status=500, json={"message": "boom"})), "HTTP 500"),
     "slower_than_read_timeout": (_always(Reply(json={}, delay=READ_TIMEOUT * 3)), "Timeout"),
 }

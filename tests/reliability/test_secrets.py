@@ -21,6 +21,7 @@ from apten_assets.lib.config import AptenSettings, ConfigError
 from apten_assets.sandbox.app import FaultConfig
 from apten_assets.sandbox.data import SandboxDataset
 from apten_assets.sandbox.server import SandboxServer
+from apten_assets.warehouse.duckdb import connect
 from tests.lib.scripted_server import Reply, ScriptedServer, Seen
 from tests.reliability.proxy import HostileProxy
 from tools.reliability.harness import (
@@ -55,10 +56,14 @@ class Runs:
     statuses: dict[str, list[int]]
 
 
-def _echo_key(seen: Seen, proxy: HostileProxy) -> Reply:
+def _echo_key_503(seen: Seen, proxy: HostileProxy) -> Reply:
     key = seen.headers.get("x-api-key", "")
-    if seen.path.endswith("0"):
-        return Reply(status=503, text=f"<html><body>upstream rejected {key}</body></html>")
+    return Reply(status=503, text=f"<html><body>upstream rejected {key}</body></html>")
+
+
+def _echo_key_400(seen: Seen, proxy: HostileProxy) -> Reply:
+    # A 400 is a quarantined skip: its reason is stored in apten.rejected_records, redacted.
+    key = seen.headers.get("x-api-key", "")
     return Reply(status=400, json={"message": f"invalid request for key {key}"})
 
 
@@ -90,8 +95,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     with SandboxServer(dataset, api_key=KEY, faults=FaultConfig(p_5xx=1.0)) as sandbox:
         run("retries_exhausted", sandbox.base_url, KEY, sandbox)
     with SandboxServer(dataset, api_key=KEY) as sandbox, HostileProxy(sandbox) as proxy:
-        for call_id in dataset.lead_call_ids[:6]:
-            proxy.rules[("call", call_id)] = _echo_key
+        for index, call_id in enumerate(dataset.lead_call_ids[:6]):
+            proxy.rules[("call", call_id)] = _echo_key_503 if index % 2 else _echo_key_400
         run("server_echoes_key", proxy.base_url, KEY, sandbox)
     yield Runs(home, outputs, sorted(work.glob("*.duckdb*")), outcomes, statuses)
 
@@ -109,6 +114,14 @@ def test_failing_runs_failed_where_keys_leak_most(runs: Runs) -> None:
     assert not echoed["success"] and "calls could not be fetched" in echoed["error"]
     output = next(p for p in runs.outputs if p.name == "server_echoes_key.out").read_text()
     assert "Apten rejected the request (HTTP 400): invalid request for key ***" in output
+    # The 400s were quarantined with the redacted reason; the 503s failed the step as before.
+    path = next(p for p in runs.duckdb_files if p.name == "server_echoes_key.duckdb")
+    con = connect(path, read_only=True)
+    try:
+        reasons = [r for (r,) in con.execute("SELECT reason FROM apten.rejected_records").fetchall()]
+    finally:
+        con.close()
+    assert len(reasons) == 3 and all("invalid request for key ***" in r for r in reasons)
 
 
 def _files(root: Path) -> list[Path]:

@@ -16,12 +16,15 @@ from apten_assets.lib.tables import (
     CALL_TRANSCRIPT_TURNS,
     CALLS,
     LEADS,
+    QUARANTINE_PAYLOAD_BYTES,
+    REJECTED_RECORDS,
     STORED_TABLES,
     TABLES,
     call_event_row,
     call_rows,
     lead_row,
     not_found_call_row,
+    rejected_row,
 )
 from apten_assets.warehouse import Store, UpsertCounts
 from tests.warehouse.helpers import one, query
@@ -47,6 +50,11 @@ CONTRACT_COLUMNS = {
     ],
     "call_summaries": ["call_id", "lead_id", "summary", "summary_first_seen_at", "summary_latency_seconds"],
     "call_transcript_turns": ["call_id", "turn_index", "role", "content", "start_time", "end_time"],
+    # The contract's columns, then `record_key`: record_id, or a payload digest when there is none.
+    "rejected_records": [
+        "source", "record_id", "reason", "payload", "payload_bytes", "first_seen_at", "last_seen_at",
+        "times_seen", "resolved_at", "record_key",
+    ],
 }  # fmt: skip
 CONTRACT_KEYS = {
     "leads": ("lead_id",),
@@ -56,6 +64,8 @@ CONTRACT_KEYS = {
     "call_transcript_turns": ("call_id", "turn_index"),
     "webhook_deliveries": ("delivery_key",),
     "call_transfers": ("call_id", "attempt"),
+    # The contract's (source, record_id), with NULL ids kept apart by payload (record_key).
+    "rejected_records": ("source", "record_key"),
 }
 
 T0 = datetime(2026, 6, 15, 15, 0, tzinfo=UTC)
@@ -622,6 +632,94 @@ def test_the_end_of_a_call_is_the_same_rule_in_the_store_and_the_model(store: St
     assert ended == {body["id"]: Call.from_json(body).ended_at for body in bodies}
     assert ended["by-turns"] == datetime(2026, 6, 15, 14, 30, 12, tzinfo=UTC)
     assert ended["unknown"] is None
+
+
+def rejected(store: Store) -> list[tuple]:
+    return query(
+        store,
+        "SELECT source, record_key, record_id, reason, payload, payload_bytes, first_seen_at, last_seen_at, "
+        "times_seen, resolved_at FROM apten.rejected_records ORDER BY source, record_key",
+    )
+
+
+def test_quarantine_keeps_one_row_per_record_and_counts_sightings(store: Store) -> None:
+    later = T0 + timedelta(hours=1)
+    store.quarantine([rejected_row("calls", "c-1", "ValueError: first", {"id": "c-1"}, T0)], now=T0)
+    store.quarantine(
+        [rejected_row("calls", "c-1", "ValueError: again", {"id": "c-1", "x": 1}, later)], now=later
+    )
+    # The same id under another source is another record.
+    store.quarantine([rejected_row("leads", "c-1", "MalformedRecord", None, T0)], now=T0)
+
+    rows = rejected(store)
+    assert [(r[0], r[1], r[2]) for r in rows] == [("calls", "c-1", "c-1"), ("leads", "c-1", "c-1")]
+    source, _, _, reason, payload, size, first, last, times, resolved = rows[0]
+    assert (reason, json.loads(payload), size) == ("ValueError: again", {"id": "c-1", "x": 1}, len(payload))
+    assert (first, last, times, resolved) == (T0, later, 2, None)
+    assert store.duplicate_keys(REJECTED_RECORDS) == 0
+
+
+def test_records_without_an_id_are_one_row_per_distinct_payload(store: Store) -> None:
+    rows = [
+        rejected_row("leads", None, "MalformedRecord: 'id' is missing", {"firstName": "A"}, T0),
+        rejected_row("leads", None, "MalformedRecord: 'id' is missing", {"firstName": "B"}, T0),
+    ]
+    store.quarantine(rows, now=T0)
+    store.quarantine(rows[:1], now=T0 + timedelta(minutes=1))
+    stored = rejected(store)
+    assert sorted((r[2], r[4], r[8]) for r in stored) == [
+        (None, '{"firstName": "A"}', 2),
+        (None, '{"firstName": "B"}', 1),
+    ]
+    assert all(r[1].startswith("sha256:") for r in stored)
+
+
+def test_payload_is_capped_and_its_full_size_kept(store: Store) -> None:
+    big = {"id": "c-big", "text": "é" * 100_000}
+    store.quarantine([rejected_row("calls", "c-big", "too big", big, T0)], now=T0)
+    ((payload, size),) = query(store, "SELECT payload, payload_bytes FROM apten.rejected_records")
+    full = json.dumps(big, ensure_ascii=False).encode()
+    assert size == len(full) > QUARANTINE_PAYLOAD_BYTES
+    assert len(payload.encode()) <= QUARANTINE_PAYLOAD_BYTES
+    assert full.startswith(payload.encode())
+
+
+def test_resolving_sets_resolved_at_once_and_a_new_rejection_clears_it(store: Store) -> None:
+    store.quarantine([rejected_row("calls", f"c-{i}", "bad", None, T0) for i in range(3)], now=T0)
+    resolved_at = T0 + timedelta(hours=1)
+    assert store.resolve_quarantined("calls", ["c-0", "c-1", "unknown"], now=resolved_at) == 2
+    assert store.resolve_quarantined("calls", ["c-0"], now=resolved_at + timedelta(hours=1)) == 0
+    assert store.resolve_quarantined("leads", ["c-2"], now=resolved_at) == 0
+    assert {r[1]: r[9] for r in rejected(store)} == {"c-0": resolved_at, "c-1": resolved_at, "c-2": None}
+
+    finding = store.unresolved_quarantine("calls")
+    assert not finding.passed
+    assert (finding.metadata["unresolved"], finding.metadata["resolved"]) == (1, 2)
+    assert [s["record_id"] for s in finding.metadata["sample_unresolved"]] == ["c-2"]
+    assert store.unresolved_quarantine("leads").passed
+
+    store.quarantine([rejected_row("calls", "c-0", "bad again", None, T0)], now=resolved_at)
+    assert {r[1]: r[9] for r in rejected(store)}["c-0"] is None
+
+
+def test_stored_values_out_of_range_never_break_the_read_queries(store: Store) -> None:
+    # Rows written before the models bounded durations and timestamps: a duration of 1e300 s,
+    # a start in year 9999, a turn ending in year 9999. Every read that returns them still works.
+    body = {k: v for k, v in CALL_BODY.items() if k != "summary"}
+    absurd = {**call_rows(Call.from_json(body), T0).call, "call_id": "absurd", "duration_seconds": 1e300}
+    far = {**call_rows(Call.from_json(body), T0).call, "call_id": "far", "duration_seconds": 10.0}
+    far["created_at"] = datetime(9999, 12, 31, 23, 0, tzinfo=UTC)
+    store.upsert(CALLS, [absurd, far], now=T0)
+    store.upsert(
+        CALL_TRANSCRIPT_TURNS,
+        [{"call_id": "absurd", "turn_index": 0, "end_time": datetime(9999, 12, 31, 23, 59, tzinfo=UTC)}],
+    )
+
+    pending = {call.call_id: call for call in store.pending_calls()}
+    assert set(pending) == {"absurd", "far"}
+    assert pending["absurd"].ended_at is None
+    assert pending["far"].created_at is None and pending["far"].ended_at is None
+    assert store.summary_coverage(timedelta(hours=72)).metadata["calls_past_give_up_window"] >= 1
 
 
 def test_nul_characters_are_removed_on_postgres_and_kept_on_duckdb(store: Store) -> None:

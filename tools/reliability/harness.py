@@ -39,6 +39,9 @@ BOOKKEEPING_COLUMNS: dict[str, frozenset[str]] = {
     "calls": frozenset({"first_fetched_at", "last_fetched_at", "fetch_attempts"}),
     "call_summaries": frozenset({"summary_first_seen_at", "summary_latency_seconds"}),
     "webhook_deliveries": frozenset({"received_at"}),
+    # When and how often a record was rejected differs between two correct runs; what was
+    # rejected, why and whether it is resolved does not.
+    "rejected_records": frozenset({"first_seen_at", "last_seen_at", "times_seen", "resolved_at"}),
 }
 IGNORED_EVERYWHERE = frozenset({"_loaded_at"})
 

@@ -6,6 +6,10 @@ partitioned runs and in single-run backfills (ranges) alike. Each table's checks
 `multi_asset_check` that runs only the selected checks), so a run has one check step per table,
 right after that table's step. Blocking checks (unique keys of `call_events` and `calls`) fail
 their step, so nothing downstream of a table with duplicate keys runs.
+
+`apten.rejected_records` (the quarantine) has no asset of its own: every op writes it. Its rows
+are checked where they come from: each source's asset has a WARN check listing the records of that
+source still unresolved (the late-summary sensor's sit with `apten/calls`, which it refreshes).
 """
 
 from collections.abc import Callable, Iterator
@@ -22,13 +26,24 @@ from apten_assets.lib.tables import (
     CALL_SUMMARIES,
     CALL_TRANSCRIPT_TURNS,
     CALLS,
+    LEADS,
+    REJECTED_RECORDS,
     TABLES,
+    WEBHOOK_DELIVERIES,
     TableSpec,
 )
 from apten_assets.warehouse import Finding, Store
 
 # Downstream steps read these tables by key; a duplicate there multiplies rows further down.
 BLOCKING_UNIQUE_KEYS = frozenset({CALL_EVENTS.name, CALLS.name})
+# Quarantine source -> the table whose asset carries its check.
+QUARANTINE_SOURCES = {
+    LEADS.name: LEADS,
+    CALL_EVENTS.name: CALL_EVENTS,
+    CALLS.name: CALLS,
+    WEBHOOK_DELIVERIES.name: WEBHOOK_DELIVERIES,
+    "apten_late_summary_sensor": CALLS,
+}
 
 
 @dataclass(frozen=True)
@@ -58,7 +73,18 @@ def _table_checks(settings: AptenSettings) -> dict[str, list[TableCheck]]:
             )
         ]
         for spec in TABLES.values()
+        if spec is not REJECTED_RECORDS
     }
+    for source, spec in QUARANTINE_SOURCES.items():
+        checks[spec.name].append(
+            TableCheck(
+                f"rejected_records_{source}_resolved",
+                f"No record rejected by {source} is still unresolved in {REJECTED_RECORDS.qualified_name} "
+                "(lists them: id, reason, times seen).",
+                lambda store, source=source: store.unresolved_quarantine(source),
+                severity=dg.AssetCheckSeverity.WARN,
+            )
+        )
     checks[CALLS.name].append(
         TableCheck(
             "summary_status_allowed",

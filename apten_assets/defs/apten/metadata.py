@@ -13,6 +13,8 @@ from apten_assets.lib.tables import TableSpec
 from apten_assets.warehouse import Preview
 
 PREVIEW_CELL_CHARS = 60
+# Ids listed in a run's `quarantined_ids` (the count is in `quarantined`; the table has them all).
+MAX_QUARANTINED_IDS = 100
 
 
 def table_definition_metadata(spec: TableSpec) -> dict[str, Any]:
@@ -69,6 +71,10 @@ def run_metadata(
     for name, value in sorted(report.counts.items()):
         meta[name] = int(value)
     meta.setdefault("skipped", 0)
+    meta.setdefault("quarantined", 0)
+    if report.quarantined_ids:
+        shown = report.quarantined_ids[:MAX_QUARANTINED_IDS]
+        meta["quarantined_ids"] = dg.MetadataValue.json(shown)
     if report.skipped:
         meta["skipped_reasons"] = dg.MetadataValue.json(dict(report.skip_reasons))
         meta["skipped_records"] = dg.MetadataValue.json(report.skipped_preview())

@@ -50,9 +50,11 @@ class AptenWarehouse(dg.ConfigurableResource):
         return AptenSettings.from_env().warehouse
 
     @contextmanager
-    def get_store(self) -> Iterator[Store]:
-        """A write session, with the schema created or migrated first."""
-        with open_store(self.location, timeout_seconds=self.lock_timeout_seconds) as store:
+    def get_store(self, timeout_seconds: float | None = None) -> Iterator[Store]:
+        """A write session, with the schema created or migrated first (`timeout_seconds`: how long
+        to wait for the warehouse, the resource's lock timeout by default)."""
+        timeout = self.lock_timeout_seconds if timeout_seconds is None else timeout_seconds
+        with open_store(self.location, timeout_seconds=timeout) as store:
             store.ensure_schema()
             yield store
 

@@ -1,7 +1,9 @@
 """`apten_late_summary_sensor`: asks Apten again about calls stored without a summary, and refreshes
 exactly the calls whose summary has arrived (or that waited past APTEN_SUMMARY_GIVE_UP_HOURS).
 
-Reading is read-only and short; the sensor never writes the warehouse. The runs it requests do:
+Reading is read-only and short; the sensor writes the warehouse only to quarantine a stored row
+it cannot plan (`apten.rejected_records`, source `apten_late_summary_sensor`), rather than fail
+every tick on it. The runs it requests do:
 the calls op fetches the named calls and sets `summary_status` (`ready`, or `missing` past the
 give-up window), `summary_first_seen_at` and `summary_latency_seconds`.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 
@@ -30,6 +33,7 @@ from apten_assets.lib.late_summaries import (
     refresh_requests,
     tick_client,
 )
+from apten_assets.lib.tables import rejected_row
 from apten_assets.warehouse import PendingCall, WarehouseBusy, WarehouseNotReady
 
 LATE_SUMMARY_SENSOR_NAME = "apten_late_summary_sensor"
@@ -90,6 +94,8 @@ def build_late_summary_sensor(
             give_up_after=give_up_after,
             max_checks=checks_per_tick(client_settings.max_rps, check_budget_seconds),
         )
+        if plan.unusable:
+            _quarantine_unusable(warehouse, plan.unusable, now, context.log)
         results = CheckResults()
         if plan.to_check:
             deadline = started + check_budget_seconds + DEADLINE_SLACK_SECONDS
@@ -156,6 +162,22 @@ def _read_pending(warehouse: AptenWarehouse) -> tuple[list[PendingCall], str | N
         return [], f"warehouse busy: {exc}"
     except WarehouseNotReady as exc:
         return [], f"no calls stored yet; nothing is pending ({exc})"
+
+
+def _quarantine_unusable(
+    warehouse: AptenWarehouse, unusable: list[tuple[PendingCall, str]], now: datetime, log: Any
+) -> None:
+    """Record the stored rows this tick could not plan in `apten.rejected_records` (source: this
+    sensor) and go on. Best effort: a busy warehouse leaves it to a later tick, never fails this one."""
+    for call, reason in unusable[:5]:
+        log.warning(f"pending call {call.call_id}: cannot be planned ({reason}); quarantined, tick goes on")
+    source = LATE_SUMMARY_SENSOR_NAME
+    rows = [rejected_row(source, call.call_id, reason, repr(call), now) for call, reason in unusable]
+    try:
+        with warehouse.get_store(timeout_seconds=READ_TIMEOUT_SECONDS) as store:
+            store.quarantine(rows, now=now)
+    except WarehouseBusy as exc:
+        log.info(f"could not record {len(rows)} unusable pending call(s) this tick: {exc}")
 
 
 def _in_partitions(
