@@ -76,6 +76,14 @@ _NOT_READY_STATES = ("42P01", "3F000")
 # A timestamp the turn rules accept: ISO 8601 date, optional time, optional zone (PostgreSQL's
 # own input also takes words such as 'yesterday' and 'epoch', which DuckDB's TRY_CAST refuses).
 _ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|z|[+-]\d{2}(:?\d{2})?)?$"
+# The shapes (digits as 9) of the timestamps Apten writes, each one `_ISO_TIMESTAMP` accepts: a value
+# of one of these shapes skips the regular expression, which costs several times a translate().
+_COMMON_TIMESTAMP_SHAPES = tuple(
+    f"9999-99-99{sep}99:99:99{fraction}{zone}"
+    for sep in ("T", " ")
+    for fraction in ("", ".999", ".999999")
+    for zone in ("Z", "+99:99", "-99:99", "")
+)
 _QMARK = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\?")
 _NUL = "\x00"
 _JSON_NUL = "\\u0000"
@@ -143,6 +151,15 @@ def _without_nul(spec: TableSpec, data: pa.Table) -> tuple[pa.Table, int]:
             cleaned.append(text)
         data = data.set_column(index, column.name, pa.array(cleaned, type=pa.string()))
     return data, removed
+
+
+def _keys_unique(data: pa.Table, key: Sequence[str]) -> bool:
+    """Whether no two rows of `data` share a primary key (NULL keys are refused before this)."""
+    if data.num_rows < 2:
+        return True
+    if len(key) == 1:
+        return pc.count_distinct(data.column(key[0])).as_py() == data.num_rows
+    return data.group_by(list(key)).aggregate([]).num_rows == data.num_rows
 
 
 def _column_ddl(column: Column) -> str:
@@ -369,6 +386,23 @@ class PostgresStore(SqlStore):
         for table in tables:
             self._execute(f"DROP TABLE IF EXISTS pg_temp.{quote(table)}")
 
+    def _create_temp(self, name: str, select: str, params: Sequence[Any] | None = None) -> None:
+        """`CREATE TEMP TABLE name AS select`, its jsonb and text values stored uncompressed: a temp
+        table lives for one write, and compressing every `raw` into it (pglz, the only method some
+        builds have) cost as much as the rest of the staging."""
+        self._execute(f"CREATE TEMP TABLE {quote(name)} AS {select} WITH NO DATA", params)
+        storage = ", ".join(
+            f"ALTER COLUMN {quote(column)} SET STORAGE EXTERNAL"
+            for (column,) in self._execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = CAST(? AS regclass) AND attnum > 0 "
+                "AND NOT attisdropped AND atttypid IN (CAST('jsonb' AS regtype), CAST('text' AS regtype))",
+                [f"pg_temp.{quote(name)}"],
+            )
+        )
+        if storage:
+            self._execute(f"ALTER TABLE pg_temp.{quote(name)} {storage}")
+        self._execute(f"INSERT INTO pg_temp.{quote(name)} {select}", params)
+
     def _ingest(self, name: str, data: pa.Table) -> None:
         self._cursor.adbc_ingest(name, data, mode="create", temporary=True)
 
@@ -403,9 +437,13 @@ class PostgresStore(SqlStore):
         )
         staged = self._temp(f"stage_{spec.name}")
         temps.append(staged)
-        self._execute(
-            f"CREATE TEMP TABLE {quote(staged)} AS SELECT DISTINCT ON ({key}) {casts}, __ord "
-            f"FROM pg_temp.{quote(raw)} ORDER BY {key}, __ord DESC"
+        if _keys_unique(data, spec.primary_key):
+            # The usual batch: nothing to deduplicate, so no sort of every row by key.
+            self._create_temp(staged, f"SELECT {casts}, __ord FROM pg_temp.{quote(raw)}")
+            return f"pg_temp.{quote(staged)}", data, data.num_rows, 0
+        self._create_temp(
+            staged,
+            f"SELECT DISTINCT ON ({key}) {casts}, __ord FROM pg_temp.{quote(raw)} ORDER BY {key}, __ord DESC",
         )
         ((distinct,),) = self._execute(f"SELECT count(*) FROM pg_temp.{quote(staged)}")
         return f"pg_temp.{quote(staged)}", data, data.num_rows, data.num_rows - int(distinct)
@@ -490,11 +528,12 @@ class PostgresStore(SqlStore):
         bookkeeping_changed = " OR ".join(bookkeeping_diff) or "false"
         classified = self._temp(f"merge_{spec.name}")
         temps.append(classified)
-        self._execute(
-            f"CREATE TEMP TABLE {quote(classified)} AS SELECT {', '.join(merged)}, "
+        self._create_temp(
+            classified,
+            f"SELECT {', '.join(merged)}, "
             f"NOT ({exists}) AS __new, ({exists} AND ({changed})) AS __changed, "
             f"({exists} AND ({bookkeeping_changed})) AS __bookkeeping_changed "
-            f"FROM {staged} AS s LEFT JOIN {self._ref(spec)} AS t ON {join}"
+            f"FROM {staged} AS s LEFT JOIN {self._ref(spec)} AS t ON {join}",
         )
         ref = f"pg_temp.{quote(classified)}"
         ((inserted, updated, touched),) = self._execute(
@@ -596,8 +635,13 @@ class PostgresStore(SqlStore):
         if self._try_timestamptz is None:
             ((version,),) = self._execute("SELECT current_setting('server_version_num')::int")
             # pg_input_is_valid (PostgreSQL 16) tests a cast without raising.
+            shapes = ", ".join(f"'{shape}'" for shape in _COMMON_TIMESTAMP_SHAPES)
+            iso = (
+                f"CASE WHEN translate({{t}}, '0123456789', '9999999999') IN ({shapes}) THEN true "
+                f"ELSE {{t}} ~ '{_ISO_TIMESTAMP}' END"
+            )
             self._try_timestamptz = (
-                "CASE WHEN {t} ~ '" + _ISO_TIMESTAMP + "' AND pg_input_is_valid({t}, 'timestamptz') "
+                f"CASE WHEN {iso} AND pg_input_is_valid({{t}}, 'timestamptz') "
                 "THEN CAST({t} AS timestamptz) END"
                 if version >= 160000
                 else "apten._try_timestamptz({t})"
@@ -616,48 +660,62 @@ class PostgresStore(SqlStore):
         def text_of(key: str) -> str:
             return f"CASE WHEN jsonb_typeof(i.t -> '{key}') = 'string' THEN i.t ->> '{key}' END"
 
+        # OFFSET 0 keeps the inner query from being merged into the outer one, which would
+        # repeat each field's extraction in every place the timestamp rule names it.
         return f"""
-            SELECT c.call_id, c.first_write, CAST(i.ord - 1 AS integer) AS turn_index,
-                   jsonb_typeof(i.t) = 'object' AS is_object,
-                   {text_of("role")} AS role,
-                   {text_of("content")} AS content,
-                   {self._timestamp(f"btrim({text_of('startTime')})")} AS start_time,
-                   {self._timestamp(f"btrim({text_of('endTime')})")} AS end_time
-            FROM {calls} AS c
-            CROSS JOIN LATERAL jsonb_array_elements(
-              CASE WHEN jsonb_typeof(c.raw -> 'transcript') = 'array' THEN c.raw -> 'transcript'
-                   ELSE '[]'::jsonb END
-            ) WITH ORDINALITY AS i(t, ord)
+            SELECT call_id, first_write, turn_index, is_object, role, content,
+                   {self._timestamp("start_text")} AS start_time,
+                   {self._timestamp("end_text")} AS end_time
+            FROM (
+              SELECT c.call_id, c.first_write, CAST(i.ord - 1 AS integer) AS turn_index,
+                     jsonb_typeof(i.t) = 'object' AS is_object,
+                     {text_of("role")} AS role,
+                     {text_of("content")} AS content,
+                     btrim({text_of("startTime")}) AS start_text,
+                     btrim({text_of("endTime")}) AS end_text
+              FROM {calls} AS c
+              CROSS JOIN LATERAL jsonb_array_elements(
+                CASE WHEN jsonb_typeof(c.raw -> 'transcript') = 'array' THEN c.raw -> 'transcript'
+                     ELSE '[]'::jsonb END
+              ) WITH ORDINALITY AS i(t, ord)
+              OFFSET 0
+            ) AS turn
         """
 
     def _replace_turns_of_upserted_calls(
         self, merged: str, staged: str, data: pa.Table, written_at: datetime, temps: list[str]
     ) -> ReplaceCounts:
-        calls = self._temp("turn_calls")
-        temps.append(calls)
-        self._execute(
-            f"CREATE TEMP TABLE {quote(calls)} AS SELECT s.call_id, s.raw, m.__new AS first_write "
-            f"FROM {staged} AS s JOIN {merged} AS m ON m.call_id = s.call_id "
-            "WHERE (m.__new OR m.__changed) AND s.raw IS NOT NULL"
+        """Turns of the calls this upsert inserted or changed. A new call's turns go straight from
+        its `raw` into the table; a stored call's turns are compared with the stored ones first, and
+        replaced only when they differ. A call with an empty or absent transcript is left alone."""
+        transcript = "s.raw -> 'transcript'"
+        calls = (
+            f"SELECT s.call_id, s.raw, m.__new AS first_write FROM {staged} AS s "
+            f"JOIN {merged} AS m ON m.call_id = s.call_id WHERE (m.__new OR m.__changed) "
+            f"AND jsonb_typeof({transcript}) = 'array' AND jsonb_array_length({transcript}) > 0"
         )
-        items = self._temp("turn_items")
-        temps.append(items)
-        self._execute(
-            f"CREATE TEMP TABLE {quote(items)} AS {self._turn_items_sql(f'pg_temp.{quote(calls)}')}"
-        )
-        items_ref = f"pg_temp.{quote(items)}"
-        ((parents, stored_before),) = self._execute(
-            "SELECT count(DISTINCT call_id), count(DISTINCT call_id) FILTER (WHERE NOT first_write) "
-            f"FROM {items_ref}"
+        ((new_parents, stored_parents),) = self._execute(
+            "SELECT count(*) FILTER (WHERE first_write), count(*) FILTER (WHERE NOT first_write) "
+            f"FROM ({calls}) AS c"
         )
         turns = self._ref(CALL_TRANSCRIPT_TURNS)
         columns = ", ".join(quote(c.name) for c in CALL_TRANSCRIPT_TURNS.data_columns)
-        deleted = changed = inserted = 0
-        to_write = "first_write"
-        if stored_before:
-            staged_turns = f"SELECT {columns} FROM {items_ref} WHERE is_object AND NOT first_write"
-            before = f"call_id IN (SELECT call_id FROM {items_ref} WHERE NOT first_write)"
-            stored_turns = f"SELECT {columns} FROM {turns} WHERE {before}"
+        insert = f"INSERT INTO {turns} ({columns}, {LOADED_AT}) SELECT {columns}, CAST(? AS timestamptz)"
+        inserted = deleted = changed = 0
+        if new_parents:
+            new_items = self._turn_items_sql(f"({calls} AND m.__new)")
+            ((inserted,),) = self._execute(
+                f"WITH i AS ({insert} FROM ({new_items}) AS x WHERE is_object RETURNING 1) "
+                "SELECT count(*) FROM i",
+                [written_at],
+            )
+        if stored_parents:
+            items = self._temp("turn_items")
+            temps.append(items)
+            self._create_temp(items, self._turn_items_sql(f"({calls} AND NOT m.__new)"))
+            items_ref = f"pg_temp.{quote(items)}"
+            staged_turns = f"SELECT {columns} FROM {items_ref} WHERE is_object"
+            stored_turns = f"SELECT {columns} FROM {turns} WHERE call_id IN (SELECT call_id FROM {items_ref})"
             revised = self._temp("revised")
             temps.append(revised)
             revised_ref = f"pg_temp.{quote(revised)}"
@@ -671,19 +729,18 @@ class PostgresStore(SqlStore):
                     f"WITH d AS (DELETE FROM {turns} WHERE call_id IN (SELECT call_id FROM {revised_ref}) "
                     "RETURNING 1) SELECT count(*) FROM d"
                 )
-                to_write = f"(first_write OR call_id IN (SELECT call_id FROM {revised_ref}))"
-        replaced = int(parents) - int(stored_before) + int(changed)
-        if replaced:
-            ((inserted,),) = self._execute(
-                f"WITH i AS (INSERT INTO {turns} ({columns}, {LOADED_AT}) "
-                f"SELECT {columns}, CAST(? AS timestamptz) FROM {items_ref} "
-                f"WHERE is_object AND {to_write} RETURNING 1) SELECT count(*) FROM i",
-                [written_at],
-            )
+                ((rewritten,),) = self._execute(
+                    f"WITH i AS ({insert} FROM {items_ref} WHERE is_object "
+                    f"AND call_id IN (SELECT call_id FROM {revised_ref}) RETURNING 1) SELECT count(*) FROM i",
+                    [written_at],
+                )
+                inserted += rewritten
+        parents = int(new_parents) + int(stored_parents)
+        replaced = int(new_parents) + int(changed)
         return ReplaceCounts(
-            parents=int(parents),
+            parents=parents,
             parents_replaced=replaced,
-            parents_unchanged=int(parents) - replaced,
+            parents_unchanged=parents - replaced,
             deleted=int(deleted),
             inserted=int(inserted),
         )

@@ -185,6 +185,18 @@ class Inbox:
             "size": len(raw),
         }
         self.path.mkdir(parents=True, exist_ok=True)
+        with self._written(key, header, raw) as temp:
+            try:
+                os.link(temp, final)
+            except FileExistsError:
+                return StoreResult(key, stored=False)
+        self._fsync_directory()
+        return StoreResult(key, stored=True)
+
+    @contextlib.contextmanager
+    def _written(self, key: str, header: dict[str, Any], raw: bytes) -> Iterator[Path]:
+        """A fsynced temp file holding `header` and `raw`, removed once the caller has linked or
+        moved it into place (or failed to)."""
         temp = self.path / f"{_TEMP_PREFIX}{key}-{uuid.uuid4().hex}"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -193,15 +205,10 @@ class Inbox:
                 f.write(raw)
                 f.flush()
                 os.fsync(f.fileno())
-            try:
-                os.link(temp, final)
-            except FileExistsError:
-                return StoreResult(key, stored=False)
+            yield temp
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
-        self._fsync_directory()
-        return StoreResult(key, stored=True)
 
     def _fsync_directory(self) -> None:
         # Makes the new directory entry itself durable, not only the file's bytes.
@@ -285,18 +292,8 @@ class Inbox:
         with final.open("rb") as f:
             header = _parse_header(f.readline(), final)
         header["size"] = len(raw)
-        temp = self.path / f"{_TEMP_PREFIX}{key}-{uuid.uuid4().hex}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(json.dumps(header).encode("utf-8") + b"\n")
-                f.write(raw)
-                f.flush()
-                os.fsync(f.fileno())
+        with self._written(key, header, raw) as temp:
             os.replace(temp, final)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
         self._fsync_directory()
         return True
 

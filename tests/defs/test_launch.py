@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import dagster as dg
-from apten_assets.lib.warehouse import connect
 
 from apten_assets.sandbox.server import SandboxServer
+from apten_assets.warehouse.duckdb import connect
 from tests.conftest import SANDBOX_ANCHOR
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,5 +1,6 @@
 """Chaos backfill: the issue's fault mix on every request, and the tables end exactly as a
-fault-free run of the same data leaves them (no call lost, none duplicated, no stale turn)."""
+fault-free run of the same data leaves them (no call lost, none duplicated, no stale turn), on
+every warehouse backend."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ import pytest
 
 from tests.reliability.conftest import FULL
 from tools.reliability.drills import ChaosReport, chaos_drill
-from tools.reliability.harness import describe_diffs, drill_spec
+from tools.reliability.harness import Warehouses, describe_diffs, drill_spec
 
 SPEC = drill_spec(600, 10, 7) if FULL else drill_spec(40, 8, 3)
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> ChaosReport:
-    return chaos_drill(SPEC, tmp_path_factory.mktemp("chaos"), fault_seed=31)
+def report(warehouses: Warehouses) -> ChaosReport:
+    return chaos_drill(SPEC, warehouses.workdir, fault_seed=31, warehouses=warehouses)
 
 
 def test_every_kind_of_fault_was_injected(report: ChaosReport) -> None:

@@ -1,6 +1,7 @@
 """Concurrency: an intraday schedule run, a multi-day backfill and sensor-requested runs at once,
-each in its own process on one DuckDB file and one Dagster instance; all succeed, no lock error
-escapes, and the totals are exactly those of a single fault-free run."""
+each in its own process on one warehouse and one Dagster instance; all succeed, no lock error
+escapes, and the totals are exactly those of a single fault-free run. On DuckDB the runs take turns
+on the file; on PostgreSQL they write at once, queueing only per table and batch."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ import pytest
 
 from tests.reliability.conftest import FULL
 from tools.reliability.drills import ConcurrencyReport, concurrency_drill
-from tools.reliability.harness import describe_diffs, drill_spec
+from tools.reliability.harness import Warehouses, describe_diffs, drill_spec
 
 SPEC = drill_spec(300, 10, 5) if FULL else drill_spec(30, 6, 3)
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> ConcurrencyReport:
-    return concurrency_drill(SPEC, tmp_path_factory.mktemp("concurrency"), sensor_runs=3)
+def report(warehouses: Warehouses) -> ConcurrencyReport:
+    return concurrency_drill(SPEC, warehouses.workdir, sensor_runs=3, warehouses=warehouses)
 
 
 def test_every_run_succeeds(report: ConcurrencyReport) -> None:
@@ -24,7 +25,7 @@ def test_every_run_succeeds(report: ConcurrencyReport) -> None:
     assert all(o["success"] for runs in report.outcomes.values() for o in runs)
 
 
-def test_no_duckdb_lock_error_escapes(report: ConcurrencyReport) -> None:
+def test_no_lock_error_escapes(report: ConcurrencyReport) -> None:
     assert report.lock_messages == 0
 
 

@@ -502,6 +502,15 @@ HOSTILE_TRANSCRIPTS = {
     "no_content": [{"role": "assistant", "startTime": "2026-06-15T14:30:01Z"}],
     "not_objects_keep_positions": ["hello", None, {"role": "user", "content": "c"}, 5, {"content": "d"}],
     "unknown_fields": [{"role": "SYSTEM", "content": "e", "confidence": 0.4, "words": [{"w": "e"}]}],
+    # Shapes Apten writes (PostgreSQL skips its pattern check for them), one an impossible date.
+    "common_shapes": [
+        {
+            "role": "user",
+            "content": "f",
+            "startTime": "2026-02-30T10:00:00.000Z",
+            "endTime": "2026-06-15 14:30:09.123456-01:00",
+        }
+    ],
 }
 
 
@@ -513,6 +522,7 @@ def utc(hour: int, minute: int, second: int) -> datetime:
 # that are not objects are skipped, a wrong JSON type or an unparseable time is NULL, a time
 # without a zone is UTC, unknown fields are ignored.
 HOSTILE_TURNS = [
+    ("call_common_shapes", 0, "user", "f", None, datetime(2026, 6, 15, 15, 30, 9, 123456, tzinfo=UTC)),
     ("call_no_content", 0, "assistant", None, utc(14, 30, 1), None),
     ("call_not_objects_keep_positions", 2, "user", "c", None, None),
     ("call_not_objects_keep_positions", 4, None, "d", None, None),

@@ -1,10 +1,11 @@
-"""Full reliability drills: `uv run python -m tools.reliability [--quick] [--out FILE]`.
+"""Full reliability drills: `uv run python -m tools.reliability [--quick] [--postgres] [--out FILE]`.
 
 Runs the chaos backfill (at least 5,000 calls through the issue's fault mix), the crash drill
 (run processes SIGKILLed at request counts and inside DuckDB writes, then re-run) and the
 concurrency drill (schedule, backfill and sensor runs in separate processes), prints progress, and
 ends with the figures as Markdown (the tables in RELIABILITY.md). Exits 1 if any drill lost,
-duplicated or changed a row.
+duplicated or changed a row. `--postgres` runs them on databases of a throwaway PostgreSQL server
+(pgserver, a dev dependency) instead of DuckDB files.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from apten_assets.sandbox.data import SandboxDataset
@@ -25,7 +27,7 @@ from tools.reliability.drills import (
     crash_sequences,
     fault_free_snapshot,
 )
-from tools.reliability.harness import drill_spec
+from tools.reliability.harness import Warehouses, drill_spec
 
 
 def _say(message: str) -> None:
@@ -39,8 +41,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="CI-sized drills (a minute or two)")
     parser.add_argument("--out", type=Path, help="also write the Markdown figures to this file")
     parser.add_argument("--skip", nargs="*", default=[], choices=["chaos", "crash", "concurrency"])
+    parser.add_argument("--postgres", action="store_true", help="warehouses on a throwaway PostgreSQL")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="apten-reliability-"))
+    if not args.postgres:
+        return _drills(args, work, Warehouses)
+    from tests.postgres import PostgresServer
+
+    with PostgresServer() as server:
+        _say("PostgreSQL: a throwaway server, one database per warehouse")
+
+        def on_server(folder: Path) -> Warehouses:
+            return Warehouses(folder, lambda name: server.create_database(f"{folder.name}_{name}"))
+
+        return _drills(args, work, on_server)
+
+
+def _drills(args: argparse.Namespace, work: Path, warehouses_in: Callable[[Path], Warehouses]) -> int:
     if args.quick:
         chaos_spec, crash_spec, conc_spec = drill_spec(40, 8, 3), drill_spec(30, 6, 3), drill_spec(30, 6, 3)
         n_sequences = 3
@@ -58,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"chaos: {dataset.describe()}")
         _say("chaos: fault-free run")
         (work / "chaos").mkdir()
-        expected = fault_free_snapshot(dataset, work / "chaos")
+        chaos = warehouses_in(work / "chaos")
+        expected = fault_free_snapshot(dataset, work / "chaos", warehouses=chaos)
         _say("chaos: backfill under faults")
-        report = chaos_drill(chaos_spec, work / "chaos", expected=expected)
+        report = chaos_drill(chaos_spec, work / "chaos", expected=expected, warehouses=chaos)
         ok &= report.equal
         faults = report.faults
         lines += [
@@ -90,12 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         dataset = SandboxDataset(crash_spec)
         _say(f"crash: {dataset.describe()}")
         (work / "crash").mkdir()
-        expected = fault_free_snapshot(dataset, work / "crash")
+        crash = warehouses_in(work / "crash")
+        expected = fault_free_snapshot(dataset, work / "crash", warehouses=crash)
         per_run = 1 + len(dataset.leads) + len(dataset.lead_call_ids)
         sequences = crash_sequences(n_sequences, seed=6, requests_per_run=per_run)
-        results = crash_drill(crash_spec, work / "crash", sequences, expected=expected)
+        results = crash_drill(crash_spec, work / "crash", sequences, expected=expected, warehouses=crash)
         kills = [k for r in results for k in r.kills]
         ok &= all(r.equal and r.rerun_success for r in results) and all(k.opened_cleanly for k in kills)
+        ok &= all(k.kept_committed_state is not False for k in kills)
         by_phase = Counter((k.phase, k.in_write) for k in kills if k.killed)
         lines += [
             "",
@@ -103,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"Dataset: {len(dataset.lead_call_ids):,} lead calls over {crash_spec.days} days. "
             f"{len(results)} sequences, {len(kills)} SIGKILLs ({sum(k.killed for k in kills)} landed "
-            "while the run was alive), each followed by opening the DuckDB file; then one plain re-run.",
+            "while the run was alive), each followed by opening the warehouse; then one plain re-run.",
             "",
             "| # | kills (where they landed) | attempts | file opened cleanly | duplicate keys after kill | "
             "re-run | tables equal to fault-free |",
@@ -116,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{sum(k.duplicates_after_kill for k in r.kills)} | "
                 f"{'success' if r.rerun_success else 'FAILED'} | {r.equal} |"
             )
-        lines += ["", "Kills by step and whether a DuckDB write was under way:", ""]
+        lines += ["", "Kills by step and whether a warehouse write was under way:", ""]
         lines += [
             f"- {phase}, {'inside a write' if w else 'between writes'}: {n}"
             for (phase, w), n in sorted(by_phase.items())
@@ -128,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         dataset = SandboxDataset(conc_spec)
         _say(f"concurrency: {dataset.describe()}")
         (work / "concurrency").mkdir()
-        report = concurrency_drill(conc_spec, work / "concurrency", sensor_runs=4)
+        report = concurrency_drill(
+            conc_spec, work / "concurrency", sensor_runs=4, warehouses=warehouses_in(work / "concurrency")
+        )
         ok &= report.equal and all(code == 0 for code in report.processes.values())
         lines += [
             "",
@@ -160,7 +182,9 @@ def _kill_label(k: Kill) -> str:
     if not k.killed:
         return f"{k.point.label}: missed (the run ended first, after {k.requests_before_kill} requests)"
     wal = f", WAL {k.wal_bytes_after_kill:,} B left" if k.wal_bytes_after_kill else ""
-    where = "inside a DuckDB write" if k.in_write else "no write under way"
+    where = "inside a warehouse write" if k.in_write else "no write under way"
+    if k.kept_committed_state is not None:
+        where += ", last committed state kept" if k.kept_committed_state else ", COMMITTED STATE CHANGED"
     return f"{k.point.label}: {k.requests_before_kill} requests, {k.phase} step, {where}{wal}"
 
 

@@ -1,7 +1,8 @@
 """Shared pieces of the reliability drills (GitHub issue #6): datasets, environments, runs, snapshots.
 
 Everything here drives the real pipeline: the bundled sandbox over loopback HTTP, the Dagster job
-`apten_pipeline_job` and real DuckDB files. Runs go either in this process (`run_pipeline`) or in
+`apten_pipeline_job` and a real warehouse: a DuckDB file, or a database on a PostgreSQL server
+(`Warehouses` makes a fresh one per run of a drill). Runs go either in this process (`run_pipeline`) or in
 a separate process (`start_runner`, which is `python -m tools.reliability.runner`), the way the
 Dagster daemon launches each run in a process of its own.
 """
@@ -15,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -25,7 +26,8 @@ from typing import Any
 from apten_assets.lib.tables import TABLES
 from apten_assets.sandbox.app import FaultConfig
 from apten_assets.sandbox.data import DatasetSpec, SandboxDataset
-from apten_assets.warehouse.duckdb import DuckDBStore, connect, table_ref
+from apten_assets.warehouse import DUCKDB, WarehouseURL, open_store
+from tests.warehouse.helpers import query
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # A fixed "now" for the sandbox: the same spec serves byte-identical data in every run.
@@ -80,9 +82,34 @@ def chaos_faults(seed: int, read_timeout_seconds: float) -> FaultConfig:
     )
 
 
+@dataclass(frozen=True)
+class Warehouses:
+    """Where a drill keeps its warehouses: DuckDB files in `workdir`, or, given `new_database`
+    (a name -> the URL of a new, empty PostgreSQL database), databases on that server."""
+
+    workdir: Path
+    new_database: Callable[[str], str] | None = None
+
+    @property
+    def backend(self) -> str:
+        return DUCKDB if self.new_database is None else "postgresql"
+
+    def new(self, name: str) -> str:
+        """The URL of a fresh, empty warehouse called `name`."""
+        if self.new_database is None:
+            return f"duckdb:///{self.workdir / f'{name}.duckdb'}"
+        return self.new_database(name)
+
+
+def _warehouse_url(warehouse: Path | str) -> WarehouseURL:
+    """A warehouse URL, or a DuckDB file's path, as a URL."""
+    text = str(warehouse)
+    return WarehouseURL.parse(text) if "://" in text else WarehouseURL.for_duckdb_file(text)
+
+
 def pipeline_env(
     base_url: str,
-    duckdb_path: Path | str,
+    warehouse: Path | str,
     start_date: str,
     *,
     api_key: str | None = None,
@@ -90,21 +117,33 @@ def pipeline_env(
     retry_base_seconds: float = 0.02,
     max_concurrency: int = 8,
     dagster_home: Path | str | None = None,
+    inbox: Path | str | None = None,
 ) -> dict[str, str]:
-    """The APTEN_* variables of one drill (merged over a copy of this process's environment)."""
+    """The APTEN_* variables of one drill (merged over a copy of this process's environment).
+
+    `warehouse` is a DuckDB file's path or a warehouse URL; each drill gets its own (empty)
+    webhook `inbox`, never the working directory's data/webhooks/ (by default next to a DuckDB
+    file; a PostgreSQL warehouse needs one named)."""
+    url = _warehouse_url(warehouse)
+    if inbox is None:
+        if url.backend != DUCKDB:
+            raise ValueError("a drill on a PostgreSQL warehouse needs its own webhook inbox folder")
+        inbox = str(Path(url.path).with_suffix("")) + "_webhook_inbox"
     env = {k: v for k, v in os.environ.items() if not k.startswith("APTEN_")}
     env.update(
         APTEN_BASE_URL=base_url,
-        APTEN_DUCKDB_PATH=str(duckdb_path),
         APTEN_START_DATE=start_date,
-        # Each drill its own (empty) webhook inbox, never the working directory's data/webhooks/.
-        APTEN_WEBHOOK_INBOX=str(Path(duckdb_path).with_suffix("")) + "_webhook_inbox",
+        APTEN_WEBHOOK_INBOX=str(inbox),
         APTEN_MAX_RPS="2000",
         APTEN_MAX_CONCURRENCY=str(max_concurrency),
         APTEN_INTERNAL_READ_TIMEOUT_SECONDS=str(read_timeout_seconds),
         APTEN_INTERNAL_RETRY_BASE_SECONDS=str(retry_base_seconds),
         PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p),
     )
+    if url.backend == DUCKDB:
+        env["APTEN_DUCKDB_PATH"] = url.path
+    else:
+        env["APTEN_WAREHOUSE_URL"] = str(warehouse)
     if api_key is not None:
         env["APTEN_API_KEY"] = api_key
     if dagster_home is not None:
@@ -302,32 +341,27 @@ class TableSnapshot:
         return {tuple(row[i] for i in idx): row for row in self.rows}
 
 
-def snapshot(duckdb_path: Path | str) -> dict[str, TableSnapshot]:
-    """Every contract table (and the sync cursors) without fetch bookkeeping, sorted."""
-    con = connect(duckdb_path, read_only=True)
-    try:
+def snapshot(warehouse: Path | str) -> dict[str, TableSnapshot]:
+    """Every contract table (and the sync cursors) without fetch bookkeeping, in key order.
+
+    `warehouse` is a DuckDB file's path or a warehouse URL; read through a read-only store."""
+    with open_store(_warehouse_url(warehouse), read_only=True) as store:
         tables: dict[str, TableSnapshot] = {}
         for name, spec in TABLES.items():
             skip = IGNORED_EVERYWHERE | BOOKKEEPING_COLUMNS.get(name, frozenset())
             columns = tuple(c for c in spec.column_names if c not in skip)
             select = ", ".join(f'"{c}"' for c in columns)
-            rows = con.execute(f"SELECT {select} FROM {table_ref(con, spec.schema, spec.name)} ORDER BY ALL")
-            tables[name] = TableSnapshot(columns, spec.primary_key, tuple(rows.fetchall()))
-        cursors = con.execute(
-            f"SELECT name, value FROM {table_ref(con, 'apten', '_sync_state')} ORDER BY ALL"
-        )
-        tables["_sync_state"] = TableSnapshot(("name", "value"), ("name",), tuple(cursors.fetchall()))
+            order = ", ".join(f'"{c}"' for c in spec.primary_key)
+            rows = query(store, f"SELECT {select} FROM {spec.qualified_name} ORDER BY {order}")
+            tables[name] = TableSnapshot(columns, spec.primary_key, tuple(rows))
+        cursors = query(store, "SELECT name, value FROM apten._sync_state ORDER BY name")
+        tables["_sync_state"] = TableSnapshot(("name", "value"), ("name",), tuple(cursors))
         return tables
-    finally:
-        con.close()
 
 
-def duplicate_key_counts(duckdb_path: Path | str) -> dict[str, int]:
-    con = connect(duckdb_path, read_only=True)
-    try:
-        return {name: DuckDBStore(con).duplicate_keys(spec) for name, spec in TABLES.items()}
-    finally:
-        con.close()
+def duplicate_key_counts(warehouse: Path | str) -> dict[str, int]:
+    with open_store(_warehouse_url(warehouse), read_only=True) as store:
+        return {name: store.duplicate_keys(spec) for name, spec in TABLES.items()}
 
 
 @dataclass

@@ -21,6 +21,8 @@ from apten_assets.warehouse import DUCKDB, POSTGRES
 GROUP = "apten"
 
 API_POOL = "apten_api"
+# Ops that only write the warehouse; one at a time on DuckDB (its single writer), see DESIGN.md.
+WRITE_POOL = "warehouse_write"
 LEADS_KEY = dg.AssetKey(["apten", "leads"])
 CALL_EVENTS_KEY = dg.AssetKey(["apten", "call_events"])
 CALLS_KEY = dg.AssetKey(["apten", "calls"])

@@ -7,13 +7,13 @@
 import dagster as dg
 from pydantic import Field
 
+from apten_assets.defs.apten.assets import WRITE_POOL
 from apten_assets.defs.apten.resources import AptenWarehouse
 from apten_assets.lib.config import AptenSettings
 from apten_assets.lib.erasure import erase_leads as erase
 from apten_assets.webhooks.inbox import Inbox
 
 ERASE_JOB_NAME = "apten_erase_leads"
-WRITE_POOL = "warehouse_write"
 
 
 class EraseLeadsConfig(dg.Config):

@@ -15,6 +15,7 @@ from apten_assets.defs.apten.assets import (
     CALLS_KEY,
     GROUP,
     WEBHOOK_DELIVERIES_KEY,
+    WRITE_POOL,
     warehouse_kinds,
 )
 from apten_assets.defs.apten.automation import sensor_status
@@ -35,7 +36,6 @@ from apten_assets.lib.webhook_events import (
 from apten_assets.webhooks.inbox import Inbox
 
 CALL_TRANSFERS_KEY = dg.AssetKey(["apten", "call_transfers"])
-WRITE_POOL = "warehouse_write"
 WEBHOOK_SENSOR_NAME = "apten_webhook_sensor"
 SENSOR_INTERVAL_SECONDS = 15
 MAX_DELIVERIES_PER_TICK = 5000
