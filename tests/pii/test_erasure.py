@@ -28,9 +28,11 @@ from apten_assets.lib.tables import (
     ERASED_LEADS,
     LEAD_DATA,
     LEADS,
+    REJECTED_RECORDS,
     STORED_TABLES,
     TABLES,
     WEBHOOK_DELIVERIES,
+    rejected_row,
 )
 from apten_assets.sandbox.data import DatasetSpec
 from apten_assets.sandbox.server import SandboxServer
@@ -172,6 +174,17 @@ def test_erasure_removes_every_trace_and_nothing_else_and_they_stay_erased(pipel
     leads, call_ids = chosen_leads(pipeline)
     lead_ids = [lead["id"] for lead in leads]
     strings = traces(pipeline, leads, call_ids)
+    # Quarantined records: one by call id, one with no id whose payload names the lead, and one of
+    # another lead that must stay.
+    seen = datetime.now(UTC)
+    with open_store(f"duckdb:///{pipeline.db}") as store:
+        store.quarantine(
+            [
+                rejected_row("calls", call_ids[0], "HTTP 422", {"id": call_ids[0]}, seen),
+                rejected_row("leads", None, "malformed lead", {"roomId": lead_ids[0], "x": 1}, seen),
+                rejected_row("calls", "someone-else", "HTTP 422", {"id": "someone-else"}, seen),
+            ]
+        )
     before = pipeline.all_rows()
     inbox_before = {path.name: path.read_bytes() for path in pipeline.inbox.glob("*.delivery")}
     theirs_in_inbox = {name for name, body in inbox_before.items() if found(body.decode(), lead_ids)}
@@ -287,6 +300,14 @@ def seed_two_leads(store: Store) -> None:
 
 def test_store_erases_a_leads_rows_and_its_calls_rows_only(store: Store) -> None:
     seed_two_leads(store)
+    seen = datetime.now(UTC)
+    store.quarantine(
+        [
+            rejected_row("calls", "call-a", "HTTP 422", {"id": "call-a"}, seen),
+            rejected_row("leads", None, "malformed lead", {"roomId": "lead-a"}, seen),
+            rejected_row("calls", "someone-else", "HTTP 422", {"id": "someone-else"}, seen),
+        ]
+    )
 
     erasure = store.erase_leads(["lead-a", "lead-unknown"])
 
@@ -299,7 +320,9 @@ def test_store_erases_a_leads_rows_and_its_calls_rows_only(store: Store) -> None
         "call_transcript_turns": 1,
         "call_transfers": 1,
         "webhook_deliveries": 3,
+        "rejected_records": 2,
     }
+    assert store.row_count(REJECTED_RECORDS) == 1
     assert store.row_count(CALLS) == 2 and store.row_count(LEADS) == 1
     assert [key for (key,) in store.read_column_page(WEBHOOK_DELIVERIES, [], after=None, limit=10)] == ["k3"]
     assert store.erase_leads(["lead-a"]).rows == dict.fromkeys(erasure.rows, 0)
