@@ -75,18 +75,20 @@ def measure(command: Sequence[str], env: Mapping[str, str], log_path: Path) -> d
     return {"seconds": seconds, "cpu_seconds": sampler.cpu_seconds, "peak_rss_bytes": sampler.peak_rss}
 
 
-def warehouse_rows(db_path: Path | str) -> dict[str, int]:
-    """Rows a load left in our warehouse, in the terms every contender reports."""
-    import duckdb
+def warehouse_rows(url: str) -> dict[str, int]:
+    """Rows a load left in our warehouse (a warehouse URL), in the terms every contender reports."""
+    from apten_assets.lib.tables import CALL_EVENTS, CALL_SUMMARIES, CALL_TRANSCRIPT_TURNS, LEADS
+    from apten_assets.warehouse import open_store
+    from tests.warehouse.helpers import query
 
-    with duckdb.connect(str(db_path), read_only=True) as con:
-        count = lambda sql: con.execute(sql).fetchone()[0]  # noqa: E731
+    with open_store(url, read_only=True) as store:
+        ((calls,),) = query(store, "SELECT count(*) FROM apten.calls WHERE summary_status <> 'not_found'")
         return {
-            "leads": count("SELECT count(*) FROM apten.leads"),
-            "call_events": count("SELECT count(*) FROM apten.call_events"),
-            "calls": count("SELECT count(*) FROM apten.calls WHERE summary_status <> 'not_found'"),
-            "summaries": count("SELECT count(*) FROM apten.call_summaries"),
-            "turns": count("SELECT count(*) FROM apten.call_transcript_turns"),
+            "leads": store.row_count(LEADS),
+            "call_events": store.row_count(CALL_EVENTS),
+            "calls": calls,
+            "summaries": store.row_count(CALL_SUMMARIES),
+            "turns": store.row_count(CALL_TRANSCRIPT_TURNS),
         }
 
 

@@ -40,6 +40,72 @@ def _scale_per_1k(point: ScalePoint) -> float:
     return point.ours.seconds.median / point.calls * 1000
 
 
+# DuckDB's figures at 100,000 calls before the PostgreSQL backend (bench/RESULTS.md at 972db34):
+# the DuckDB path must be no worse, with 10% allowed for a shared machine's noise.
+DUCKDB_BEFORE_TRANSFORM_WRITE_100K = 21.5
+DUCKDB_BEFORE_PEAK_RSS_100K_MIB = 660.0
+NOISE = 1.10
+
+
+def _write_seconds(point: ScalePoint) -> Figure | None:
+    """The store's own time writing the call tables (upsert_calls + summaries)."""
+    return point.seconds_of("write")
+
+
+def _postgres_goals(results: Results) -> list[Goal]:
+    out: list[Goal] = []
+    hh = results.head_to_head
+    if hh is not None and hh.ours_pg is not None and hh.dlt_pg is not None:
+        speed = ratio(hh.dlt_pg.seconds, hh.ours_pg.seconds)
+        out.append(
+            Goal("3", "on PostgreSQL: report dlt wall time / ours (no goal set)", f"{speed:.2f}x", None)
+        )
+    if not results.scale_pg:
+        return out
+    pg = results.scale_pg[-1]
+    duck = next((point for point in results.scale if point.calls == pg.calls), None)
+    pg_write = _write_seconds(pg)
+    duck_write = _write_seconds(duck) if duck is not None else None
+    if pg_write is not None and duck_write is not None:
+        write_ratio = pg_write.median / duck_write.median
+        out.append(
+            Goal(
+                "4",
+                f"PostgreSQL write path within 1.5x of DuckDB's at {pg.calls:,} calls "
+                "(100,000 in the full run)",
+                f"{pg_write.median:.1f} s vs {duck_write.median:.1f} s ({write_ratio:.2f}x)",
+                write_ratio <= 1.5,
+            )
+        )
+    out.append(
+        Goal(
+            "4",
+            f"PostgreSQL peak RSS <= 1 GiB at {pg.calls:,} calls",
+            mib(pg.ours.peak_rss),
+            pg.ours.peak_rss.high <= 1024 * MB,
+        )
+    )
+    big = next((point for point in results.scale if point.calls == 100_000), None)
+    if big is not None:
+        tw = big.seconds_of("transform_write")
+        no_worse = (
+            tw is not None
+            and tw.median <= DUCKDB_BEFORE_TRANSFORM_WRITE_100K * NOISE
+            and big.ours.peak_rss.median <= DUCKDB_BEFORE_PEAK_RSS_100K_MIB * MB * NOISE
+        )
+        out.append(
+            Goal(
+                "4",
+                "DuckDB no worse than before at 100,000 calls (transform + write "
+                f"{DUCKDB_BEFORE_TRANSFORM_WRITE_100K:g} s, peak RSS "
+                f"{DUCKDB_BEFORE_PEAK_RSS_100K_MIB:g} MiB; 10% for noise)",
+                f"{tw.median:.1f} s, {mib(big.ours.peak_rss)}" if tw is not None else "n/a",
+                no_worse,
+            )
+        )
+    return out
+
+
 def goals(results: Results) -> list[Goal]:
     out: list[Goal] = []
     rl = results.rate_limit
@@ -103,6 +169,7 @@ def goals(results: Results) -> list[Goal]:
                     per_4m < 30.0,
                 )
             )
+    out += _postgres_goals(results)
     if results.sensor is not None:
         s = results.sensor
         tick = Figure.of([r["tick_seconds"] for r in s.runs])
@@ -335,6 +402,7 @@ def render(results: Results, notes: str = "") -> str:
     lines += _rate_limit_section(results)
     lines += _head_to_head_section(results)
     lines += _scale_section(results)
+    lines += _postgres_section(results)
     lines += _sensor_section(results)
     lines += _launch_section(results)
     if notes.strip():
@@ -519,6 +587,71 @@ def _scale_section(results: Results) -> list[str]:
         ),
         "",
     ]
+
+
+def _postgres_section(results: Results) -> list[str]:
+    """Scenarios 3 and 4 on PostgreSQL: a throwaway server (pgserver) the bench starts, fsync off,
+    one empty database per run."""
+    hh = results.head_to_head
+    lines: list[str] = []
+    contenders = []
+    if hh is not None:
+        contenders = [(label, c) for label, c in (("ours", hh.ours_pg), ("dlt postgres", hh.dlt_pg)) if c]
+    if not contenders and not results.scale_pg:
+        return lines
+    lines += [
+        "## 3 and 4 on PostgreSQL",
+        "",
+        "The same loads into PostgreSQL (`APTEN_WAREHOUSE_URL=postgresql://...`): a throwaway server the "
+        "bench starts with pgserver (PostgreSQL 16, `fsync`, `synchronous_commit` and `full_page_writes` "
+        "off, as in the tests), over a Unix socket, one empty database per run. dlt writes through its "
+        "`postgres` destination (psycopg2).",
+        "",
+    ]
+    if contenders:
+        lines += [
+            markdown_table(CONTENDER_HEADER, [_contender_row(label, c) for label, c in contenders]),
+            "",
+        ]
+    if results.scale_pg:
+        duck = {point.calls: point for point in results.scale}
+        rows = []
+        for point in results.scale_pg:
+            pg_write, tw = _write_seconds(point), point.seconds_of("transform_write")
+            other = duck.get(point.calls)
+            duck_write = _write_seconds(other) if other is not None else None
+            rows.append(
+                [
+                    f"{point.calls:,}",
+                    f"{point.turns:,}",
+                    seconds(point.ours.seconds),
+                    seconds(tw) if tw else "n/a",
+                    seconds(pg_write) if pg_write else "n/a",
+                    seconds(duck_write) if duck_write else "n/a",
+                    f"{pg_write.median / duck_write.median:.2f}x" if pg_write and duck_write else "n/a",
+                    mib(point.ours.peak_rss),
+                ]
+            )
+        lines += [
+            "Scale: `write` is the time inside the store's writes of the call tables (`upsert_calls` "
+            "and the summaries' upsert), the part of `transform + write` that differs by backend.",
+            "",
+            markdown_table(
+                [
+                    "calls",
+                    "turns",
+                    "wall time",
+                    "calls step transform + write",
+                    "write (PostgreSQL)",
+                    "write (DuckDB, same size)",
+                    "PostgreSQL / DuckDB",
+                    "peak RSS",
+                ],
+                rows,
+            ),
+            "",
+        ]
+    return lines
 
 
 def _sensor_section(results: Results) -> list[str]:

@@ -58,6 +58,11 @@ class Profile:
     # Webhook rounds through the daemon (one call each: one sensor-requested targeted run each).
     webhook_rounds: int
     max_concurrency: int = 8
+    # 3 and 4 on PostgreSQL (a throwaway server the bench starts): runs of ours and dlt on the
+    # head-to-head data, and the scale sizes (leads) ours also runs there.
+    pg_ours_runs: int = 1
+    pg_dlt_runs: int = 1
+    pg_scale_leads: tuple[int, ...] = ()
 
 
 # ~40 turns per call on average: COMPLETE calls get 50, voicemails 1-2, the rest none.
@@ -80,6 +85,9 @@ FULL = Profile(
     launch_latency_ms=50.0,
     launch_cli_runs=2,
     webhook_rounds=6,
+    pg_ours_runs=2,
+    pg_dlt_runs=1,
+    pg_scale_leads=(400, 4000),
 )
 SMOKE = Profile(
     name="smoke",
@@ -99,6 +107,7 @@ SMOKE = Profile(
     launch_latency_ms=5.0,
     launch_cli_runs=1,
     webhook_rounds=1,
+    pg_scale_leads=(8,),
 )
 
 
@@ -137,7 +146,8 @@ class Bench:
         max_rps: float = NO_LIMIT_RPS,
         extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """One run of `contender` on a fresh DuckDB file; adds the sandbox's request counts."""
+        """One run of `contender` on a fresh DuckDB file (or the empty PostgreSQL database
+        `extra["warehouse_url"]` names); adds the sandbox's request counts."""
         run_dir = self.workdir / label
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
@@ -271,6 +281,9 @@ class HeadToHeadResult:
     ours: ContenderFigures
     loop: ContenderFigures
     dlt: ContenderFigures | None
+    # The same data into PostgreSQL.
+    ours_pg: ContenderFigures | None = None
+    dlt_pg: ContenderFigures | None = None
 
     @property
     def same_rows(self) -> bool:
@@ -340,6 +353,7 @@ class Results:
     rate_limit: RateLimitResult | None = None
     head_to_head: HeadToHeadResult | None = None
     scale: list[ScalePoint] = field(default_factory=list)
+    scale_pg: list[ScalePoint] = field(default_factory=list)
     sensor: SensorResult | None = None
     sensor_skipped: str | None = None
     launch: LaunchResult | None = None
@@ -401,6 +415,21 @@ def head_to_head(bench: Bench, results: Results) -> None:
             ContenderFigures("loop", runs["loop"]),
             ContenderFigures("dlt", runs["dlt_rest_api"]) if runs["dlt_rest_api"] else None,
         )
+        pg_wanted = {"ours": profile.pg_ours_runs, "dlt_rest_api": profile.pg_dlt_runs}
+        if not any(pg_wanted.values()):
+            return
+        bench.say("[3] the same on PostgreSQL: ours vs dlt's postgres destination")
+        pg_runs: dict[str, list[dict[str, Any]]] = {name: [] for name in pg_wanted}
+        with PostgresWarehouses() as warehouses:
+            for i in range(max(pg_wanted.values())):
+                for name, n in pg_wanted.items():
+                    if i < n:
+                        label = f"head_to_head.{name}_pg.{i}"
+                        pg_runs[name].append(warehouses.run(bench, name, sandbox, label))
+        results.head_to_head.ours_pg = ContenderFigures("ours", pg_runs["ours"]) if pg_runs["ours"] else None
+        results.head_to_head.dlt_pg = (
+            ContenderFigures("dlt", pg_runs["dlt_rest_api"]) if pg_runs["dlt_rest_api"] else None
+        )
 
 
 def scale(bench: Bench, results: Results) -> None:
@@ -422,6 +451,51 @@ def scale(bench: Bench, results: Results) -> None:
             ]
             results.scale.append(ScalePoint(sandbox.info, ContenderFigures("ours", runs)))
     results.scale.sort(key=lambda point: point.calls)
+    scale_on_postgres(bench, results)
+
+
+def scale_on_postgres(bench: Bench, results: Results) -> None:
+    """Scenario 4 on PostgreSQL: ours at `pg_scale_leads`, one run each (the head-to-head size
+    reuses the head-to-head runs on PostgreSQL)."""
+    profile = bench.profile
+    shared = results.head_to_head
+    if not profile.pg_scale_leads:
+        return
+    with PostgresWarehouses() as warehouses:
+        for n_leads in profile.pg_scale_leads:
+            calls = n_leads * profile.calls_per_lead
+            if shared is not None and shared.ours_pg is not None and n_leads == profile.head_to_head_leads:
+                results.scale_pg.append(ScalePoint(shared.dataset, shared.ours_pg))
+                bench.say(f"[4] scale on PostgreSQL, {calls:,} calls: the head-to-head runs of ours")
+                continue
+            bench.say(f"[4] scale on PostgreSQL, {calls:,} calls")
+            with SandboxProcess(dataset_spec(profile, n_leads)) as sandbox:
+                assert sandbox.info is not None
+                run = warehouses.run(bench, "ours", sandbox, f"scale.{calls}.ours_pg.0")
+                results.scale_pg.append(ScalePoint(sandbox.info, ContenderFigures("ours", [run])))
+    results.scale_pg.sort(key=lambda point: point.calls)
+
+
+class PostgresWarehouses:
+    """A throwaway PostgreSQL server (pgserver, as the tests use) for the bench's PostgreSQL runs:
+    each run gets an empty database of its own, dropped after it (the figures are in the result)."""
+
+    def __enter__(self) -> PostgresWarehouses:
+        from tests.postgres import PostgresServer
+
+        self._server = PostgresServer().__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.__exit__(None, None, None)
+
+    def run(self, bench: Bench, contender: str, sandbox: SandboxProcess, label: str) -> dict[str, Any]:
+        name = "bench_" + "".join(c if c.isalnum() else "_" for c in label)
+        url = self._server.create_database(name)
+        try:
+            return bench.run(contender, sandbox, label, extra={"warehouse_url": url})
+        finally:
+            self._server.drop_database(name)
 
 
 def sensor(bench: Bench, results: Results) -> None:
@@ -479,7 +553,7 @@ def _launched(
     sandbox.reset_counts()
     result = how(run_dir, env)
     counts = sandbox.counts()
-    result["rows"] = launching.warehouse_rows(db_path)
+    result["rows"] = launching.warehouse_rows(f"duckdb:///{db_path}")
     result["sandbox"] = {"total": counts.total, "by_endpoint": counts.by_endpoint}
     for path in run_dir.glob("warehouse.duckdb*"):
         path.unlink()

@@ -2,7 +2,8 @@
 
 leads -> call_events (per lead) -> calls (per event), `nextToken` cursor paginator, merge on the
 primary keys, child resources parallelized with as many extract workers as our concurrency.
-dlt nests each call's `transcript` into its own child table (`calls__transcript`).
+dlt nests each call's `transcript` into its own child table (`calls__transcript`). Into a DuckDB
+file, or with `warehouse_url` into PostgreSQL through dlt's `postgres` destination (psycopg2).
 """
 
 from __future__ import annotations
@@ -11,11 +12,27 @@ import os
 from typing import Any
 
 import dlt
-import duckdb
 from dlt.sources.rest_api import rest_api_source
+
+from apten_assets.warehouse import WarehouseURL, open_store
 
 # The runner starts this process with RUNTIME__DLTHUB_TELEMETRY=false: dlt never phones home.
 from bench.contenders._harness import run
+from tests.warehouse.helpers import query
+
+
+def _destination(params: dict[str, Any]) -> Any:
+    if not params.get("warehouse_url"):
+        return dlt.destinations.duckdb(params["db_path"])
+    url = WarehouseURL.parse(params["warehouse_url"])
+    # dlt insists on a host and a password; the bench's server listens on a Unix socket without
+    # one, which libpq takes from `?host=` (it wins over the placeholder host).
+    credentials = (
+        f"postgresql://{url.user}:unused@localhost:{url.port or 5432}/{url.database}?host={url.host}"
+        if url.is_socket
+        else url.libpq_uri()
+    )
+    return dlt.destinations.postgres(credentials=credentials)
 
 
 def load(params: dict[str, Any], state: None) -> dict[str, Any]:
@@ -64,22 +81,21 @@ def load(params: dict[str, Any], state: None) -> dict[str, Any]:
     )
     pipeline = dlt.pipeline(
         pipeline_name="apten_bench",
-        destination=dlt.destinations.duckdb(params["db_path"]),
+        destination=_destination(params),
         dataset_name="apten",
         pipelines_dir=params["work_dir"],
         progress="log" if params.get("progress") else None,
     )
     pipeline.run(source)
-    with duckdb.connect(params["db_path"], read_only=True) as con:
-        rows = {
-            "leads": con.execute("SELECT count(*) FROM apten.leads").fetchone()[0],
-            "call_events": con.execute("SELECT count(*) FROM apten.call_events").fetchone()[0],
-            "calls": con.execute("SELECT count(*) FROM apten.calls").fetchone()[0],
-            "summaries": con.execute("SELECT count(*) FROM apten.calls WHERE summary IS NOT NULL").fetchone()[
-                0
-            ],
-            "turns": con.execute("SELECT count(*) FROM apten.calls__transcript").fetchone()[0],
-        }
+    counts = {
+        "leads": "SELECT count(*) FROM apten.leads",
+        "call_events": "SELECT count(*) FROM apten.call_events",
+        "calls": "SELECT count(*) FROM apten.calls",
+        "summaries": "SELECT count(*) FROM apten.calls WHERE summary IS NOT NULL",
+        "turns": "SELECT count(*) FROM apten.calls__transcript",
+    }
+    with open_store(params.get("warehouse_url") or f"duckdb:///{params['db_path']}", read_only=True) as store:
+        rows = {name: query(store, sql)[0][0] for name, sql in counts.items()}
     return {"rows": rows}
 
 

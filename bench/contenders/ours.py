@@ -1,4 +1,5 @@
-"""Ours: the real assets (leads -> call_events -> calls) materialized by Dagster into a fresh file.
+"""Ours: the real assets (leads -> call_events -> calls) materialized by Dagster into a fresh file
+(or, given `warehouse_url`, into an empty PostgreSQL database).
 
 `dg.materialize` runs in this process with an ephemeral instance, as a single-process run would.
 Where the calls step spends its time is measured by wrapping a few functions of
@@ -19,6 +20,7 @@ from apten_assets.defs.apten.resources import AptenApiResource, AptenWarehouse
 from apten_assets.lib import sync
 from apten_assets.lib.config import AptenSettings
 from apten_assets.warehouse.duckdb import DuckDBStore
+from apten_assets.warehouse.postgres import PostgresStore
 from bench.contenders._harness import run
 from bench.launch import warehouse_rows
 
@@ -73,6 +75,9 @@ def _configure(params: dict[str, Any]) -> None:
         APTEN_MAX_CONCURRENCY=str(params.get("max_concurrency", 8)),
     )
     os.environ.pop("APTEN_API_KEY", None)
+    os.environ.pop("APTEN_WAREHOUSE_URL", None)
+    if params.get("warehouse_url"):
+        os.environ["APTEN_WAREHOUSE_URL"] = params["warehouse_url"]
 
 
 def _numbers(materialization: Any) -> dict[str, float]:
@@ -90,15 +95,16 @@ def setup(params: dict[str, Any]) -> dict[str, Any]:
     timer = StepTimer()
     timer.wrap(assets_module, "enrich_calls", "enrich_calls")
     timer.wrap(sync, "_write_call_batch", "write_call_batch")
-    timer.wrap(DuckDBStore, "upsert", _call_table)
-    timer.wrap(DuckDBStore, "upsert_calls", "call_tables_write")
+    store_class = PostgresStore if params.get("warehouse_url") else DuckDBStore
+    timer.wrap(store_class, "upsert", _call_table)
+    timer.wrap(store_class, "upsert_calls", "call_tables_write")
     # The ingestion assets and resources exactly as `build_definitions` wires them; checks,
     # schedules and sensors are left out because they take no part in a load.
     settings = AptenSettings.from_env()
     by_name = {key.path[-1]: a for a in assets_module.build_assets(settings) for key in a.keys}
     resources = {
         "apten": AptenApiResource(),
-        "warehouse": AptenWarehouse(url=f"duckdb:///{settings.duckdb_path}"),
+        "warehouse": AptenWarehouse(url=params.get("warehouse_url") or f"duckdb:///{settings.duckdb_path}"),
     }
     instance = dg.DagsterInstance.ephemeral()
     return {"assets": by_name, "resources": resources, "instance": instance, "timer": timer}
@@ -120,7 +126,7 @@ def load(params: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
             event = materialization.event_specific_data.materialization
             metadata["/".join(event.asset_key.path)] = _numbers(event)
     metadata["apten/calls"].update(state["timer"].calls_step())
-    rows = warehouse_rows(params["db_path"])
+    rows = warehouse_rows(params.get("warehouse_url") or f"duckdb:///{params['db_path']}")
     return {"rows": rows, "metadata": metadata}
 
 

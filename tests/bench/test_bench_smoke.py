@@ -18,7 +18,7 @@ from bench.scenarios import SMOKE, Results
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Results, Path]:
-    profile = SMOKE if importlib.util.find_spec("dlt") else replace(SMOKE, dlt_runs=0)
+    profile = SMOKE if importlib.util.find_spec("dlt") else replace(SMOKE, dlt_runs=0, pg_dlt_runs=0)
     out = tmp_path_factory.mktemp("bench") / "RESULTS.md"
     return run_bench(profile, out, say=lambda line: None), out
 
@@ -33,6 +33,20 @@ def test_every_contender_loads_the_rows_the_sandbox_serves(smoke: tuple[Results,
         assert contender.rows["calls"] == hh.dataset.found_lead_calls
         assert contender.rows["turns"] > contender.rows["calls"]
     assert hh.same_rows
+
+
+def test_postgres_runs_load_the_same_rows_and_report_the_write_path(smoke: tuple[Results, Path]) -> None:
+    results, out = smoke
+    hh = results.head_to_head
+    assert hh is not None and hh.ours_pg is not None
+    assert hh.ours_pg.rows == hh.ours.rows
+    if hh.dlt is not None:
+        assert hh.dlt_pg is not None and hh.dlt_pg.rows == hh.dlt.rows
+    [point] = results.scale_pg
+    assert point.calls == SMOKE.pg_scale_leads[0] * SMOKE.calls_per_lead
+    assert point.seconds_of("write") is not None
+    page = out.read_text()
+    assert "## 3 and 4 on PostgreSQL" in page and "PostgreSQL write path within 1.5x" in page
 
 
 def test_rate_limited_run_counts_every_request_at_the_sandbox(smoke: tuple[Results, Path]) -> None:
