@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from apten_assets.defs.apten.assets import API_POOL, WRITE_POOL
 from tests.reliability.conftest import FULL
 from tools.reliability.drills import ConcurrencyReport, concurrency_drill
 from tools.reliability.harness import Warehouses, describe_diffs, drill_spec
@@ -32,9 +33,9 @@ def test_no_lock_error_escapes(report: ConcurrencyReport) -> None:
 def test_pools_keep_api_and_write_steps_one_at_a_time_across_runs(report: ConcurrencyReport) -> None:
     """Steps run in their run's process (the Definitions' in-process executor); the pools of
     dagster_home/dagster.yaml still let one op per pool run at a time, over all five runs."""
-    assert report.pool_steps["apten_api"] >= 9, report.pool_steps
-    assert report.pool_steps["duckdb_write"] >= 4, report.pool_steps
-    assert report.pool_overlaps == {"apten_api": 0, "duckdb_write": 0}
+    assert report.pool_steps[API_POOL] >= 9, report.pool_steps
+    assert report.pool_steps[WRITE_POOL] >= 4, report.pool_steps
+    assert report.pool_overlaps == {API_POOL: 0, WRITE_POOL: 0}
 
 
 def test_totals_are_exact(report: ConcurrencyReport) -> None:
