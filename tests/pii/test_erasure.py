@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import ExitStack
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from apten_assets.sandbox.server import SandboxServer
 from apten_assets.sandbox.webhook_sender import WebhookEmitter
 from apten_assets.warehouse import Store, open_store
 from apten_assets.webhooks import create_app
-from tests.pii.test_pii_e2e import CALL_ASSETS, Loaded, set_modes
+from tests.pii.test_pii_e2e import CALL_ASSETS, Loaded, sandbox_env, set_modes
 from tests.webhooks.conftest import SECRET, ReceiverThread
 
 SALT = "erasure-salt-8d2e"
@@ -98,16 +98,7 @@ class Erasable(Loaded):
 def pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Erasable]:
     with ExitStack() as stack:
         sandbox = stack.enter_context(SandboxServer(SPEC))
-        first_day = sandbox.state.dataset.anchor.date() - timedelta(days=SPEC.days - 1)
-        days = [(first_day + timedelta(days=n)).isoformat() for n in range(SPEC.days)]
-        env = {
-            "APTEN_BASE_URL": sandbox.base_url,
-            "APTEN_DUCKDB_PATH": str(tmp_path / "warehouse" / "apten.duckdb"),
-            "APTEN_WEBHOOK_INBOX": str(tmp_path / "inbox"),
-            "APTEN_START_DATE": days[0],
-            "APTEN_MAX_RPS": "1000",
-            "APTEN_SUMMARY_GIVE_UP_HOURS": "240",
-        }
+        days, env = sandbox_env(sandbox, SPEC.days, tmp_path)
         set_modes(monkeypatch, env, "full", "full")
         monkeypatch.setenv("APTEN_PII_SALT", SALT)
         settings = AptenSettings.from_env()

@@ -119,16 +119,7 @@ def make_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any
 
     def make(transcript_mode: str, lead_pii: str) -> Loaded:
         sandbox = stack.enter_context(SandboxServer(SPEC))
-        first_day = sandbox.state.dataset.anchor.date() - timedelta(days=SPEC.days - 1)
-        days = [(first_day + timedelta(days=n)).isoformat() for n in range(SPEC.days)]
-        env = {
-            "APTEN_BASE_URL": sandbox.base_url,
-            "APTEN_DUCKDB_PATH": str(tmp_path / "warehouse" / "apten.duckdb"),
-            "APTEN_WEBHOOK_INBOX": str(tmp_path / "inbox"),
-            "APTEN_START_DATE": days[0],
-            "APTEN_MAX_RPS": "1000",
-            "APTEN_SUMMARY_GIVE_UP_HOURS": "240",
-        }
+        days, env = sandbox_env(sandbox, SPEC.days, tmp_path)
         set_modes(monkeypatch, env, transcript_mode, lead_pii)
         settings = AptenSettings.from_env()
         receiver = stack.enter_context(
@@ -147,6 +138,20 @@ def make_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any
 
     with stack:
         yield make
+
+
+def sandbox_env(sandbox: SandboxServer, n_days: int, tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """The sandbox's partition days, and the settings that point a run at it and at tmp_path."""
+    first_day = sandbox.state.dataset.anchor.date() - timedelta(days=n_days - 1)
+    days = [(first_day + timedelta(days=n)).isoformat() for n in range(n_days)]
+    return days, {
+        "APTEN_BASE_URL": sandbox.base_url,
+        "APTEN_DUCKDB_PATH": str(tmp_path / "warehouse" / "apten.duckdb"),
+        "APTEN_WEBHOOK_INBOX": str(tmp_path / "inbox"),
+        "APTEN_START_DATE": days[0],
+        "APTEN_MAX_RPS": "1000",
+        "APTEN_SUMMARY_GIVE_UP_HOURS": "240",
+    }
 
 
 def set_modes(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], transcript: str, lead: str) -> None:
