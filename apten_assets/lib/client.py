@@ -21,13 +21,14 @@ import bisect
 import json
 import logging
 import math
+import queue
 import random
 import re
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -811,35 +812,44 @@ class AptenClient:
         """`get_call` for many ids at once, bounded by max_concurrency; yields in completion order."""
         return self.map_concurrent(self.get_call, call_ids)
 
-    def map_concurrent(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    def map_concurrent(self, fn: Callable[[T], R], items: Iterable[T], *, read_ahead: int = 0) -> Iterator[R]:
         """Run `fn` over `items` on max_concurrency threads, yielding results as they complete.
 
-        Items are pulled lazily: at most twice max_concurrency are queued or running at once, so a
-        100,000-item input never sits in memory as futures. The first exception stops the fan-out
-        (queued work is cancelled, running work finishes) and is re-raised.
+        Items are pulled lazily: at most `read_ahead` (and at least twice max_concurrency) are
+        started and not yet taken by the caller, so a 100,000-item input never sits in memory as
+        futures. The threads keep working through those while the caller is busy with a result (a
+        batch write), which is what a larger `read_ahead` buys: without it the fan-out stops two
+        rounds after the caller does. The first exception stops the fan-out (queued work is
+        cancelled, running work finishes) and is re-raised.
         """
         workers = self.settings.max_concurrency
-        window = workers * 2
+        window = max(workers * 2, read_ahead)
         source = iter(items)
-        pending: set[Future[R]] = set()
+        # Futures land here as they finish (on the worker's thread); the caller takes them in
+        # that order. A set of waiters on every pending future (`wait`) would cost O(window) per
+        # result once the window is thousands.
+        finished: queue.SimpleQueue[Future[R]] = queue.SimpleQueue()
+        live: set[Future[R]] = set()
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apten-api")
         try:
             exhausted = False
             while True:
-                while not exhausted and len(pending) < window:
+                while not exhausted and len(live) < window:
                     try:
                         item = next(source)
                     except StopIteration:
                         exhausted = True
                         break
-                    pending.add(pool.submit(fn, item))
-                if not pending:
+                    future = pool.submit(fn, item)
+                    live.add(future)
+                    future.add_done_callback(finished.put)
+                if not live:
                     return
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
+                future = finished.get()
+                live.discard(future)
+                yield future.result()
         finally:
-            for future in pending:
+            for future in live:
                 future.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
 

@@ -223,6 +223,51 @@ def test_map_concurrent_pulls_items_lazily_and_stops_on_first_error() -> None:
             list(c.map_concurrent(boom, range(100)))
 
 
+
+def test_map_concurrent_keeps_fetching_ahead_while_the_caller_is_busy() -> None:
+    """A caller writing a batch holds the generator; the threads go on with up to `read_ahead`
+    items meanwhile, and no further."""
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def work(x: int) -> int:
+        with lock:
+            started.append(x)
+        return x
+
+    def started_count() -> int:
+        with lock:
+            return len(started)
+
+    def settle() -> int:
+        # Wait until the count stops moving (the threads ran out of admitted work).
+        last, deadline = -1, time.monotonic() + 10
+        while time.monotonic() < deadline:
+            now = started_count()
+            if now == last:
+                return now
+            last = now
+            time.sleep(0.2)
+        return started_count()
+
+    with ScriptedServer(paged([([], None)], "leads")) as server, make_client(server, concurrency=4) as c:
+        results = c.map_concurrent(work, range(1000), read_ahead=100)
+        taken = [next(results)]
+        # The caller is busy now (not pulling): the fan-out fills its read-ahead and stops there.
+        assert settle() == 100
+        taken += [next(results) for _ in range(10)]
+        assert settle() == 110
+        taken += list(results)
+        assert sorted(taken) == list(range(1000))
+
+        started.clear()
+        lazy = c.map_concurrent(work, range(1000))
+        next(lazy)
+        # Without read-ahead: two rounds of the 4 threads.
+        assert settle() == 8
+        lazy.close()
+
+
 # --------------------------------------------------------------------------- retries
 
 
