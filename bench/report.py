@@ -475,11 +475,16 @@ def _run_length_section(results: Results) -> list[str]:
     if not steps or total is None:
         return []
     rows = [
-        ["... " * level + label, f"{seconds:,.0f} s", "" if level else f"{seconds / total:.0%}"]
-        for label, seconds, level in steps
+        [
+            "... " * step.level + step.label,
+            f"{step.start / 60:.0f}:{step.start % 60:02.0f}",
+            f"{step.seconds:,.0f} s",
+            "" if step.level else f"{step.seconds / total:.0%}",
+        ]
+        for step in steps
     ]
     whole = f"{total:,.0f} s ({total / 60:.1f} min)"
-    rows.append(["whole run (rendering and start-up included)", whole, "100%"])
+    rows.append(["whole run (rendering and start-up included)", "", whole, "100%"])
     return [
         "## Run length",
         "",
@@ -487,7 +492,7 @@ def _run_length_section(results: Results) -> list[str]:
         f"{RUN_LIMIT_MINUTES} minutes on this machine. A step in the background ran at the same time as "
         "the steps after it, up to the wait for its end.",
         "",
-        markdown_table(["step", "wall time", "share"], rows),
+        markdown_table(["step", "started (min:s)", "wall time", "share"], rows),
         "",
     ]
 
@@ -824,8 +829,10 @@ def _launch_section(results: Results) -> list[str]:
             lines += [
                 "dlt's lower bound: its run in scenarios 2-3 reports its stages (`pipeline.last_trace`), "
                 "which run one after the other. Normalize and load never touch the API, so they cost the "
-                "same at any latency; extract cannot beat the leads page plus the events and calls pages "
-                f"spread over its {p.max_concurrency} workers at {la.latency_ms:g} ms each. "
+                "same at any latency on the same machine (a machine whose load changes between the two "
+                "runs changes them too: see the load average above); extract cannot beat the leads page "
+                f"plus the events and calls pages spread over its {p.max_concurrency} workers at "
+                f"{la.latency_ms:g} ms each. "
                 + (
                     "The full run does not run dlt at this latency (2.5 minutes of the run; bench/notes.md, "
                     '"Run length"): the bound is the best dlt could do, so a CLI run under it beats dlt.'

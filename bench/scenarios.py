@@ -138,6 +138,16 @@ def dataset_spec(profile: Profile, n_leads: int) -> DatasetSpec:
 
 
 @dataclass
+class Step:
+    """One timed step of the run: seconds from the run's start to its own, and its wall time."""
+
+    label: str
+    level: int
+    start: float
+    seconds: float = 0.0
+
+
+@dataclass
 class Bench:
     """Shared state of one benchmark run: where files go, how to report progress, raw results,
     the PostgreSQL server its runs share, and the webhook rounds when they run in the background."""
@@ -147,21 +157,26 @@ class Bench:
     say: Callable[[str], None] = print
     raw: dict[str, Any] = field(default_factory=dict)
     webhooks: Future[WebhookRounds] | None = None
-    # (label, seconds, level): how long each scenario (level 0) and its parts (level 1) took.
-    steps: list[tuple[str, float, int]] = field(default_factory=list)
+    # How long each scenario (level 0) and its larger parts (level 1) took, in the order they started.
+    steps: list[Step] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
     _postgres: PostgresWarehouses | None = None
     _pool: ThreadPoolExecutor | None = None
 
+    def step(self, label: str, level: int = 1) -> Step:
+        """A new entry in `steps`, started now; the caller sets its `seconds` when it ends."""
+        entry = Step(label, level, time.perf_counter() - self.started)
+        self.steps.append(entry)
+        return entry
+
     @contextlib.contextmanager
     def timed(self, label: str, level: int = 1) -> Iterator[None]:
-        """Adds the block's wall time to `steps`, in the order the blocks started."""
-        index = len(self.steps)
-        self.steps.append((label, 0.0, level))
-        started = time.perf_counter()
+        """The block's wall time as a step."""
+        entry = self.step(label, level)
         try:
             yield
         finally:
-            self.steps[index] = (label, time.perf_counter() - started, level)
+            entry.seconds = time.perf_counter() - self.started - entry.start
 
     def postgres(self) -> PostgresWarehouses:
         """The throwaway PostgreSQL server, started on first use and kept until `close()`."""
@@ -173,13 +188,11 @@ class Bench:
         """The webhook rounds through the daemon, in the background: they wait on the sensor's
         interval, not on the CPU, so they run beside the rate-limited scenarios."""
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhooks")
-        index = len(self.steps)
-        self.steps.append(("6: webhook rounds through the daemon, in the background beside 1 and 5", 0.0, 0))
+        entry = self.step("6: webhook rounds through the daemon, in the background beside 1 and 5", 0)
 
         def rounds() -> WebhookRounds:
             out = webhook_rounds(self, background=True)
-            label, _, level = self.steps[index]
-            self.steps[index] = (label, out.seconds, level)
+            entry.seconds = out.seconds
             return out
 
         self.webhooks = self._pool.submit(rounds)
@@ -400,7 +413,6 @@ class LaunchResult:
     requests_latency: int = 0
     webhook: dict[str, Any] | None = None
     webhook_error: str | None = None
-    webhook_seconds: float = 0.0
     # True: the rounds ran in the background beside scenarios 1 and 5.
     webhook_background: bool = False
 
@@ -513,10 +525,10 @@ def scale(bench: Bench, results: Results) -> None:
             continue
         backends = ["DuckDB"] * bool(duck_runs) + ["PostgreSQL"] * pg
         bench.say(f"[4] scale, {calls:,} calls on {' and '.join(backends)}")
-        started = time.perf_counter()
+        build = bench.step(f"4: the sandbox's {calls:,}-call dataset")
         with SandboxProcess(dataset_spec(profile, n_leads)) as sandbox:
             assert sandbox.info is not None
-            bench.steps.append((f"4: the sandbox's {calls:,}-call dataset", time.perf_counter() - started, 1))
+            build.seconds = time.perf_counter() - bench.started - build.start
             if duck_runs:
                 with bench.timed(f"4: {calls:,} calls on DuckDB, {duck_runs} run(s)"):
                     runs = [bench.run("ours", sandbox, f"scale.{calls}.ours.{i}") for i in range(duck_runs)]
@@ -736,6 +748,5 @@ def launch(bench: Bench, results: Results) -> None:
             rounds = webhook_rounds(bench)
     else:
         rounds = bench.webhooks.result()
-    out.webhook, out.webhook_error = rounds.figures, rounds.error
-    out.webhook_seconds, out.webhook_background = rounds.seconds, rounds.background
+    out.webhook, out.webhook_error, out.webhook_background = rounds.figures, rounds.error, rounds.background
     results.launch = out
