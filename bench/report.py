@@ -423,7 +423,7 @@ def render(results: Results, notes: str = "") -> str:
         "## How to reproduce",
         "",
         "```",
-        f"{COMMAND}            # the full run, about 15 minutes on 2 cores; rewrites bench/RESULTS.md",
+        f"{COMMAND}            # the full run (limit: 15 minutes on 2 cores); rewrites bench/RESULTS.md",
         f"{COMMAND} --smoke    # tiny sizes, seconds (the test suite runs this)",
         "```",
         "",
