@@ -13,8 +13,8 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
@@ -38,8 +38,10 @@ class Profile:
     name: str
     calls_per_lead: int
     turns_per_call: int
-    # 1 + 2 + 3: enrichment against the rate limit, the hand-written loop, dlt (one dataset).
+    # 2 + 3: the hand-written loop and dlt (one dataset; scenario 6 loads it too).
     head_to_head_leads: int
+    # 1: enrichment against the rate limit (its goals are a rate and a fraction, not a size).
+    rate_leads: int
     rate_latency_ms: float
     rate_limit_rps: float
     rate_runs: int
@@ -55,6 +57,8 @@ class Profile:
     # 6: the head-to-head load launched as users launch it, and again at this latency (0: not run).
     launch_latency_ms: float
     launch_cli_runs: int
+    # dlt at `launch_latency_ms` (0: its lower bound from the stages of its run at latency 0).
+    dlt_latency_runs: int
     # Webhook rounds through the daemon (one call each: one sensor-requested targeted run each).
     webhook_rounds: int
     max_concurrency: int = 8
@@ -66,26 +70,29 @@ class Profile:
 
 
 # ~40 turns per call on average: COMPLETE calls get 50, voicemails 1-2, the rest none.
+# Sizes and repeats are chosen against the 15-minute limit: bench/notes.md, "Run length".
 FULL = Profile(
     name="full",
     calls_per_lead=25,
     turns_per_call=50,
     head_to_head_leads=400,
+    # 5,000 calls: ~105 s at the limit, under the webhook rounds that run beside it.
+    rate_leads=200,
     rate_latency_ms=50.0,
     rate_limit_rps=50.0,
     rate_runs=3,
-    ours_runs=3,
-    loop_runs=3,
-    # One dlt run at latency 0 (~86 s) pays for scenario 6's runs at 50 ms.
+    ours_runs=2,
+    loop_runs=2,
     dlt_runs=1,
     scale_leads=(40, 400, 4000),
-    scale_runs=(2, 2, 1),
+    scale_runs=(1, 2, 1),
     sensor_pending=50_000,
-    sensor_runs=2,
+    sensor_runs=1,
     launch_latency_ms=50.0,
     launch_cli_runs=2,
+    dlt_latency_runs=0,
     webhook_rounds=6,
-    pg_ours_runs=2,
+    pg_ours_runs=1,
     pg_dlt_runs=1,
     pg_scale_leads=(400, 4000),
 )
@@ -94,6 +101,7 @@ SMOKE = Profile(
     calls_per_lead=5,
     turns_per_call=6,
     head_to_head_leads=8,
+    rate_leads=8,
     rate_latency_ms=5.0,
     rate_limit_rps=50.0,
     rate_runs=1,
@@ -106,6 +114,7 @@ SMOKE = Profile(
     sensor_runs=1,
     launch_latency_ms=5.0,
     launch_cli_runs=1,
+    dlt_latency_runs=1,
     webhook_rounds=1,
     pg_scale_leads=(8,),
 )
@@ -129,13 +138,72 @@ def dataset_spec(profile: Profile, n_leads: int) -> DatasetSpec:
 
 
 @dataclass
+class Step:
+    """One timed step of the run: seconds from the run's start to its own, and its wall time."""
+
+    label: str
+    level: int
+    start: float
+    seconds: float = 0.0
+
+
+@dataclass
 class Bench:
-    """Shared state of one benchmark run: where files go, how to report progress, raw results."""
+    """Shared state of one benchmark run: where files go, how to report progress, raw results,
+    the PostgreSQL server its runs share, and the webhook rounds when they run in the background."""
 
     profile: Profile
     workdir: Path
     say: Callable[[str], None] = print
     raw: dict[str, Any] = field(default_factory=dict)
+    webhooks: Future[WebhookRounds] | None = None
+    # How long each scenario (level 0) and its larger parts (level 1) took, in the order they started.
+    steps: list[Step] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    _postgres: PostgresWarehouses | None = None
+    _pool: ThreadPoolExecutor | None = None
+
+    def step(self, label: str, level: int = 1) -> Step:
+        """A new entry in `steps`, started now; the caller sets its `seconds` when it ends."""
+        entry = Step(label, level, time.perf_counter() - self.started)
+        self.steps.append(entry)
+        return entry
+
+    @contextlib.contextmanager
+    def timed(self, label: str, level: int = 1) -> Iterator[None]:
+        """The block's wall time as a step."""
+        entry = self.step(label, level)
+        try:
+            yield
+        finally:
+            entry.seconds = time.perf_counter() - self.started - entry.start
+
+    def postgres(self) -> PostgresWarehouses:
+        """The throwaway PostgreSQL server, started on first use and kept until `close()`."""
+        if self._postgres is None:
+            self._postgres = PostgresWarehouses().__enter__()
+        return self._postgres
+
+    def start_webhooks(self) -> None:
+        """The webhook rounds through the daemon, in the background: they wait on the sensor's
+        interval, not on the CPU, so they run beside the rate-limited scenarios."""
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhooks")
+        entry = self.step("6: webhook rounds through the daemon, in the background beside 1 and 5", 0)
+
+        def rounds() -> WebhookRounds:
+            out = webhook_rounds(self, background=True)
+            entry.seconds = out.seconds
+            return out
+
+        self.webhooks = self._pool.submit(rounds)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if self._postgres is not None:
+            self._postgres.__exit__(None, None, None)
+            self._postgres = None
 
     def run(
         self,
@@ -345,6 +413,8 @@ class LaunchResult:
     requests_latency: int = 0
     webhook: dict[str, Any] | None = None
     webhook_error: str | None = None
+    # True: the rounds ran in the background beside scenarios 1 and 5.
+    webhook_background: bool = False
 
 
 @dataclass
@@ -369,7 +439,7 @@ def rate_limit(bench: Bench, results: Results) -> None:
     scheduling jitter two cores shared by several processes add is part of what the client's
     rate limiter must absorb without a 429."""
     profile = bench.profile
-    spec = dataset_spec(profile, profile.head_to_head_leads)
+    spec = dataset_spec(profile, profile.rate_leads)
     limited = FaultConfig(latency_ms=profile.rate_latency_ms, rate_limit_rps=profile.rate_limit_rps)
     bench.say(
         f"[1] enrichment against the rate limit: {profile.rate_latency_ms:g} ms latency, "
@@ -405,10 +475,11 @@ def head_to_head(bench: Bench, results: Results) -> None:
         bench.say(f"  dataset: {sandbox.info.description}")
         runs: dict[str, list[dict[str, Any]]] = {"ours": [], "loop": [], "dlt_rest_api": []}
         wanted = {"ours": profile.ours_runs, "loop": profile.loop_runs, "dlt_rest_api": profile.dlt_runs}
-        for i in range(max(wanted.values())):
-            for name, n in wanted.items():
-                if i < n:
-                    runs[name].append(bench.run(name, sandbox, f"head_to_head.{name}.{i}"))
+        with bench.timed("2, 3: ours, the loop and dlt on DuckDB"):
+            for i in range(max(wanted.values())):
+                for name, n in wanted.items():
+                    if i < n:
+                        runs[name].append(bench.run(name, sandbox, f"head_to_head.{name}.{i}"))
         results.head_to_head = HeadToHeadResult(
             sandbox.info,
             ContenderFigures("ours", runs["ours"]),
@@ -420,12 +491,12 @@ def head_to_head(bench: Bench, results: Results) -> None:
             return
         bench.say("[3] the same on PostgreSQL: ours vs dlt's postgres destination")
         pg_runs: dict[str, list[dict[str, Any]]] = {name: [] for name in pg_wanted}
-        with PostgresWarehouses() as warehouses:
+        with bench.timed("3: ours and dlt on PostgreSQL (the server's start included)"):
             for i in range(max(pg_wanted.values())):
                 for name, n in pg_wanted.items():
                     if i < n:
                         label = f"head_to_head.{name}_pg.{i}"
-                        pg_runs[name].append(warehouses.run(bench, name, sandbox, label))
+                        pg_runs[name].append(bench.postgres().run(bench, name, sandbox, label))
         results.head_to_head.ours_pg = ContenderFigures("ours", pg_runs["ours"]) if pg_runs["ours"] else None
         results.head_to_head.dlt_pg = (
             ContenderFigures("dlt", pg_runs["dlt_rest_api"]) if pg_runs["dlt_rest_api"] else None
@@ -433,46 +504,40 @@ def head_to_head(bench: Bench, results: Results) -> None:
 
 
 def scale(bench: Bench, results: Results) -> None:
-    """Scenario 4: the real materialization at growing sizes (latency 0, no rate limit)."""
+    """Scenario 4: the real materialization at growing sizes (latency 0, no rate limit), on DuckDB
+    and, at `pg_scale_leads`, on PostgreSQL once (against the same sandbox process: the dataset is
+    built once per size). The head-to-head size reuses the runs of scenarios 2 and 3."""
     profile = bench.profile
     shared = results.head_to_head
-    for n_leads, n_runs in zip(profile.scale_leads, profile.scale_runs, strict=True):
+    runs_of = dict(zip(profile.scale_leads, profile.scale_runs, strict=True))
+    for n_leads in sorted(set(profile.scale_leads) | set(profile.pg_scale_leads)):
+        calls = n_leads * profile.calls_per_lead
+        duck_runs, pg = runs_of.get(n_leads, 0), n_leads in profile.pg_scale_leads
         if shared is not None and n_leads == profile.head_to_head_leads:
-            results.scale.append(ScalePoint(shared.dataset, shared.ours))
-            bench.say(f"[4] scale, {n_leads * profile.calls_per_lead:,} calls: the head-to-head runs of ours")
-            continue
-        spec = dataset_spec(profile, n_leads)
-        bench.say(f"[4] scale, {spec.n_leads * spec.calls_per_lead:,} calls")
-        with SandboxProcess(spec) as sandbox:
-            assert sandbox.info is not None
-            runs = [
-                bench.run("ours", sandbox, f"scale.{spec.n_leads * spec.calls_per_lead}.ours.{i}")
-                for i in range(n_runs)
-            ]
-            results.scale.append(ScalePoint(sandbox.info, ContenderFigures("ours", runs)))
-    results.scale.sort(key=lambda point: point.calls)
-    scale_on_postgres(bench, results)
-
-
-def scale_on_postgres(bench: Bench, results: Results) -> None:
-    """Scenario 4 on PostgreSQL: ours at `pg_scale_leads`, one run each (the head-to-head size
-    reuses the head-to-head runs on PostgreSQL)."""
-    profile = bench.profile
-    shared = results.head_to_head
-    if not profile.pg_scale_leads:
-        return
-    with PostgresWarehouses() as warehouses:
-        for n_leads in profile.pg_scale_leads:
-            calls = n_leads * profile.calls_per_lead
-            if shared is not None and shared.ours_pg is not None and n_leads == profile.head_to_head_leads:
+            bench.say(f"[4] scale, {calls:,} calls: the head-to-head runs of ours")
+            if duck_runs:
+                results.scale.append(ScalePoint(shared.dataset, shared.ours))
+                duck_runs = 0
+            if pg and shared.ours_pg is not None:
                 results.scale_pg.append(ScalePoint(shared.dataset, shared.ours_pg))
-                bench.say(f"[4] scale on PostgreSQL, {calls:,} calls: the head-to-head runs of ours")
-                continue
-            bench.say(f"[4] scale on PostgreSQL, {calls:,} calls")
-            with SandboxProcess(dataset_spec(profile, n_leads)) as sandbox:
-                assert sandbox.info is not None
-                run = warehouses.run(bench, "ours", sandbox, f"scale.{calls}.ours_pg.0")
+                pg = False
+        if not duck_runs and not pg:
+            continue
+        backends = ["DuckDB"] * bool(duck_runs) + ["PostgreSQL"] * pg
+        bench.say(f"[4] scale, {calls:,} calls on {' and '.join(backends)}")
+        build = bench.step(f"4: the sandbox's {calls:,}-call dataset")
+        with SandboxProcess(dataset_spec(profile, n_leads)) as sandbox:
+            assert sandbox.info is not None
+            build.seconds = time.perf_counter() - bench.started - build.start
+            if duck_runs:
+                with bench.timed(f"4: {calls:,} calls on DuckDB, {duck_runs} run(s)"):
+                    runs = [bench.run("ours", sandbox, f"scale.{calls}.ours.{i}") for i in range(duck_runs)]
+                results.scale.append(ScalePoint(sandbox.info, ContenderFigures("ours", runs)))
+            if pg:
+                with bench.timed(f"4: {calls:,} calls on PostgreSQL"):
+                    run = bench.postgres().run(bench, "ours", sandbox, f"scale.{calls}.ours_pg.0")
                 results.scale_pg.append(ScalePoint(sandbox.info, ContenderFigures("ours", [run])))
+    results.scale.sort(key=lambda point: point.calls)
     results.scale_pg.sort(key=lambda point: point.calls)
 
 
@@ -511,7 +576,6 @@ def sensor(bench: Bench, results: Results) -> None:
     profile = bench.profile
     spec = sensor_spec(profile.sensor_pending, data_day())
     bench.say(f"[5] late-summary sensor tick with {profile.sensor_pending:,} pending calls")
-    started = time.perf_counter()
     limited = FaultConfig(latency_ms=profile.rate_latency_ms, rate_limit_rps=profile.rate_limit_rps)
     with SandboxProcess(spec, limited) as sandbox:
         runs = []
@@ -521,7 +585,6 @@ def sensor(bench: Bench, results: Results) -> None:
             runs.append(
                 bench.run("sensor_tick", sandbox, f"sensor.{i}", max_rps=profile.rate_limit_rps, extra=extra)
             )
-    bench.say(f"  sensor scenario took {time.perf_counter() - started:.0f} s with setup")
     results.sensor = SensorResult(profile.sensor_pending, int(runs[0]["bound"]), runs)
 
 
@@ -623,6 +686,26 @@ def _webhooks_through_daemon(bench: Bench, results_dir: Path) -> tuple[dict[str,
     return json.loads(out.read_text()), None
 
 
+@dataclass(frozen=True)
+class WebhookRounds:
+    """The webhook benchmark's figures (or why there are none), how long it took, and whether it ran
+    in the background beside the rate-limited scenarios."""
+
+    figures: dict[str, Any] | None
+    error: str | None
+    seconds: float
+    background: bool
+
+
+def webhook_rounds(bench: Bench, *, background: bool = False) -> WebhookRounds:
+    bench.say(f"  webhooks through the daemon: {bench.profile.webhook_rounds} rounds of one call")
+    started = time.perf_counter()
+    figures, error = _webhooks_through_daemon(bench, bench.workdir)
+    seconds = time.perf_counter() - started
+    bench.say(f"  webhook rounds done in {seconds:.0f} s" + (f": {error}" if error else ""))
+    return WebhookRounds(figures, error, seconds, background)
+
+
 def launch(bench: Bench, results: Results) -> None:
     """Scenario 6: the head-to-head load launched the ways users launch it: the CLI (one
     `dagster asset materialize` run of leads and the day's call assets), and the intraday
@@ -637,27 +720,33 @@ def launch(bench: Bench, results: Results) -> None:
     )
     with SandboxProcess(spec) as sandbox:
         assert sandbox.info is not None
-        runs = range(profile.launch_cli_runs)
-        cli = [_launched(bench, sandbox, f"launch.cli.{i}", _cli(day)) for i in runs]
-        daemon = [_launched(bench, sandbox, "launch.daemon.0", _daemon(day))]
+        with bench.timed("6: CLI runs at latency 0"):
+            runs = range(profile.launch_cli_runs)
+            cli = [_launched(bench, sandbox, f"launch.cli.{i}", _cli(day)) for i in runs]
+        with bench.timed("6: daemon-launched run (daemon start included)"):
+            daemon = [_launched(bench, sandbox, "launch.daemon.0", _daemon(day))]
         out = LaunchResult(sandbox.info, ContenderFigures("cli", cli), ContenderFigures("daemon", daemon))
         if profile.launch_latency_ms:
             out.latency_ms = profile.launch_latency_ms
             sandbox.set_faults(FaultConfig(latency_ms=profile.launch_latency_ms))
             bench.say(f"  the same at {profile.launch_latency_ms:g} ms latency")
-            run = _launched(bench, sandbox, "launch.cli_latency.0", _cli(day))
+            with bench.timed(f"6: CLI run at {profile.launch_latency_ms:g} ms"):
+                run = _launched(bench, sandbox, "launch.cli_latency.0", _cli(day))
             out.cli_latency = ContenderFigures("cli", [run])
             out.requests_latency = run["sandbox"]["total"]
-            if profile.dlt_runs:
-                dlt = bench.run("dlt_rest_api", sandbox, "launch.dlt_latency.0")
+            if profile.dlt_runs and profile.dlt_latency_runs:
+                with bench.timed(f"6: dlt script at {profile.launch_latency_ms:g} ms"):
+                    dlt = bench.run("dlt_rest_api", sandbox, "launch.dlt_latency.0")
                 figures = {
                     "seconds": dlt["process_seconds"],
                     "cpu_seconds": dlt["process_cpu_seconds"],
                     "peak_rss_bytes": dlt["process_peak_rss_bytes"],
                 }
                 out.dlt_latency = ContenderFigures("dlt", [{**dlt, **figures}])
-    bench.say(f"  webhooks through the daemon: {profile.webhook_rounds} rounds of one call")
-    out.webhook, out.webhook_error = _webhooks_through_daemon(bench, bench.workdir)
-    if out.webhook_error:
-        bench.say(f"  {out.webhook_error}")
+    if bench.webhooks is None:
+        with bench.timed("6: webhook rounds through the daemon"):
+            rounds = webhook_rounds(bench)
+    else:
+        rounds = bench.webhooks.result()
+    out.webhook, out.webhook_error, out.webhook_background = rounds.figures, rounds.error, rounds.background
     results.launch = out

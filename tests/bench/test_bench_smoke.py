@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import run_bench
+from bench.report import dlt_bound_at_latency
 from bench.scenarios import SMOKE, Results
 
 
@@ -94,8 +95,44 @@ def test_launched_runs_load_what_the_in_process_run_loads(smoke: tuple[Results, 
     assert launch.webhook["send_to_calls_row"]["n"] == SMOKE.webhook_rounds
 
 
+def test_webhook_rounds_run_beside_the_rate_limited_scenarios(smoke: tuple[Results, Path]) -> None:
+    results, _ = smoke
+    launch = results.launch
+    assert launch is not None and launch.webhook_background
+    rounds, *others = [step for step in results.extras["steps"] if step.level == 0]
+    # Started first; scenarios 1 and 5 ran beside them, every later step after their end.
+    assert rounds.label.startswith("6: webhook rounds") and rounds.seconds > 0
+    beside = [step for step in others if step.label.startswith(("1:", "5:"))]
+    after = [step for step in others if not step.label.startswith(("1:", "5:", "the webhook rounds"))]
+    assert len(beside) == 2 and after
+    assert all(step.start < rounds.start + rounds.seconds for step in beside[:1])
+    assert all(step.start >= rounds.start + rounds.seconds for step in after)
+
+
+def test_dlt_reports_its_stages_for_the_bound_at_latency(smoke: tuple[Results, Path]) -> None:
+    results, _ = smoke
+    hh = results.head_to_head
+    assert hh is not None
+    if hh.dlt is None:
+        pytest.skip("dlt is not installed (no `--group bench`)")
+    stages = hh.dlt.runs[0]["stages"]
+    assert set(stages) == {"extract", "normalize", "load"} and all(v > 0 for v in stages.values())
+    bound = dlt_bound_at_latency(results)
+    assert bound is not None and bound > stages["normalize"] + stages["load"]
+
+
 def test_results_page_has_every_section(smoke: tuple[Results, Path]) -> None:
     _, out = smoke
     text = out.read_text()
-    for heading in ("## Machine", "## Goals", "## 1.", "## 2 and 3.", "## 4. Scale", "## 5.", "## 6."):
+    for heading in (
+        "## Machine",
+        "## Goals",
+        "## Run length",
+        "## 1.",
+        "## 2 and 3.",
+        "## 4. Scale",
+        "## 5.",
+        "## 6.",
+    ):
         assert heading in text
+    assert "| 1-6 | whole run <= 15 min" in text
