@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from io import StringIO
 from pathlib import Path
 
-from bench import report, scenarios
+from bench import pii_cost, report, scenarios
 from bench.runner import ROOT
 from bench.sandbox_proc import SandboxProcess
 from bench.scenarios import FULL, SMOKE, Bench, Profile, Results
@@ -48,6 +48,8 @@ STEPS = {
     "1": scenarios.rate_limit,
     "2,3": scenarios.head_to_head,
     "4": scenarios.scale,
+    # Issue 15: APTEN_TRANSCRIPT_MODE=redacted vs full at scenario 4's largest size (no HTTP).
+    "pii": pii_cost.scale_cost,
     "5": scenarios.sensor,
     # Compares against the in-process, loop and dlt runs of 2 and 3, so those run with it.
     "6": scenarios.launch,
