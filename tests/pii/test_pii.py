@@ -7,21 +7,25 @@ import hashlib
 import hmac
 import json
 import logging
+import random
 import re
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+import phonenumbers
 import pytest
 
 from apten_assets.lib.config import AptenSettings, ConfigError
 from apten_assets.lib.pii import (
     CARD,
+    DEFAULT_PHONE_REGIONS,
     PHONE,
     REMOVED,
     LeadPii,
     PiiPolicy,
     TranscriptMode,
     _may_hold_pii,
+    _region_may_read,
     keyed_hash,
     luhn_valid,
     normalize_phone,
@@ -325,3 +329,39 @@ def test_the_cached_run_result_depends_on_the_regions() -> None:
     assert redact_text(f"on {run}", ("GB",)) == f"on {PHONE}"
     assert redact_text(f"on {run}", ("US",)) == f"on {run}"
     assert redact_text(f"at {run}") == f"at {PHONE}"
+
+
+def _random_runs(count: int, seed: int = 15) -> list[str]:
+    """Runs as the scan hands them over: 7-19 digits in groups, with the separators people use,
+    starting with each digit, some with an IDD prefix (00, 011) in front or inside."""
+    rng = random.Random(seed)
+    runs = []
+    for _ in range(count):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(7, 19)))
+        if rng.random() < 0.1:
+            digits = rng.choice(("00", "011", "0011")) + digits[3:]
+        pieces, position = [], 0
+        while position < len(digits):
+            size = rng.randint(1, 5)
+            pieces.append(digits[position : position + size])
+            position += size
+        separator = rng.choice((" ", "-", ".", "/", " ", ""))
+        run = separator.join(pieces)
+        if rng.random() < 0.2 and len(pieces) > 1:
+            run = f"({pieces[0]}) " + separator.join(pieces[1:])
+        runs.append(run)
+    return runs
+
+
+def test_a_screened_out_region_finds_nothing_in_the_run() -> None:
+    # The screen skips a matcher pass only when the pass cannot find a number; checked against
+    # the matcher itself on runs of every shape, and on the corpus's look-alikes.
+    runs = _random_runs(1500) + ["48213377", "100234567", "14/05/2026", "2026-05-14", "2024-00042"]
+    skipped = 0
+    for run in runs:
+        for region in DEFAULT_PHONE_REGIONS:
+            if not _region_may_read(region, run):
+                skipped += 1
+                assert list(phonenumbers.PhoneNumberMatcher(run, region)) == [], (run, region)
+    assert skipped > 300  # the screen does skip passes, or this test proves nothing
+    assert not _region_may_read("US", "14/05/2026") and _region_may_read("US", "415-555-0132")
