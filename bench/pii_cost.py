@@ -21,6 +21,7 @@ bench runs `scale_cost` after scenario 4 and reports the goal row.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import tempfile
@@ -68,6 +69,8 @@ class PiiCost:
     redaction_cpu_seconds: float = 0.0
     # Rows written per table in each mode (they must agree).
     rows: dict[str, dict[str, int]] = field(default_factory=dict)
+    # The machine's 1-minute load average when the writes began and ended.
+    load: tuple[float, float] = (0.0, 0.0)
 
     @property
     def overhead(self) -> float:
@@ -184,6 +187,7 @@ def measure(profile: Profile, calls: int, share: float = 0.0, say: Callable[[str
                 timedelta(hours=240), PiiPolicy(mode), _reports(), log, client,
             )  # fmt: skip
             files[mode] = Path(folder) / f"{mode.value}.duckdb"
+        load_before = os.getloadavg()[0]
         for index, batch in enumerate(_replay(pool, pii_lines, calls)):
             targets = CallTargets([fetch.call_id for fetch in batch], {})
             for mode in MODES if index % 2 == 0 else MODES[::-1]:
@@ -199,6 +203,7 @@ def measure(profile: Profile, calls: int, share: float = 0.0, say: Callable[[str
                 redacting.call_body(fetch.body)
             cost.redaction_cpu_seconds += time.process_time() - cpu
             cost.calls += len(batch)
+    cost.load = (load_before, os.getloadavg()[0])
     cost.rows = {
         mode.value: {name: r.counts["rows_inserted"] for name, r in reports[mode].items()} for mode in MODES
     }
@@ -207,7 +212,8 @@ def measure(profile: Profile, calls: int, share: float = 0.0, say: Callable[[str
         f"  {cost.calls:,} calls, {cost.turns:,} turns: full {sum(cost.full):.1f} s, redacted "
         f"{sum(cost.redacted):.1f} s ({cost.overhead:+.1%}; per batch {cost.batch_overheads.show(3)}); "
         f"CPU {sum(cost.cpu['full']):.1f} s vs {sum(cost.cpu['redacted']):.1f} s ({cost.cpu_overhead:+.1%}); "
-        f"redaction alone {cost.redaction_cpu_seconds:.2f} s CPU"
+        f"redaction alone {cost.redaction_cpu_seconds:.2f} s CPU; "
+        f"load {cost.load[0]:.1f} -> {cost.load[1]:.1f}"
     )
     return cost
 

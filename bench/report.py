@@ -590,7 +590,8 @@ def _pii_section(results: Results) -> list[str]:
         f"Redacted over full: wall {cost.overhead:+.1%}, CPU {cost.cpu_overhead:+.1%}; per batch pair "
         f"(wall) {cost.batch_overheads.show(3)}. The redaction alone (`PiiPolicy.call_body` over the same "
         f"bodies, timed apart): {cost.redaction_cpu_seconds:.2f} s CPU "
-        f"({cost.redaction_cpu_seconds / cost.calls * 1e6:.1f} us per call).",
+        f"({cost.redaction_cpu_seconds / cost.calls * 1e6:.1f} us per call). Load average "
+        f"{cost.load[0]:.1f} when the writes began, {cost.load[1]:.1f} when they ended.",
         "",
     ]
     dense: RedactionOnly | None = results.extras.get("pii_dense")
