@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -155,7 +155,20 @@ def _replay(pool: list[dict[str, Any]], pii_lines: frozenset[str], calls: int) -
         yield batch
 
 
+def _opener(path: Path) -> Callable[[], AbstractContextManager[Store]]:
+    """Opens the DuckDB file at `path` as the calls step's warehouse resource does."""
+
+    @contextmanager
+    def open_warehouse() -> Iterator[Store]:
+        with open_store(WarehouseURL.for_duckdb_file(path)) as store:
+            store.ensure_schema()
+            yield store
+
+    return open_warehouse
+
+
 def measure(profile: Profile, calls: int, share: float = 0.0, say: Callable[[str], None] = print) -> PiiCost:
+    """`calls` calls through the calls step's transform-and-write in both modes (module doc)."""
     pool, pii_lines = _pool(profile, calls, share)
     cost = PiiCost(calls=0, turns=0, share_pii_turns=share)
     log = logging.getLogger("bench.pii_cost")
@@ -163,37 +176,26 @@ def measure(profile: Profile, calls: int, share: float = 0.0, say: Callable[[str
     redacting = PiiPolicy(TranscriptMode.REDACTED)
     settings = AptenSettings.from_env({"APTEN_API_KEY": "bench", "APTEN_BASE_URL": "http://127.0.0.1:9"})
     with tempfile.TemporaryDirectory() as folder, AptenClient(settings) as client:
-        files = {mode: Path(folder) / f"{mode.value}.duckdb" for mode in MODES}
         reports = {mode: _reports() for mode in MODES}
-
-        def opener(mode: TranscriptMode) -> Callable[[], Any]:
-            @contextmanager
-            def open_warehouse() -> Iterator[Store]:
-                with open_store(WarehouseURL.for_duckdb_file(files[mode])) as store:
-                    store.ensure_schema()
-                    yield store
-
-            return open_warehouse
-
+        warehouses = {mode: _opener(Path(folder) / f"{mode.value}.duckdb") for mode in MODES}
         # One-off costs (first imports, schema creation, the phone metadata) are paid before the
         # clock runs: a small batch into a throwaway file per mode.
         warm_up = [
             CallFetch(f"{body['id']}.warm", True, {**body, "id": f"{body['id']}.warm"}) for body in pool[:200]
         ]
         for mode in MODES:
-            files[mode] = Path(folder) / f"warm-{mode.value}.duckdb"
             _write_call_batch(
-                opener(mode), warm_up, now, CallTargets([f.call_id for f in warm_up], {}), ErasedLeads(),
-                timedelta(hours=240), PiiPolicy(mode), _reports(), log, client,
+                _opener(Path(folder) / f"warm-{mode.value}.duckdb"), warm_up, now,
+                CallTargets([f.call_id for f in warm_up], {}), ErasedLeads(), timedelta(hours=240),
+                PiiPolicy(mode), _reports(), log, client,
             )  # fmt: skip
-            files[mode] = Path(folder) / f"{mode.value}.duckdb"
         load_before = os.getloadavg()[0]
         for index, batch in enumerate(_replay(pool, pii_lines, calls)):
             targets = CallTargets([fetch.call_id for fetch in batch], {})
             for mode in MODES if index % 2 == 0 else MODES[::-1]:
                 started, cpu = time.perf_counter(), time.process_time()
                 _write_call_batch(
-                    opener(mode), batch, now, targets, ErasedLeads(), timedelta(hours=240),
+                    warehouses[mode], batch, now, targets, ErasedLeads(), timedelta(hours=240),
                     PiiPolicy(mode), reports[mode], log, client,
                 )  # fmt: skip
                 getattr(cost, mode.value).append(time.perf_counter() - started)
