@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from io import StringIO
 from pathlib import Path
 
-from bench import report, scenarios
+from bench import pii_cost, report, scenarios
 from bench.runner import ROOT
 from bench.sandbox_proc import SandboxProcess
 from bench.scenarios import FULL, SMOKE, Bench, Profile, Results
@@ -49,6 +49,8 @@ STEPS = {
     "5": scenarios.sensor,
     "2,3": scenarios.head_to_head,
     "4": scenarios.scale,
+    # Issue 15: APTEN_TRANSCRIPT_MODE=redacted vs full at scenario 4's largest size (no HTTP).
+    "pii": pii_cost.scale_cost,
     # Compares against the in-process, loop and dlt runs of 2 and 3, so those run with it.
     "6": scenarios.launch,
 }
@@ -60,6 +62,7 @@ TITLES = {
     "5": "5: late-summary sensor tick (warehouse set-up included)",
     "2,3": "2, 3: ours vs the loop vs dlt",
     "4": "4: scale",
+    "pii": "4, PII: redacted vs full transform-and-write at the largest size (no HTTP)",
     "6": "6: as users launch it",
 }
 

@@ -136,3 +136,13 @@ def test_results_page_has_every_section(smoke: tuple[Results, Path]) -> None:
     ):
         assert heading in text
     assert "| 1-6 | whole run <= 15 min" in text
+
+
+def test_redacted_mode_cost_is_measured_on_the_same_rows(smoke: tuple[Results, Path]) -> None:
+    results, out = smoke
+    cost = results.extras["pii_cost"]
+    assert cost.calls == SMOKE.scale_leads[-1] * SMOKE.calls_per_lead
+    assert cost.rows["full"] == cost.rows["redacted"] and cost.turns > 0
+    assert len(cost.full) == len(cost.redacted) == len(cost.cpu["redacted"]) >= 1
+    assert results.extras["pii_dense"].calls == cost.calls
+    assert "redacted <= 15% over full at 4M turns" in out.read_text()

@@ -7,20 +7,25 @@ import hashlib
 import hmac
 import json
 import logging
+import random
 import re
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+import phonenumbers
 import pytest
 
 from apten_assets.lib.config import AptenSettings, ConfigError
 from apten_assets.lib.pii import (
     CARD,
+    DEFAULT_PHONE_REGIONS,
     PHONE,
     REMOVED,
     LeadPii,
     PiiPolicy,
     TranscriptMode,
+    _may_hold_pii,
+    _region_may_read,
     keyed_hash,
     luhn_valid,
     normalize_phone,
@@ -225,3 +230,138 @@ def test_a_mode_change_applies_to_quarantined_payloads(tmp_path) -> None:
     assert json.loads(rows["L1"]) == policy.record(lead)
     assert "Ada" not in rows["L1"] and "4155550123" not in rows["L1"]
     assert rows["L2"] is None  # cut at the cap: it cannot be walked, so it is not kept
+
+
+# ---------------------------------------------------------------------- the fast paths
+
+
+@pytest.mark.parametrize("char", list("0123456789@"))
+def test_every_trigger_character_sends_text_to_the_scan(char: str) -> None:
+    # Text without a digit or an `@` is returned without a regex; each character must count.
+    clean = "Thursday at noon works, see you then. " * 20
+    assert not _may_hold_pii(clean)
+    assert _may_hold_pii(clean + char) and _may_hold_pii(char + clean)
+
+
+NATIONAL_AND_INTERNATIONAL_FORMATS = (
+    "(020) 7946 0958",
+    "+44 20 7946 0958",
+    "+44 (0)20 7946 0958",
+    "0412.345.678",
+    "+61 412 345 678",
+    "030/901820",
+    "+49 (30) 901820",
+    "+1 (415) 555-0132",
+    "415 555 0132",
+    "01.42.68.53.00",
+    "+33 (0)1 42 68 53 00",
+)
+
+
+@pytest.mark.parametrize("phone", NATIONAL_AND_INTERNATIONAL_FORMATS)
+def test_phone_formats_are_redacted_in_a_turn_among_clean_turns(phone: str) -> None:
+    # The transcript check over all turns at once must send this call to the walk, and the run
+    # scan must hand the whole number (brackets, dots, slashes, spaces) to the matcher.
+    clean = {"role": "assistant", "content": "Thanks, noted.", "startTime": "2026-05-14T15:30:01.000Z"}
+    body = {
+        "id": "c",
+        "transcript": [clean] * 30 + [{"role": "user", "content": f"it's {phone}, thanks"}] + [clean] * 30,
+    }
+    out = PiiPolicy(TranscriptMode.REDACTED).call_body(body)
+    assert out["transcript"][30]["content"] == f"it's {PHONE}, thanks"
+    assert out["transcript"][:30] == body["transcript"][:30]
+
+
+def test_turns_with_other_keys_are_walked() -> None:
+    body = {
+        "id": "c",
+        "transcript": [
+            {"role": "assistant", "content": None},
+            {"role": "user", "content": "Thursday works.", "text": "or call 415-555-0132"},
+        ],
+    }
+    out = PiiPolicy(TranscriptMode.REDACTED).call_body(body)
+    assert out["transcript"] == [
+        {"role": "assistant", "content": None},
+        {"role": "user", "content": "Thursday works.", "text": f"or call {PHONE}"},
+    ]
+
+
+def test_a_clean_transcript_still_leaves_the_other_fields_to_the_rules() -> None:
+    # The transcript holds nothing to redact, so the call takes the fast path; the other fields
+    # must come out as the full walk gives them.
+    body = {
+        "id": "c",
+        "callStatus": "COMPLETE",
+        "durationSeconds": 42,
+        "isTransfer": False,
+        "transcript": [{"role": "user", "content": "Thursday works."}],
+        "notificationMessage": "Lead asked for a call on 415-555-0178",
+        "messages": [{"text": "mail JANE@EXAMPLE.COM"}],
+        "details": {"summary": "card 4111 1111 1111 1111"},
+        "transferNumber": "+14155550100",
+    }
+    out = PiiPolicy(TranscriptMode.REDACTED).call_body(body)
+    assert out["transcript"] is body["transcript"]  # the fast path was taken
+    assert out["notificationMessage"] == f"Lead asked for a call on {PHONE}"
+    assert out["messages"] == [{"text": "mail [EMAIL]"}]
+    assert out["details"] == {"summary": f"card {CARD}"}
+    # A plain value under a key no rule names is kept, as the full walk keeps it.
+    assert out["transferNumber"] == body["transferNumber"] and out["durationSeconds"] == 42
+    assert out == PiiPolicy(TranscriptMode.REDACTED).record(body)
+    assert list(out) == list(body)
+
+
+def test_null_contents_do_not_hide_a_phone_in_another_turn() -> None:
+    body = {
+        "id": "c",
+        "transcript": [{"role": "user", "content": None}, {"role": "user", "content": "07911 123456"}],
+    }
+    out = PiiPolicy(TranscriptMode.REDACTED).call_body(body)
+    assert out["transcript"][1]["content"] == PHONE
+
+
+def test_the_cached_run_result_depends_on_the_regions() -> None:
+    # The same run read with regions that cannot read it, then with one that can, and back: a
+    # cache keyed by the run alone would give the first answer every time.
+    run = "020 7946 0111"
+    assert redact_text(f"on {run}", ("US",)) == f"on {run}"
+    assert redact_text(f"on {run}", ("GB",)) == f"on {PHONE}"
+    assert redact_text(f"on {run}", ("US",)) == f"on {run}"
+    assert redact_text(f"at {run}") == f"at {PHONE}"
+
+
+def _random_runs(count: int, seed: int = 15) -> list[str]:
+    """Runs as the scan hands them over: 7-19 digits in groups, with the separators people use,
+    starting with each digit, some with an IDD prefix (00, 011) in front or inside."""
+    rng = random.Random(seed)
+    runs = []
+    for _ in range(count):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(7, 19)))
+        if rng.random() < 0.1:
+            digits = rng.choice(("00", "011", "0011")) + digits[3:]
+        pieces, position = [], 0
+        while position < len(digits):
+            size = rng.randint(1, 5)
+            pieces.append(digits[position : position + size])
+            position += size
+        separator = rng.choice((" ", "-", ".", "/", " ", ""))
+        run = separator.join(pieces)
+        if rng.random() < 0.2 and len(pieces) > 1:
+            run = f"({pieces[0]}) " + separator.join(pieces[1:])
+        runs.append(run)
+    return runs
+
+
+def test_a_screened_out_region_finds_nothing_in_the_run() -> None:
+    # The screen skips a matcher pass only when the pass cannot find a number; checked against
+    # the matcher itself on runs of every shape, and on the corpus's look-alikes.
+    runs = _random_runs(1500) + ["48213377", "100234567", "14/05/2026", "2026-05-14", "2024-00042"]
+    skipped = 0
+    for run in runs:
+        for region in DEFAULT_PHONE_REGIONS:
+            if not _region_may_read(region, run):
+                skipped += 1
+                assert list(phonenumbers.PhoneNumberMatcher(run, region)) == [], (run, region)
+    assert skipped > 300  # the screen does skip passes, or this test proves nothing
+    assert not _region_may_read("US", "14/05/2026") and _region_may_read("US", "415-555-0132")
