@@ -223,7 +223,6 @@ def test_map_concurrent_pulls_items_lazily_and_stops_on_first_error() -> None:
             list(c.map_concurrent(boom, range(100)))
 
 
-
 def test_map_concurrent_keeps_fetching_ahead_while_the_caller_is_busy() -> None:
     """A caller writing a batch holds the generator; the threads go on with up to `read_ahead`
     items meanwhile, and no further."""
