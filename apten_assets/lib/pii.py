@@ -52,6 +52,9 @@ TEXT_KEYS = frozenset(
     {"content", "text", "subject", "summary", "notificationMessage", "optOutMessage", "message"}
 )
 SUMMARY_KEYS = frozenset({"summary"})
+# Lists whose string items are free text (a transcript sent as bare strings rather than turns).
+TRANSCRIPT_KEYS = frozenset({"transcript"})
+TRANSCRIPT_TEXT_KEY = "content"
 FREE_FORM_KEYS = frozenset({"additionalInfo"})
 CONTACT_HASHED_KEYS = frozenset({"phone", "email"})
 CONTACT_NAME_KEYS = frozenset({"firstName", "lastName"})
@@ -327,8 +330,10 @@ class PiiPolicy:
                 return self.contact(key, value)
             return value
         if isinstance(value, list):
-            # Items of a list take the list's key: a transcript given as bare strings is text too.
-            return [self._walk(item, key if key in TEXT_KEYS else None) for item in value]
+            # Items of a list take the list's key (a list of texts is text), and a transcript's
+            # items that are bare strings, not turn objects, are its text: the warehouse keeps no
+            # turn for them, but `calls.raw` keeps them.
+            return [self._walk(item, _item_key(key)) for item in value]
         # Numbers, booleans and nulls (most fields of a call) before the slower `Mapping` check.
         if value is None or isinstance(value, (int, float)):
             return value
@@ -350,6 +355,12 @@ class PiiPolicy:
         if isinstance(value, list):
             return [self._free_form(item) for item in value]
         return value
+
+
+def _item_key(key: str | None) -> str | None:
+    if key in TEXT_KEYS:
+        return key
+    return TRANSCRIPT_TEXT_KEY if key in TRANSCRIPT_KEYS else None
 
 
 def _nothing_to_redact(transcript: list[Any]) -> bool:

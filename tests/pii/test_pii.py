@@ -160,6 +160,19 @@ def test_call_off_keeps_roles_and_timing_without_text() -> None:
     assert out["transcript"][0]["startTime"] == CALL["transcript"][0]["startTime"]
 
 
+@pytest.mark.parametrize("mode", [TranscriptMode.REDACTED, TranscriptMode.OFF])
+def test_a_transcript_of_bare_strings_is_text(mode: TranscriptMode) -> None:
+    # Not turn objects: no turn rows come from them, but calls.raw keeps the body.
+    body = {**CALL, "transcript": ["Call me on 020 7946 0958.", ["nested", "me@example.com"], 7, None]}
+    out = PiiPolicy(mode).call_body(body)
+    text = json.dumps(out)
+    assert "7946" not in text and "example.com" not in text
+    if mode is TranscriptMode.REDACTED:
+        assert out["transcript"] == ["Call me on [PHONE].", ["nested", "[EMAIL]"], 7, None]
+    else:
+        assert out["transcript"] == [None, [None, None], 7, None]
+
+
 def test_call_without_anything_to_redact_keeps_its_transcript() -> None:
     clean = {**CALL, "transcript": [CALL["transcript"][0]], "summary": "Booked for Thursday."}
     assert PiiPolicy(TranscriptMode.REDACTED).call_body(clean) == clean
