@@ -8,7 +8,8 @@ column, inbox file and preview downstream only ever sees the transformed JSON.
 Rules, in one place:
 
 * Free text is the value of a text key (`TEXT_KEYS`: transcript turn `content`, `summary`, message
-  `text`/`subject`, ...) anywhere in a record, and every string inside a lead's `additionalInfo`.
+  `text`/`subject`, ...) anywhere in a record, a transcript's items that are bare strings, and
+  every string inside a lead's `additionalInfo`.
   `redacted` replaces e-mail addresses, payment card numbers (13-19 digits, spaces or dashes
   between them, Luhn-valid) and phone numbers (the `phonenumbers` matcher, international format
   for any country, national format for `DEFAULT_PHONE_REGIONS`) by `[EMAIL]`, `[CARD]`, `[PHONE]`.
