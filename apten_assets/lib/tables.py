@@ -460,8 +460,8 @@ LEAD_DATA: tuple[LeadData, ...] = (
 
 def payload_text(payload: Any) -> str:
     """A rejected record as text: bytes decoded (invalid UTF-8 replaced), JSON values serialised,
-    lone surrogates and NUL characters replaced (PostgreSQL text holds no NUL), so that every
-    payload is storable on every backend."""
+    lone surrogates and NUL characters replaced (`models.repair_text`), so that every payload is
+    storable on every backend."""
     if isinstance(payload, bytes):
         payload = payload.decode("utf-8", errors="replace")
     elif payload is None:
@@ -471,7 +471,7 @@ def payload_text(payload: Any) -> str:
             payload = json.dumps(payload, ensure_ascii=False, default=str)
         except (ValueError, RecursionError):
             payload = repr(payload)
-    return repair_text(payload)[0].replace("\x00", "\ufffd")
+    return repair_text(payload)[0]
 
 
 def rejected_row(
