@@ -578,6 +578,25 @@ def test_turns_derived_from_raw_keep_rows_of_calls_whose_transcript_did_not_chan
     assert loaded_at(store, "call_transcript_turns", "call_id") == {"c1": first}
 
 
+@pytest.mark.parametrize("transcript", [None, "see attachment", 5, True, {"role": "user", "content": "x"}])
+def test_a_call_whose_transcript_is_not_a_list_is_stored_without_turns(
+    store: Store, transcript: object
+) -> None:
+    # PostgreSQL once measured such a transcript as an array and refused the whole batch.
+    written = datetime(2026, 6, 15, 15, 0, tzinfo=UTC)
+    rows = [
+        warehouse_call_row({"id": "odd", "transcript": transcript}, written),
+        warehouse_call_row({"id": "honest", "transcript": HOSTILE_TRANSCRIPTS["ordinary"]}, written),
+    ]
+    calls, counts = store.upsert_calls(rows, now=written)
+    assert (calls.inserted, counts.parents, counts.inserted) == (2, 1, 1)
+    assert query(store, "SELECT call_id, turn_count FROM apten.calls ORDER BY 1") == [
+        ("honest", 1),
+        ("odd", None),
+    ]
+    assert query(store, "SELECT call_id FROM apten.call_transcript_turns") == [("honest",)]
+
+
 def warehouse_call_row(body: dict, fetched_at: datetime) -> dict:
     return call_rows(Call.from_json(body), fetched_at).call
 
@@ -732,11 +751,17 @@ def test_stored_values_out_of_range_never_break_the_read_queries(store: Store) -
     assert store.summary_coverage(timedelta(hours=72)).metadata["calls_past_give_up_window"] >= 1
 
 
-def test_nul_characters_are_removed_on_postgres_and_kept_on_duckdb(store: Store) -> None:
-    # PostgreSQL's text and jsonb cannot hold U+0000; its store strips it (and logs a count).
-    store.upsert(LEADS, [lead("a", firstName="Jo\x00hn", additionalInfo={"k\x00": "v\x00"})])
-    first, info = one(store, "SELECT first_name, additional_info FROM apten.leads")
+def test_nul_characters_are_replaced_on_postgres_and_kept_on_duckdb(store: Store) -> None:
+    # PostgreSQL's text and jsonb cannot hold U+0000; its store replaces it with U+FFFD (and logs a
+    # count), keeping keys apart that differ only by it. (Records from Apten never get here with
+    # one: models.repair_text replaced it first, on every backend.)
+    info = {"k\x00": "v\x00", "k": "plain", "k\ufffd": "honest"}
+    store.upsert(LEADS, [lead("a", firstName="Jo\x00hn", additionalInfo=info)])
+    first, stored = one(store, "SELECT first_name, additional_info FROM apten.leads")
     if store.backend == "postgresql":
-        assert (first, json.loads(info)) == ("John", {"k": "v"})
+        assert (first, json.loads(stored)) == (
+            "Jo\ufffdhn",
+            {"k\ufffd": "v\ufffd", "k": "plain", "k\ufffd\ufffd": "honest"},
+        )
     else:
-        assert (first, json.loads(info)) == ("Jo\x00hn", {"k\x00": "v\x00"})
+        assert (first, json.loads(stored)) == ("Jo\x00hn", info)
