@@ -217,7 +217,7 @@ def decoded(raw: Any, report: StepReport, record: str, log: logging.Logger | Any
     if repaired:
         report.counts["field_warnings"] += repaired
         report.counts["text_repaired"] += repaired
-        log.warning(f"{record}: {repaired} string(s) held a lone UTF-16 surrogate or U+0000; stored with U+FFFD")
+        log.warning(f"{record}: {repaired} string(s) held a lone surrogate or U+0000; stored with U+FFFD")
     return raw
 
 
