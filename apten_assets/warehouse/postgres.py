@@ -624,11 +624,18 @@ class PostgresStore(SqlStore):
                 f"CASE WHEN translate({{t}}, '0123456789', '9999999999') IN ({shapes}) THEN true "
                 f"ELSE {{t}} ~ '{_ISO_TIMESTAMP}' END"
             )
+            # As DuckDB and Python read it: a fraction past microseconds cut (PostgreSQL rounds
+            # it), a leap second (`:60`, which PostgreSQL rolls into the next minute) unreadable.
+            # Apten's own shape (24 characters) pays one length() for the first.
+            micro = (
+                "CASE WHEN length({t}) > 26 AND {t} ~ '\\.\\d{7}' "
+                "THEN regexp_replace({t}, '(\\.\\d{6})\\d+', '\\1') ELSE {t} END"
+            )
             self._try_timestamptz = (
-                f"CASE WHEN {iso} AND pg_input_is_valid({{t}}, 'timestamptz') "
-                "THEN CAST({t} AS timestamptz) END"
+                f"CASE WHEN {iso} AND substr({{t}}, 18, 2) <> '60' "
+                f"AND pg_input_is_valid({{t}}, 'timestamptz') THEN CAST({micro} AS timestamptz) END"
                 if version >= 160000
-                else "apten._try_timestamptz({t})"
+                else f"apten._try_timestamptz(CASE WHEN substr({{t}}, 18, 2) <> '60' THEN {micro} END)"
             )
         value = self._try_timestamptz.replace("{t}", text)
         # The models' range (store.py: stored values are readable back).

@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from apten_assets.lib.models import Call, Event, Lead
+from apten_assets.lib.models import Call, Event, Lead, parse_timestamp
 from apten_assets.lib.tables import (
     CALL_EVENTS,
     CALL_SUMMARIES,
@@ -576,6 +576,30 @@ def test_turns_derived_from_raw_keep_rows_of_calls_whose_transcript_did_not_chan
     assert (unchanged.parents, unchanged.parents_replaced) == (1, 0)
     assert (empty.parents, empty.deleted) == (0, 0)
     assert loaded_at(store, "call_transcript_turns", "call_id") == {"c1": first}
+
+
+def _model_time(text: str) -> datetime | None:
+    try:
+        return parse_timestamp(text)[0]
+    except ValueError:
+        return None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-06-15T14:30:01.1234567Z",  # .NET writes seven digits: cut, never rounded up
+        "2026-06-15T14:30:01.9999999+02:00",
+        "2026-06-15T14:30:01.123456789",
+        "2026-06-15T23:59:60Z",  # a leap second: unreadable to Python and DuckDB alike
+        "2026-06-15T14:30:01.000Z",
+    ],
+)
+def test_turn_times_are_read_as_the_models_read_timestamps(store: Store, text: str) -> None:
+    written = datetime(2026, 6, 15, 15, 0, tzinfo=UTC)
+    body = {"id": "c1", "transcript": [{"role": "user", "content": "x", "startTime": text}]}
+    store.upsert_calls([warehouse_call_row(body, written)], now=written)
+    assert query(store, "SELECT start_time FROM apten.call_transcript_turns") == [(_model_time(text),)]
 
 
 @pytest.mark.parametrize("transcript", [None, "see attachment", 5, True, {"role": "user", "content": "x"}])
