@@ -3,8 +3,9 @@
 Every model is a frozen dataclass that keeps the untouched JSON in `raw` and the problems met while
 reading it in `warnings`. The rules, in one place:
 
-* `id` (and an event's `type` and `timestamp`) are required: missing, of the wrong type or
-  unparseable raises `MalformedRecord(record_id, reason)`; callers count it and go on.
+* `id` (and an event's `type` and `timestamp`) are required: missing, of the wrong type,
+  unparseable or longer than `MAX_ID_LENGTH` raises `MalformedRecord(record_id, reason)`; callers
+  count it and go on.
 * Every other field is optional. Absent or null gives None. A value of the wrong JSON type gives
   None plus a warning; it is never coerced (`"true"` is not a boolean, `"145"` is not a number),
   because a type change in the API is something to notice, and `raw` still holds the value.
@@ -39,6 +40,10 @@ LATEST_TIMESTAMP = datetime(2200, 1, 1, tzinfo=UTC)
 MAX_EXACT_INTEGER = 2**53
 # Longer than any real call (the longest seen are hours); what lies beyond is a broken value.
 MAX_DURATION_SECONDS = 30 * 24 * 3600.0
+# Far longer than any id Apten issues (tens of characters). A key much longer than this is more
+# than PostgreSQL can index (about 2.7 KB per primary-key entry), so one backend would refuse the
+# record and another store it: every backend refuses it instead.
+MAX_ID_LENGTH = 512
 
 
 class MalformedRecord(ValueError):
@@ -254,6 +259,8 @@ def _require_id(obj: Mapping[str, Any], key: str = "id", fallback: str | None = 
         raise MalformedRecord(value, f"{key!r} is empty")
     if not is_storable_text(value) or "\ufffd" in value:
         raise MalformedRecord(_replace_surrogates(value), f"{key!r} is not valid Unicode text")
+    if len(value) > MAX_ID_LENGTH:
+        raise MalformedRecord(value, f"{key!r} is longer than {MAX_ID_LENGTH} characters")
     return value
 
 

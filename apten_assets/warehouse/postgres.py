@@ -73,7 +73,10 @@ _PG_TYPES = {
     "DOUBLE": "double precision",
 }
 # SQLSTATE classes and codes that mean "this row's value cannot be stored": the caller's bad row.
-_BAD_VALUE_STATES = ("22", "23514", "23502")
+# Class 54 is a value past one of PostgreSQL's own limits (a key too long to index, a row or
+# jsonb too large, nesting too deep to parse) where DuckDB may take it: a bad row too, so the
+# batch is halved down to it rather than the whole step failing on every run.
+_BAD_VALUE_STATES = ("22", "23514", "23502", "54")
 _NOT_READY_STATES = ("42P01", "3F000")
 # A timestamp the turn rules accept: ISO 8601 date, optional time, optional zone (PostgreSQL's
 # own input also takes words such as 'yesterday' and 'epoch', which DuckDB's TRY_CAST refuses).

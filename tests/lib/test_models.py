@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from apten_assets.lib.models import (
+    MAX_ID_LENGTH,
     Call,
     CallEventData,
     Event,
@@ -489,3 +490,9 @@ def test_repair_text_replaces_lone_surrogates_and_nul_keeping_every_key(
 def test_an_id_no_backend_stores_as_sent_is_a_malformed_record(bad_id: str) -> None:
     with pytest.raises(MalformedRecord, match="not valid Unicode text"):
         Call.from_json({"id": bad_id})
+
+
+def test_an_id_longer_than_max_id_length_is_a_malformed_record() -> None:
+    assert Call.from_json({"id": "c" * MAX_ID_LENGTH}).id == "c" * MAX_ID_LENGTH
+    with pytest.raises(MalformedRecord, match=f"longer than {MAX_ID_LENGTH} characters"):
+        Lead.from_json({"id": "l" * (MAX_ID_LENGTH + 1)})

@@ -7,6 +7,7 @@ what must come of it: stored with a NULL (or U+FFFD) and a counted warning, or q
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ YEAR_9999_WITH_OFFSET = "9999-12-31T23:59:59-01:00"
 BEYOND_2_53 = 2**53 + 1
 HUGE_FLOAT = 1e300
 DIGITS_400 = int("9" * 400)
+# 10 KB of hex: more than PostgreSQL can index as a key, and incompressible.
+LONG_ID = "".join(hashlib.sha256(str(i).encode()).hexdigest() for i in range(160))
 NESTED_500: list = []
 for _ in range(499):
     NESTED_500 = [NESTED_500]
@@ -35,7 +38,7 @@ class Case:
     """One hostile record: `where` is leads | events | calls; `edit` changes its JSON in place."""
 
     name: str
-    cls: str  # surrogate | nul | timestamp | number | persistent_4xx | deep | future
+    cls: str  # surrogate | nul | long_id | timestamp | number | persistent_4xx | deep | future
     where: str
     edit: Callable[[dict[str, Any]], None] | None
     outcome: str
@@ -58,6 +61,8 @@ LEAD_CASES = [
     Case("lead_first_name_nul", "nul", "leads", _set("firstName", value="Jo" + NUL), STORED_REPLACED),
     # A NUL dropped from an id would make it another record's ("lead-nul-"): refused, not repaired.
     Case("lead_id_nul", "nul", "leads", _set("id", value="lead-nul-" + NUL), QUARANTINED),
+    # Stored by DuckDB, refused by PostgreSQL's key index: refused by the models on every backend.
+    Case("lead_id_10_kb", "long_id", "leads", _set("id", value=LONG_ID), QUARANTINED),
     Case("lead_updated_year_9999", "timestamp", "leads", _set("updatedAt", value=YEAR_9999_WITH_OFFSET), STORED_NULL),
     Case("lead_created_year_1", "timestamp", "leads", _set("createdAt", value=YEAR_1_WITH_OFFSET), STORED_NULL),
     Case("lead_updated_2099", "future", "leads", _set("updatedAt", value="2099-01-01T00:00:00.000Z"), STORED),
@@ -66,6 +71,7 @@ LEAD_CASES = [
 EVENT_CASES = [
     Case("event_status_surrogate", "surrogate", "events", _set("data", "callStatus", value=LONE_SURROGATE), STORED_REPLACED),
     Case("event_status_nul", "nul", "events", _set("data", "callStatus", value=NUL + "ENDED"), STORED_REPLACED),
+    Case("event_id_10_kb", "long_id", "events", _set("id", value="call-" + LONG_ID), QUARANTINED),
     Case("event_duration_400_digits", "number", "events", _set("data", "durationSeconds", value=DIGITS_400), STORED_NULL),
     Case("event_duration_beyond_2_53", "number", "events", _set("data", "durationSeconds", value=BEYOND_2_53), STORED_NULL),
     Case("event_duration_1e300", "number", "events", _set("data", "durationSeconds", value=HUGE_FLOAT), STORED_NULL),

@@ -39,6 +39,7 @@ from tests.reliability.quarantine_corpus import (
     EVENT_CASES,
     LEAD_CASES,
     LEAD_EVENTS_REFUSED,
+    LONG_ID,
     NESTED_500,
     QUARANTINED,
     REPLACED,
@@ -294,7 +295,13 @@ CALL_RAW = {
     "call_raw_400_digit_number": {"n": DIGITS_400},
     "call_raw_nested_500_deep": NESTED_500,
 }
-QUARANTINED_LEAD_IDS = {"lead_id_surrogate": "lead-" + REPLACED, "lead_id_nul": "lead-nul-" + REPLACED}
+# The id a quarantined case is filed under, where it is not the victim's own.
+QUARANTINED_IDS = {
+    "lead_id_surrogate": "lead-" + REPLACED,
+    "lead_id_nul": "lead-nul-" + REPLACED,
+    "lead_id_10_kb": LONG_ID,
+    "event_id_10_kb": "call-" + LONG_ID,
+}
 
 
 @pytest.mark.parametrize("case", ALL_CASES, ids=lambda c: c.name)
@@ -340,11 +347,13 @@ def test_each_bad_record_is_stored_with_nulls_or_quarantined_with_its_reason(
         source = {"leads": "leads", "events": "call_events", "lead_events": "call_events"}.get(
             case.where, "calls"
         )
-        record_id = QUARANTINED_LEAD_IDS.get(case.name, record)
+        record_id = QUARANTINED_IDS.get(case.name, record)
         reason, payload, size, times, resolved = quarantine[(source, record_id)]
         expected = {
             "lead_id_surrogate": "not valid Unicode",
             "lead_id_nul": "not valid Unicode",
+            "lead_id_10_kb": "longer than 512 characters",
+            "event_id_10_kb": "longer than 512 characters",
             "event_timestamp_year_1": "out of range",
             "event_timestamp_year_9999": "out of range",
         }.get(case.name, "APTEN_MAX_JSON_DEPTH" if case.cls == "deep" else f"HTTP {case.status}")
@@ -367,9 +376,9 @@ def test_each_bad_record_is_stored_with_nulls_or_quarantined_with_its_reason(
 def test_quarantined_records_are_counted_in_the_run_metadata(run: QuarantineRun) -> None:
     p = run.first
     expected = {
-        "apten/leads": sorted(QUARANTINED_LEAD_IDS.values()),
+        "apten/leads": sorted(QUARANTINED_IDS[c.name] for c in LEAD_CASES if c.outcome == QUARANTINED),
         "apten/call_events": sorted(
-            run.victims.record[c.name]
+            QUARANTINED_IDS.get(c.name, run.victims.record[c.name])
             for c in [*EVENT_CASES, *LEAD_EVENTS_REFUSED, *DEEP_BODIES]
             if c.outcome == QUARANTINED and c.where != "call_fetch"
         ),

@@ -3,6 +3,7 @@ derivation, transactions, the queries that choose work. A new backend passes thi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -710,6 +711,31 @@ def test_quarantine_keeps_one_row_per_record_and_counts_sightings(store: Store) 
     assert (reason, json.loads(payload), size) == ("ValueError: again", {"id": "c-1", "x": 1}, len(payload))
     assert (first, last, times, resolved) == (T0, later, 2, None)
     assert store.duplicate_keys(REJECTED_RECORDS) == 0
+
+
+# Incompressible, so PostgreSQL cannot squeeze it into a primary-key entry (about 2.7 KB at most).
+LONG_ID = "".join(hashlib.sha256(str(i).encode()).hexdigest() for i in range(160))
+
+
+def test_a_key_past_postgresql_index_limit_is_a_refused_row_and_the_session_goes_on(store: Store) -> None:
+    # The models refuse such ids (MAX_ID_LENGTH); the store's answer to one that got here anyway.
+    row = {"lead_id": LONG_ID, "first_name": "Long"}
+    if store.backend == "postgresql":
+        with pytest.raises(ValueError, match="a value cannot be stored"):
+            store.upsert(LEADS, [row])
+    else:
+        store.upsert(LEADS, [row])
+    store.upsert(LEADS, [{"lead_id": "short", "first_name": "Short"}])
+    assert "short" in [lead_id for (lead_id,) in query(store, "SELECT lead_id FROM apten.leads")]
+
+
+def test_a_record_id_too_long_to_index_is_quarantined_under_its_hash(store: Store) -> None:
+    store.quarantine([rejected_row("leads", LONG_ID, "MalformedRecord: too long", None, T0)], now=T0)
+    store.quarantine([rejected_row("leads", LONG_ID, "MalformedRecord: too long", None, T0)], now=T0)
+    ((key, record_id, times),) = query(
+        store, "SELECT record_key, record_id, times_seen FROM apten.rejected_records"
+    )
+    assert (key, record_id, times) == ("sha256:" + hashlib.sha256(LONG_ID.encode()).hexdigest(), LONG_ID, 2)
 
 
 def test_records_without_an_id_are_one_row_per_distinct_payload(store: Store) -> None:
