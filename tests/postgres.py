@@ -53,12 +53,27 @@ class PostgresServer:
             cursor.execute(sql)
             return cursor.fetchall() if cursor.description else []
 
-    def url_of(self, database: str) -> str:
-        """The warehouse URL of `database` on this server (Unix socket, no password)."""
+    def url_of(self, database: str, *, user: str | None = None, password: str | None = None) -> str:
+        """The warehouse URL of `database` on this server (Unix socket; the superuser, no password,
+        unless `user` is given)."""
         url = self.url
         return WarehouseURL(
-            backend=url.backend, host=url.host, port=url.port, user=url.user, database=database
+            backend=url.backend,
+            host=url.host,
+            port=url.port,
+            user=user or url.user,
+            password=password,
+            database=database,
         ).libpq_uri()
+
+    def add_password_role(self, role: str, password: str) -> None:
+        """A login role that must give `password` (SCRAM) on the Unix socket, where every other
+        role is trusted: so a wrong password really fails, as on a production server."""
+        literal = password.replace("'", "''")
+        self.admin(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{literal}'")
+        hba = self.folder / "pg_hba.conf"
+        hba.write_text(f"local all {role} scram-sha-256\n" + hba.read_text())
+        self.admin("SELECT pg_reload_conf()")
 
     def create_database(self, name: str, *, template: str = "template0") -> str:
         """A new database (a copy of `template`, which nobody may be connected to); its URL."""

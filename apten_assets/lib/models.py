@@ -3,8 +3,9 @@
 Every model is a frozen dataclass that keeps the untouched JSON in `raw` and the problems met while
 reading it in `warnings`. The rules, in one place:
 
-* `id` (and an event's `type` and `timestamp`) are required: missing, of the wrong type or
-  unparseable raises `MalformedRecord(record_id, reason)`; callers count it and go on.
+* `id` (and an event's `type` and `timestamp`) are required: missing, of the wrong type,
+  unparseable or longer than `MAX_ID_LENGTH` raises `MalformedRecord(record_id, reason)`; callers
+  count it and go on.
 * Every other field is optional. Absent or null gives None. A value of the wrong JSON type gives
   None plus a warning; it is never coerced (`"true"` is not a boolean, `"145"` is not a number),
   because a type change in the API is something to notice, and `raw` still holds the value.
@@ -16,8 +17,9 @@ reading it in `warnings`. The rules, in one place:
   also lie in [0, `MAX_DURATION_SECONDS`]: a call end computed from 1e300 seconds overflows every
   query that adds it to a start. Outside: None plus a warning, `raw` keeps the value.
 * Text with a lone UTF-16 surrogate (a cut emoji, `"\ud83d"`) cannot be stored in any UTF-8
-  column: `repair_text` replaces each with U+FFFD before a record is read, and the callers count it.
-  An id holding one is refused (`MalformedRecord`): a replaced id could name another record.
+  column, and U+0000 in none of PostgreSQL's (`text`, `jsonb`): `repair_text` replaces each with
+  U+FFFD before a record is read, on every backend alike, and the callers count it. An id holding
+  one is refused (`MalformedRecord`): a replaced id could name another record.
 * Enum-like values (`type`, `direction`, `callStatus`, `role`, ...) are open strings.
 * Field names the docs do not confirm (see apten-api.md) are read when present.
 """
@@ -38,6 +40,10 @@ LATEST_TIMESTAMP = datetime(2200, 1, 1, tzinfo=UTC)
 MAX_EXACT_INTEGER = 2**53
 # Longer than any real call (the longest seen are hours); what lies beyond is a broken value.
 MAX_DURATION_SECONDS = 30 * 24 * 3600.0
+# Far longer than any id Apten issues (tens of characters). A key much longer than this is more
+# than PostgreSQL can index (about 2.7 KB per primary-key entry), so one backend would refuse the
+# record and another store it: every backend refuses it instead.
+MAX_ID_LENGTH = 512
 
 
 class MalformedRecord(ValueError):
@@ -95,13 +101,22 @@ def _replace_surrogates(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
+def is_storable_text(value: str) -> bool:
+    """False for a string no backend stores as sent: a lone UTF-16 surrogate or U+0000."""
+    return "\x00" not in value and is_unicode_text(value)
+
+
 def repair_text(obj: Any) -> tuple[Any, int]:
-    """`obj` (decoded JSON) with every lone UTF-16 surrogate replaced by U+FFFD, and how many
-    strings (keys included) held one. An honest record costs one serialisation and is returned
-    as it is."""
+    """`obj` (decoded JSON) with every lone UTF-16 surrogate and every U+0000 replaced by U+FFFD,
+    and how many strings (keys included) held one. An honest record costs one serialisation and
+    is returned as it is. Keys that become equal are all kept (a later one gets one more U+FFFD
+    per clash): `{"a": 1, "a\\u0000": 2}` must not lose a value."""
+    text = json.dumps(obj, ensure_ascii=False)
     try:
-        json.dumps(obj, ensure_ascii=False).encode("utf-8")
-        return obj, 0
+        text.encode("utf-8")
+        # json.dumps writes U+0000 as the escape `\u0000` (six characters), even with ensure_ascii off.
+        if "\\u0000" not in text:
+            return obj, 0
     except UnicodeEncodeError:
         pass
     repaired = 0
@@ -109,17 +124,25 @@ def repair_text(obj: Any) -> tuple[Any, int]:
     def walk(value: Any) -> Any:
         nonlocal repaired
         if isinstance(value, str):
-            if is_unicode_text(value):
+            if is_storable_text(value):
                 return value
             repaired += 1
-            return _replace_surrogates(value)
+            return _replace_surrogates(value).replace("\x00", "\ufffd")
         if isinstance(value, list):
             return [walk(item) for item in value]
         if isinstance(value, dict):
-            return {walk(key): walk(item) for key, item in value.items()}
+            out: dict[Any, Any] = {}
+            for key, item in value.items():
+                new_key = walk(key)
+                while new_key in out:
+                    new_key += "\ufffd"
+                out[new_key] = walk(item)
+            return out
         return value
 
-    return walk(obj), repaired
+    repaired_obj = walk(obj)
+    # A text with a literal backslash before "u0000" matched above and holds nothing to repair.
+    return (repaired_obj, repaired) if repaired else (obj, 0)
 
 
 class _Reader:
@@ -234,8 +257,10 @@ def _require_id(obj: Mapping[str, Any], key: str = "id", fallback: str | None = 
         raise MalformedRecord(record_id, f"{key!r} {problem}")
     if not value.strip():
         raise MalformedRecord(value, f"{key!r} is empty")
-    if not is_unicode_text(value) or "\ufffd" in value:
+    if not is_storable_text(value) or "\ufffd" in value:
         raise MalformedRecord(_replace_surrogates(value), f"{key!r} is not valid Unicode text")
+    if len(value) > MAX_ID_LENGTH:
+        raise MalformedRecord(value, f"{key!r} is longer than {MAX_ID_LENGTH} characters")
     return value
 
 

@@ -216,12 +216,13 @@ def write_isolating(
 
 
 def decoded(raw: Any, report: StepReport, record: str, log: logging.Logger | Any) -> Any:
-    """`raw` with lone UTF-16 surrogates replaced (models.repair_text), counted as field warnings."""
+    """`raw` with lone UTF-16 surrogates and U+0000 replaced (models.repair_text), counted as field
+    warnings."""
     raw, repaired = repair_text(raw)
     if repaired:
         report.counts["field_warnings"] += repaired
         report.counts["text_repaired"] += repaired
-        log.warning(f"{record}: {repaired} string(s) held a lone UTF-16 surrogate; stored with U+FFFD")
+        log.warning(f"{record}: {repaired} string(s) held a lone surrogate or U+0000; stored with U+FFFD")
     return raw
 
 

@@ -13,7 +13,14 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from apten_assets.lib.models import Call, Event, Lead, repair_text, transcript_object_count
+from apten_assets.lib.models import (
+    MAX_ID_LENGTH,
+    Call,
+    Event,
+    Lead,
+    repair_text,
+    transcript_object_count,
+)
 
 SCHEMA = "apten"
 LOADED_AT = "_loaded_at"
@@ -460,8 +467,8 @@ LEAD_DATA: tuple[LeadData, ...] = (
 
 def payload_text(payload: Any) -> str:
     """A rejected record as text: bytes decoded (invalid UTF-8 replaced), JSON values serialised,
-    lone surrogates and NUL characters replaced (PostgreSQL text holds no NUL), so that every
-    payload is storable on every backend."""
+    lone surrogates and NUL characters replaced (`models.repair_text`), so that every payload is
+    storable on every backend."""
     if isinstance(payload, bytes):
         payload = payload.decode("utf-8", errors="replace")
     elif payload is None:
@@ -471,7 +478,7 @@ def payload_text(payload: Any) -> str:
             payload = json.dumps(payload, ensure_ascii=False, default=str)
         except (ValueError, RecursionError):
             payload = repr(payload)
-    return repair_text(payload)[0].replace("\x00", "\ufffd")
+    return repair_text(payload)[0]
 
 
 def rejected_row(
@@ -484,9 +491,16 @@ def rejected_row(
     size = len(payload) if isinstance(payload, bytes) else len(encoded)
     if record_id is not None:
         record_id = repair_text(record_id)[0]
+    # Keyed by the id itself, or by a hash when there is none or it is too long to index.
+    if record_id is None:
+        record_key = "sha256:" + hashlib.sha256(encoded).hexdigest()
+    elif len(record_id) > MAX_ID_LENGTH:
+        record_key = "sha256:" + hashlib.sha256(record_id.encode("utf-8")).hexdigest()
+    else:
+        record_key = record_id
     return {
         "source": source,
-        "record_key": record_id if record_id is not None else "sha256:" + hashlib.sha256(encoded).hexdigest(),
+        "record_key": record_key,
         "record_id": record_id,
         "reason": payload_text(reason),
         "payload": encoded[:QUARANTINE_PAYLOAD_BYTES].decode("utf-8", errors="ignore"),

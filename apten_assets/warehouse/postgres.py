@@ -11,9 +11,11 @@ of one table queue for the few seconds of a batch instead of racing on the same 
 writers of different tables, and every reader, go on. Merged values are therefore computed
 against rows nobody else is changing, and the counts are exact.
 
-PostgreSQL's `text` and `jsonb` cannot hold U+0000. The store removes it from every string (and
-from strings inside JSON) before staging and logs a warning with the count per table: a NUL is
-never a control character Apten means, and refusing the row would lose the rest of it.
+PostgreSQL's `text` and `jsonb` cannot hold U+0000. Records from Apten reach the store with it
+already replaced (`models.repair_text`, counted per run, the same on every backend); for any other
+row the store replaces it with U+FFFD too, in every string and in strings (and keys) inside JSON,
+before staging, and logs a warning with the count per table: a NUL is never a control character
+Apten means, and refusing the row would lose the rest of it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from adbc_driver_postgresql import dbapi
 
-from apten_assets.lib.models import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
+from apten_assets.lib.models import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, repair_text
 from apten_assets.lib.tables import (
     CALL_TRANSCRIPT_TURNS,
     CALLS,
@@ -71,7 +73,10 @@ _PG_TYPES = {
     "DOUBLE": "double precision",
 }
 # SQLSTATE classes and codes that mean "this row's value cannot be stored": the caller's bad row.
-_BAD_VALUE_STATES = ("22", "23514", "23502")
+# Class 54 is a value past one of PostgreSQL's own limits (a key too long to index, a row or
+# jsonb too large, nesting too deep to parse) where DuckDB may take it: a bad row too, so the
+# batch is halved down to it rather than the whole step failing on every run.
+_BAD_VALUE_STATES = ("22", "23514", "23502", "54")
 _NOT_READY_STATES = ("42P01", "3F000")
 # A timestamp the turn rules accept: ISO 8601 date, optional time, optional zone (PostgreSQL's
 # own input also takes words such as 'yesterday' and 'epoch', which DuckDB's TRY_CAST refuses).
@@ -106,27 +111,9 @@ def _table_lock_id(spec: TableSpec) -> int:
     return zlib.crc32(f"apten.{spec.schema}.{name}".encode())
 
 
-def _strip_nul(value: Any) -> tuple[Any, bool]:
-    """`value` without U+0000 in any string (keys included), and whether one was removed."""
-    if isinstance(value, str):
-        return (value.replace(_NUL, ""), True) if _NUL in value else (value, False)
-    if isinstance(value, dict):
-        changed = False
-        out = {}
-        for key, item in value.items():
-            new_key, key_changed = _strip_nul(key)
-            new_item, item_changed = _strip_nul(item)
-            out[new_key] = new_item
-            changed = changed or key_changed or item_changed
-        return out, changed
-    if isinstance(value, list):
-        items = [_strip_nul(item) for item in value]
-        return [item for item, _ in items], any(changed for _, changed in items)
-    return value, False
-
-
 def _without_nul(spec: TableSpec, data: pa.Table) -> tuple[pa.Table, int]:
-    """`data` with U+0000 removed from strings and JSON text; how many values changed."""
+    """`data` with U+0000 replaced by U+FFFD in strings and JSON text (`models.repair_text`: keys
+    that become equal are all kept); how many values changed."""
     removed = 0
     for index, column in enumerate(spec.data_columns):
         if column.type not in ("VARCHAR", "JSON"):
@@ -138,13 +125,13 @@ def _without_nul(spec: TableSpec, data: pa.Table) -> tuple[pa.Table, int]:
             continue
         if column.type == "VARCHAR":
             removed += pc.sum(hits).as_py()
-            data = data.set_column(index, column.name, pc.replace_substring(values, _NUL, ""))
+            data = data.set_column(index, column.name, pc.replace_substring(values, _NUL, "\ufffd"))
             continue
         # `\u0000` in JSON text may also be an escaped backslash before "u0000": parse to know.
         cleaned = []
         for text, hit in zip(values.to_pylist(), hits.to_pylist(), strict=True):
             if hit:
-                value, changed = _strip_nul(json.loads(text))
+                value, changed = repair_text(json.loads(text))
                 if changed:
                     removed += 1
                     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
@@ -418,7 +405,7 @@ class PostgresStore(SqlStore):
         data, removed = _without_nul(spec, data)
         if removed:
             log.warning(
-                "%s: removed U+0000 from %d values (PostgreSQL text and jsonb cannot hold it)",
+                "%s: replaced U+0000 with U+FFFD in %d values (PostgreSQL text and jsonb cannot hold it)",
                 spec.qualified_name,
                 removed,
             )
@@ -640,11 +627,18 @@ class PostgresStore(SqlStore):
                 f"CASE WHEN translate({{t}}, '0123456789', '9999999999') IN ({shapes}) THEN true "
                 f"ELSE {{t}} ~ '{_ISO_TIMESTAMP}' END"
             )
+            # As DuckDB and Python read it: a fraction past microseconds cut (PostgreSQL rounds
+            # it), a leap second (`:60`, which PostgreSQL rolls into the next minute) unreadable.
+            # Apten's own shape (24 characters) pays one length() for the first.
+            micro = (
+                "CASE WHEN length({t}) > 26 AND {t} ~ '\\.\\d{7}' "
+                "THEN regexp_replace({t}, '(\\.\\d{6})\\d+', '\\1') ELSE {t} END"
+            )
             self._try_timestamptz = (
-                f"CASE WHEN {iso} AND pg_input_is_valid({{t}}, 'timestamptz') "
-                "THEN CAST({t} AS timestamptz) END"
+                f"CASE WHEN {iso} AND substr({{t}}, 18, 2) <> '60' "
+                f"AND pg_input_is_valid({{t}}, 'timestamptz') THEN CAST({micro} AS timestamptz) END"
                 if version >= 160000
-                else "apten._try_timestamptz({t})"
+                else f"apten._try_timestamptz(CASE WHEN substr({{t}}, 18, 2) <> '60' THEN {micro} END)"
             )
         value = self._try_timestamptz.replace("{t}", text)
         # The models' range (store.py: stored values are readable back).
@@ -692,7 +686,9 @@ class PostgresStore(SqlStore):
         calls = (
             f"SELECT s.call_id, s.raw, m.__new AS first_write FROM {staged} AS s "
             f"JOIN {merged} AS m ON m.call_id = s.call_id WHERE (m.__new OR m.__changed) "
-            f"AND jsonb_typeof({transcript}) = 'array' AND jsonb_array_length({transcript}) > 0"
+            # Not jsonb_array_length: PostgreSQL may evaluate it before the type test, and it
+            # raises on a transcript that is null or a string (the call was then quarantined).
+            f"AND jsonb_typeof({transcript}) = 'array' AND {transcript} <> '[]'::jsonb"
         )
         ((new_parents, stored_parents),) = self._execute(
             "SELECT count(*) FILTER (WHERE first_write), count(*) FILTER (WHERE NOT first_write) "
@@ -791,7 +787,7 @@ class PostgresStore(SqlStore):
         data = to_arrow(spec, [dict(zip(names, row, strict=True)) for row in rows])
         data, removed = _without_nul(spec, data)
         if removed:
-            log.warning("%s: removed U+0000 from %d values", spec.qualified_name, removed)
+            log.warning("%s: replaced U+0000 with U+FFFD in %d values", spec.qualified_name, removed)
         data = data.select(names)
         temp = self._temp(f"overwrite_{spec.name}")
         match = " AND ".join(f"t.{quote(name)} = u.{quote(name)}" for name in spec.primary_key)

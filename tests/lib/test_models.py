@@ -9,12 +9,14 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from apten_assets.lib.models import (
+    MAX_ID_LENGTH,
     Call,
     CallEventData,
     Event,
     Lead,
     MalformedRecord,
     parse_timestamp,
+    repair_text,
     transcript_object_count,
 )
 
@@ -456,3 +458,41 @@ def test_a_call_without_a_duration_ends_at_its_latest_turn_end() -> None:
     ]
     shape = Call.from_json(call_with(transcript={"turns": []}))
     assert any(w.startswith("transcript: expected an array") for w in shape.warnings)
+
+
+# --------------------------------------------------------------------------- text no backend stores
+
+
+def test_an_honest_record_is_returned_as_it_is_by_repair_text() -> None:
+    record = {"id": "c1", "note": "a literal \\u0000 stays", "emoji": "\U0001f600", "n": [1, None]}
+    repaired, count = repair_text(record)
+    assert repaired is record and count == 0
+
+
+@pytest.mark.parametrize(
+    ("given", "expected", "count"),
+    [
+        ("Jo\ud83d", "Jo\ufffd", 1),
+        ("a\x00b", "a\ufffdb", 1),
+        ({"k\x00": ["\x00", "ok", "\ud800\x00"]}, {"k\ufffd": ["\ufffd", "ok", "\ufffd\ufffd"]}, 3),
+        # Keys that differ only by a NUL (or a surrogate) stay apart: no value is lost.
+        ({"a": 1, "a\x00": 2, "a\ud83d": 3}, {"a": 1, "a\ufffd": 2, "a\ufffd\ufffd": 3}, 2),
+        ({"\x00": "v", "": "w"}, {"\ufffd": "v", "": "w"}, 1),
+    ],
+)
+def test_repair_text_replaces_lone_surrogates_and_nul_keeping_every_key(
+    given: object, expected: object, count: int
+) -> None:
+    assert repair_text(given) == (expected, count)
+
+
+@pytest.mark.parametrize("bad_id", ["call\x00", "\x00", "call\ud83d"])
+def test_an_id_no_backend_stores_as_sent_is_a_malformed_record(bad_id: str) -> None:
+    with pytest.raises(MalformedRecord, match="not valid Unicode text"):
+        Call.from_json({"id": bad_id})
+
+
+def test_an_id_longer_than_max_id_length_is_a_malformed_record() -> None:
+    assert Call.from_json({"id": "c" * MAX_ID_LENGTH}).id == "c" * MAX_ID_LENGTH
+    with pytest.raises(MalformedRecord, match=f"longer than {MAX_ID_LENGTH} characters"):
+        Lead.from_json({"id": "l" * (MAX_ID_LENGTH + 1)})

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from apten_assets.warehouse import WarehouseURL
 from tests.conftest import WAREHOUSE_BACKENDS
 from tools.reliability.harness import Warehouses
 
@@ -25,4 +26,10 @@ def warehouses(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         return Warehouses(workdir)
     server = request.getfixturevalue("postgres_server")
     prefix = f"drill_{next(_databases)}"
-    return Warehouses(workdir, lambda name: server.create_database(f"{prefix}_{name}"))
+    return Warehouses(
+        workdir,
+        lambda name: server.create_database(f"{prefix}_{name}"),
+        lambda url, name: server.create_database(
+            f"{prefix}_{name}", template=WarehouseURL.parse(url).database
+        ),
+    )

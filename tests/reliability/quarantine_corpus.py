@@ -7,22 +7,30 @@ what must come of it: stored with a NULL (or U+FFFD) and a counted warning, or q
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 LONE_SURROGATE = "\ud83d"  # the first half of an emoji, cut: JSON "\ud83d"
+NUL = "\x00"  # JSON "\u0000": PostgreSQL's text and jsonb refuse it, DuckDB takes it
 REPLACED = "\ufffd"
 YEAR_1_WITH_OFFSET = "0001-01-01T00:00:00+01:00"
 YEAR_9999_WITH_OFFSET = "9999-12-31T23:59:59-01:00"
 BEYOND_2_53 = 2**53 + 1
 HUGE_FLOAT = 1e300
 DIGITS_400 = int("9" * 400)
+# 10 KB of hex: more than PostgreSQL can index as a key, and incompressible.
+LONG_ID = "".join(hashlib.sha256(str(i).encode()).hexdigest() for i in range(160))
+NESTED_500: list = []
+for _ in range(499):
+    NESTED_500 = [NESTED_500]
 
 # Outcomes.
 STORED_NULL = "stored with the field NULL"
 STORED_REPLACED = "stored with U+FFFD"
 QUARANTINED = "quarantined"
+STORED = "stored as sent"
 
 
 @dataclass(frozen=True)
@@ -30,7 +38,7 @@ class Case:
     """One hostile record: `where` is leads | events | calls; `edit` changes its JSON in place."""
 
     name: str
-    cls: str  # surrogate | timestamp | number | persistent_4xx | future
+    cls: str  # surrogate | nul | long_id | timestamp | number | persistent_4xx | deep | future
     where: str
     edit: Callable[[dict[str, Any]], None] | None
     outcome: str
@@ -50,13 +58,20 @@ LEAD_CASES = [
     Case("lead_first_name_surrogate", "surrogate", "leads", _set("firstName", value="Jo" + LONE_SURROGATE), STORED_REPLACED),
     Case("lead_last_name_surrogate", "surrogate", "leads", _set("lastName", value=LONE_SURROGATE + "e"), STORED_REPLACED),
     Case("lead_id_surrogate", "surrogate", "leads", _set("id", value="lead-" + LONE_SURROGATE), QUARANTINED),
+    Case("lead_first_name_nul", "nul", "leads", _set("firstName", value="Jo" + NUL), STORED_REPLACED),
+    # A NUL dropped from an id would make it another record's ("lead-nul-"): refused, not repaired.
+    Case("lead_id_nul", "nul", "leads", _set("id", value="lead-nul-" + NUL), QUARANTINED),
+    # Stored by DuckDB, refused by PostgreSQL's key index: refused by the models on every backend.
+    Case("lead_id_10_kb", "long_id", "leads", _set("id", value=LONG_ID), QUARANTINED),
     Case("lead_updated_year_9999", "timestamp", "leads", _set("updatedAt", value=YEAR_9999_WITH_OFFSET), STORED_NULL),
     Case("lead_created_year_1", "timestamp", "leads", _set("createdAt", value=YEAR_1_WITH_OFFSET), STORED_NULL),
-    Case("lead_updated_2099", "future", "leads", _set("updatedAt", value="2099-01-01T00:00:00.000Z"), "stored"),
+    Case("lead_updated_2099", "future", "leads", _set("updatedAt", value="2099-01-01T00:00:00.000Z"), STORED),
 ]  # fmt: skip
 
 EVENT_CASES = [
     Case("event_status_surrogate", "surrogate", "events", _set("data", "callStatus", value=LONE_SURROGATE), STORED_REPLACED),
+    Case("event_status_nul", "nul", "events", _set("data", "callStatus", value=NUL + "ENDED"), STORED_REPLACED),
+    Case("event_id_10_kb", "long_id", "events", _set("id", value="call-" + LONG_ID), QUARANTINED),
     Case("event_duration_400_digits", "number", "events", _set("data", "durationSeconds", value=DIGITS_400), STORED_NULL),
     Case("event_duration_beyond_2_53", "number", "events", _set("data", "durationSeconds", value=BEYOND_2_53), STORED_NULL),
     Case("event_duration_1e300", "number", "events", _set("data", "durationSeconds", value=HUGE_FLOAT), STORED_NULL),
@@ -81,6 +96,13 @@ def _first_turn(field: str, value: Any) -> Callable[[dict[str, Any]], None]:
 CALL_CASES = [
     Case("turn_content_surrogate", "surrogate", "calls", _first_turn("content", "Hi " + LONE_SURROGATE), STORED_REPLACED),
     Case("summary_surrogate", "surrogate", "calls", _set("summary", value=LONE_SURROGATE + " summary"), STORED_REPLACED),
+    Case("turn_content_nul", "nul", "calls", _first_turn("content", "Hi " + NUL), STORED_REPLACED),
+    # Keys that differ only by a NUL: both values stay in raw (PostgreSQL once merged them into one).
+    Case("call_keys_differing_only_by_nul", "nul", "calls", _set("metadata", value={"k": 1, "k" + NUL: 2}), STORED_REPLACED),
+    # What jsonb holds but DuckDB's JSON reads otherwise: a number no double holds, one nested
+    # just inside APTEN_MAX_JSON_DEPTH. Stored whole on every backend.
+    Case("call_raw_400_digit_number", "number", "calls", _set("metadata", value={"n": DIGITS_400}), STORED),
+    Case("call_raw_nested_500_deep", "deep", "calls", _set("metadata", value=NESTED_500), STORED),
     Case("call_duration_1e300", "number", "calls", _set("durationSeconds", value=HUGE_FLOAT), STORED_NULL),
     Case("call_duration_400_digits", "number", "calls", _set("durationSeconds", value=DIGITS_400), STORED_NULL),
     Case("call_duration_beyond_2_53", "number", "calls", _set("durationSeconds", value=BEYOND_2_53), STORED_NULL),

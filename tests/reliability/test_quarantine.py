@@ -6,13 +6,13 @@ For each case: the bad record is stored with a NULL (or U+FFFD) and a counted wa
 `apten.rejected_records` with its reason; every honest record equals the fault-free run; the runs
 succeed (persistent 4xx answers are quarantined skips); a re-run changes nothing; new leads still
 arrive after a lead dated 2099; the late-summary sensor still ticks over a stored absurd row.
+All of it on every warehouse backend (a DuckDB file; a database on the throwaway PostgreSQL server).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,7 +27,7 @@ from apten_assets.lib.sync import LEADS_CURSOR, WATERMARK_SKEW
 from apten_assets.lib.tables import CALLS
 from apten_assets.sandbox.data import SandboxDataset
 from apten_assets.sandbox.server import SandboxServer
-from apten_assets.warehouse.duckdb import DuckDBStore, connect
+from apten_assets.warehouse import open_store
 from tests.lib.scripted_server import Reply, Seen
 from tests.reliability.proxy import HostileProxy
 from tests.reliability.quarantine_corpus import (
@@ -35,18 +35,31 @@ from tests.reliability.quarantine_corpus import (
     CALL_CASES,
     CALLS_REFUSED,
     DEEP_BODIES,
+    DIGITS_400,
     EVENT_CASES,
     LEAD_CASES,
     LEAD_EVENTS_REFUSED,
+    LONG_ID,
+    NESTED_500,
     QUARANTINED,
     REPLACED,
+    STORED,
     Case,
     deep_json_text,
 )
-from tests.reliability.test_hostile import KEY, SPEC, Pipeline, run_once
-from tools.reliability.harness import environment, partition_range, pipeline_env, snapshot
+from tests.reliability.test_hostile import KEY, Pipeline, run_new, run_once
+from tools.reliability.harness import (
+    Warehouses,
+    drill_spec,
+    environment,
+    partition_range,
+    pipeline_env,
+    snapshot,
+)
 
 NEW_LEAD_ID = "lead-arriving-after-2099"
+# Enough leads for every case to have its own, and honest ones left over.
+SPEC = drill_spec(n_leads=36, calls_per_lead=4, days=1, seed=5)
 
 
 @dataclass
@@ -167,10 +180,8 @@ class QuarantineRun:
     sensor_settings: AptenSettings
 
 
-def copy_of(p: Pipeline, suffix: str) -> Pipeline:
-    path = p.duckdb_path.with_name(f"{p.duckdb_path.stem}_{suffix}.duckdb")
-    shutil.copyfile(p.duckdb_path, path)
-    return Pipeline(p.leads, p.calls, path)
+def copy_of(p: Pipeline, warehouses: Warehouses, name: str) -> Pipeline:
+    return Pipeline(p.leads, p.calls, warehouses.copy(p.warehouse, name))
 
 
 @pytest.fixture(scope="module")
@@ -179,30 +190,29 @@ def dataset() -> SandboxDataset:
 
 
 @pytest.fixture(scope="module")
-def baseline(dataset: SandboxDataset, tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
-    path = tmp_path_factory.mktemp("quarantine_baseline") / "baseline.duckdb"
+def baseline(dataset: SandboxDataset, warehouses: Warehouses) -> Pipeline:
     with SandboxServer(dataset, api_key=KEY) as sandbox:
-        result = run_once(sandbox.base_url, path, dataset)
+        result = run_new(sandbox.base_url, warehouses, "quarantine_baseline", dataset)
     assert result.calls is not None and result.calls.success, result.calls and result.calls.error
     return result
 
 
 @pytest.fixture(scope="module")
-def run(dataset: SandboxDataset, tmp_path_factory: pytest.TempPathFactory) -> QuarantineRun:
-    path = tmp_path_factory.mktemp("quarantine") / "hostile.duckdb"
+def run(dataset: SandboxDataset, warehouses: Warehouses) -> QuarantineRun:
+    url, inbox = warehouses.new("hostile"), warehouses.inbox("hostile")
     state: dict[str, Any] = {}
     with SandboxServer(dataset, api_key=KEY) as sandbox, HostileProxy(sandbox) as proxy:
         victims = pick_victims(dataset, sandbox)
         install(proxy, victims, state)
-        first = copy_of(run_once(proxy.base_url, path, dataset), "first")
-        rerun = copy_of(run_once(proxy.base_url, path, dataset), "rerun")
+        first = copy_of(run_once(proxy.base_url, url, dataset, inbox=inbox), warehouses, "hostile_first")
+        rerun = copy_of(run_once(proxy.base_url, url, dataset, inbox=inbox), warehouses, "hostile_rerun")
         # A lead created after the 2099 one was stored: it must still be fetched.
         sent_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         template = next(lead for lead in dataset.leads if lead["id"] not in victims.leads)
         state["new_lead"] = {**copy.deepcopy(template), "id": NEW_LEAD_ID, "updatedAt": sent_at}
-        after = run_once(proxy.base_url, path, dataset)
+        after = run_once(proxy.base_url, url, dataset, inbox=inbox)
         # A row written before the bounds existed: 1e300 seconds long, still pending.
-        with DuckDBStore(connect(path)) as store:
+        with open_store(url) as store:
             created = datetime.now(UTC) - timedelta(hours=1)
             store.upsert(
                 CALLS,
@@ -216,13 +226,11 @@ def run(dataset: SandboxDataset, tmp_path_factory: pytest.TempPathFactory) -> Qu
                 ],
             )
         first_day, _ = partition_range(dataset)
-        env = pipeline_env(proxy.base_url, path, first_day, api_key=KEY)
+        env = pipeline_env(proxy.base_url, url, first_day, api_key=KEY, inbox=inbox)
         with environment(env):
             settings = AptenSettings.from_env()
             sensor = build_late_summary_sensor(settings)
-            context = dg.build_sensor_context(
-                resources={"warehouse": AptenWarehouse(url=f"duckdb:///{path}")}
-            )
+            context = dg.build_sensor_context(resources={"warehouse": AptenWarehouse(url=url)})
             result = sensor(context)
     assert isinstance(result, dg.SensorResult)
     return QuarantineRun(dataset, victims, first, rerun, after, sent_at, result, settings)
@@ -243,7 +251,7 @@ def test_the_runs_succeed_with_every_case_in_them(run: QuarantineRun) -> None:
 
 
 def test_every_honest_record_lands_exactly(run: QuarantineRun, baseline: Pipeline) -> None:
-    want, got = snapshot(baseline.duckdb_path), snapshot(run.first.duckdb_path)
+    want, got = snapshot(baseline.warehouse), snapshot(run.first.warehouse)
     leads = run.victims.leads
     calls = run.victims.calls
     for name, snap in want.items():
@@ -261,12 +269,14 @@ LEAD_COLUMN = {
     "lead_last_name_surrogate": ("last_name", REPLACED + "e"),
     "lead_updated_year_9999": ("updated_at", None),
     "lead_created_year_1": ("created_at", None),
+    "lead_first_name_nul": ("first_name", "Jo" + REPLACED),
 }
 EVENT_COLUMN = {
     "event_status_surrogate": ("call_status", REPLACED),
     "event_duration_400_digits": ("duration_seconds", None),
     "event_duration_beyond_2_53": ("duration_seconds", None),
     "event_duration_1e300": ("duration_seconds", None),
+    "event_status_nul": ("call_status", REPLACED + "ENDED"),
 }
 CALL_COLUMN = {
     "call_duration_1e300": ("calls", "duration_seconds", None),
@@ -277,6 +287,20 @@ CALL_COLUMN = {
     "turn_content_surrogate": ("call_transcript_turns", "content", "Hi " + REPLACED),
     "turn_end_year_1": ("call_transcript_turns", "end_time", None),
     "turn_start_year_9999": ("call_transcript_turns", "start_time", None),
+    "turn_content_nul": ("call_transcript_turns", "content", "Hi " + REPLACED),
+}
+# Cases whose value lives in `calls.raw` only: what raw's `metadata` must hold.
+CALL_RAW = {
+    "call_keys_differing_only_by_nul": {"k": 1, "k" + REPLACED: 2},
+    "call_raw_400_digit_number": {"n": DIGITS_400},
+    "call_raw_nested_500_deep": NESTED_500,
+}
+# The id a quarantined case is filed under, where it is not the victim's own.
+QUARANTINED_IDS = {
+    "lead_id_surrogate": "lead-" + REPLACED,
+    "lead_id_nul": "lead-nul-" + REPLACED,
+    "lead_id_10_kb": LONG_ID,
+    "event_id_10_kb": "call-" + LONG_ID,
 }
 
 
@@ -309,6 +333,13 @@ def test_each_bad_record_is_stored_with_nulls_or_quarantined_with_its_reason(
         else:
             assert stored == value
         assert p.query("SELECT raw IS NOT NULL FROM apten.calls WHERE call_id = ?", [record]) == [(True,)]
+    elif case.name in CALL_RAW:
+        ((raw, turns),) = p.query(
+            "SELECT raw, (SELECT count(*) FROM apten.call_transcript_turns AS t WHERE t.call_id = c.call_id) "
+            "FROM apten.calls AS c WHERE call_id = ?",
+            [record],
+        )
+        assert json.loads(raw)["metadata"] == CALL_RAW[case.name] and turns > 0
     elif case.name == "lead_updated_2099":
         ((updated,),) = p.query("SELECT updated_at FROM apten.leads WHERE lead_id = ?", [record])
         assert updated == datetime(2099, 1, 1, tzinfo=UTC)
@@ -316,10 +347,13 @@ def test_each_bad_record_is_stored_with_nulls_or_quarantined_with_its_reason(
         source = {"leads": "leads", "events": "call_events", "lead_events": "call_events"}.get(
             case.where, "calls"
         )
-        record_id = "lead-" + REPLACED if case.name == "lead_id_surrogate" else record
+        record_id = QUARANTINED_IDS.get(case.name, record)
         reason, payload, size, times, resolved = quarantine[(source, record_id)]
         expected = {
             "lead_id_surrogate": "not valid Unicode",
+            "lead_id_nul": "not valid Unicode",
+            "lead_id_10_kb": "longer than 512 characters",
+            "event_id_10_kb": "longer than 512 characters",
             "event_timestamp_year_1": "out of range",
             "event_timestamp_year_9999": "out of range",
         }.get(case.name, "APTEN_MAX_JSON_DEPTH" if case.cls == "deep" else f"HTTP {case.status}")
@@ -342,9 +376,9 @@ def test_each_bad_record_is_stored_with_nulls_or_quarantined_with_its_reason(
 def test_quarantined_records_are_counted_in_the_run_metadata(run: QuarantineRun) -> None:
     p = run.first
     expected = {
-        "apten/leads": ["lead-" + REPLACED],
+        "apten/leads": sorted(QUARANTINED_IDS[c.name] for c in LEAD_CASES if c.outcome == QUARANTINED),
         "apten/call_events": sorted(
-            run.victims.record[c.name]
+            QUARANTINED_IDS.get(c.name, run.victims.record[c.name])
             for c in [*EVENT_CASES, *LEAD_EVENTS_REFUSED, *DEEP_BODIES]
             if c.outcome == QUARANTINED and c.where != "call_fetch"
         ),
@@ -356,11 +390,12 @@ def test_quarantined_records_are_counted_in_the_run_metadata(run: QuarantineRun)
         meta = p.metadata(asset)
         assert meta["quarantined"] == len(ids), asset
         assert sorted(meta["quarantined_ids"]) == ids, asset
-    assert p.metadata("apten/calls")["field_warnings"] >= len(CALL_CASES)
+    warned = [case for case in CALL_CASES if case.outcome != STORED]
+    assert p.metadata("apten/calls")["field_warnings"] >= len(warned)
 
 
 def test_a_rerun_changes_nothing_and_counts_the_sightings(run: QuarantineRun) -> None:
-    assert snapshot(run.first.duckdb_path) == snapshot(run.rerun.duckdb_path)
+    assert snapshot(run.first.warehouse) == snapshot(run.rerun.warehouse)
     first, again = rejected(run.first), rejected(run.rerun)
     assert first.keys() == again.keys() and first
     # Events and calls are listed again and rejected again; a lead is listed again only once it

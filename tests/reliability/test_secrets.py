@@ -1,7 +1,10 @@
 """Secrets: after real runs with a known key (one full success, and failures where keys leak most:
 a wrong key, retries exhausted, a server echoing the key back in its errors), the key appears
-nowhere: not in the Dagster instance (event log, run storage, compute logs), not in the DuckDB
-file, not in any output. Invalid settings fail before any request, naming the variable.
+nowhere: not in the Dagster instance (event log, run storage, compute logs), not in the warehouse,
+not in any output. On PostgreSQL the runs connect with a password (a role that must give it), and
+runs that cannot connect (a wrong password, no server, a host that does not exist) fail with a
+clear error; that password, right or wrong, appears nowhere either. Invalid settings fail before
+any request, naming the variable.
 """
 
 from __future__ import annotations
@@ -10,9 +13,10 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -21,11 +25,14 @@ from apten_assets.lib.config import AptenSettings, ConfigError
 from apten_assets.sandbox.app import FaultConfig
 from apten_assets.sandbox.data import SandboxDataset
 from apten_assets.sandbox.server import SandboxServer
-from apten_assets.warehouse.duckdb import connect
+from apten_assets.warehouse import WarehouseURL, open_store
 from tests.lib.scripted_server import Reply, ScriptedServer, Seen
+from tests.postgres import PostgresServer
 from tests.reliability.proxy import HostileProxy
+from tests.warehouse.helpers import query
 from tools.reliability.harness import (
     REPO_ROOT,
+    Warehouses,
     drill_spec,
     finish,
     partition_range,
@@ -36,22 +43,34 @@ from tools.reliability.harness import (
 
 KEY = "sk-test-SECRET-4f9d2c81b7e6a035"
 WRONG_KEY = "sk-test-SECRET-wrong-90e1d7c3aa42"
+# The database password holds characters a URL must escape: neither form may leak.
+DB_ROLE = "apten_secret_writer"
+DB_PASSWORD = "pg-SECRET-5b0e/9c%a@7:d1"
+WRONG_DB_PASSWORD = "pg-SECRET-wrong-3e8f/61"
+SECRETS = [KEY, WRONG_KEY, DB_PASSWORD, quote(DB_PASSWORD, safe=""), WRONG_DB_PASSWORD]
 SPEC = drill_spec(12, 3, 2, seed=9)
-# Client debug logs go to the event log too, so every line the client writes is searched.
+# Client and warehouse debug logs go to the event log too, so every line they write is searched.
 DAGSTER_YAML = """\
 telemetry:
   enabled: false
 python_logs:
-  managed_python_loggers: [apten_assets.client]
+  managed_python_loggers: [apten_assets.client, apten_assets.warehouse.postgres]
   python_log_level: DEBUG
 """
+# PostgreSQL only: runs whose warehouse cannot be reached, and what their error must say.
+UNREACHABLE = {
+    "wrong_db_password": 'password authentication failed for user "apten_secret_writer"',
+    "db_server_down": "No such file or directory",
+    "db_host_unknown": 'could not translate host name "no-such-host.invalid"',
+}
 
 
 @dataclass
 class Runs:
     home: Path
     outputs: list[Path]
-    duckdb_files: list[Path]
+    warehouses: dict[str, str]  # run -> warehouse URL (the runs that could not connect have none)
+    backend: str
     outcomes: dict[str, list[dict]]
     statuses: dict[str, list[int]]
 
@@ -67,23 +86,51 @@ def _echo_key_400(seen: Seen, proxy: HostileProxy) -> Reply:
     return Reply(status=400, json={"message": f"invalid request for key {key}"})
 
 
+def _password_warehouses(warehouses: Warehouses, server: PostgresServer) -> Warehouses:
+    """New databases owned by `DB_ROLE`, reached with its password."""
+    server.add_password_role(DB_ROLE, DB_PASSWORD)
+
+    def new(name: str) -> str:
+        database = WarehouseURL.parse(warehouses.new(name)).database
+        server.admin(f'ALTER DATABASE "{database}" OWNER TO "{DB_ROLE}"')
+        return server.url_of(database, user=DB_ROLE, password=DB_PASSWORD)
+
+    return Warehouses(warehouses.workdir, new)
+
+
+def _unreachable_urls(good: str, work: Path) -> dict[str, str]:
+    url = WarehouseURL.parse(good)
+    return {
+        "wrong_db_password": replace(url, password=WRONG_DB_PASSWORD).libpq_uri(),
+        "db_server_down": replace(url, host=str(work / "no_server")).libpq_uri(),
+        "db_host_unknown": replace(url, host="no-such-host.invalid", port=5432).libpq_uri(),
+    }
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
-    work = tmp_path_factory.mktemp("secrets")
+def runs(warehouses: Warehouses, request: pytest.FixtureRequest) -> Iterator[Runs]:
+    work = warehouses.workdir / "secrets"
     home = work / "dagster_home"
-    home.mkdir()
+    home.mkdir(parents=True)
     (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    if warehouses.backend == "postgresql":
+        warehouses = _password_warehouses(warehouses, request.getfixturevalue("postgres_server"))
     dataset = SandboxDataset(SPEC)
     first, last = partition_range(dataset)
     full = ["leads", "events_and_calls", "--range", f"{first}...{last}"]
     outputs: list[Path] = []
+    urls: dict[str, str] = {}
     outcomes: dict[str, list[dict]] = {}
     statuses: dict[str, list[int]] = {}
 
+    def env_of(name: str, base_url: str, key: str, url: str) -> dict[str, str]:
+        inbox = work / f"{name}_inbox"
+        return pipeline_env(base_url, url, first, api_key=key, dagster_home=home, inbox=inbox)
+
     def run(name: str, base_url: str, key: str, sandbox: SandboxServer, args: list[str] = full) -> None:
-        env = pipeline_env(base_url, work / f"{name}.duckdb", first, api_key=key, dagster_home=home)
+        urls[name] = warehouses.new(name)
         output = work / f"{name}.out"
-        finish(start_runner(args, env, output))
+        finish(start_runner(args, env_of(name, base_url, key, urls[name]), output))
         outputs.append(output)
         outcomes[name] = read_outcomes(output)
         statuses[name] = [r.status for r in sandbox.state.request_log]
@@ -98,7 +145,18 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         for index, call_id in enumerate(dataset.lead_call_ids[:6]):
             proxy.rules[("call", call_id)] = _echo_key_503 if index % 2 else _echo_key_400
         run("server_echoes_key", proxy.base_url, KEY, sandbox)
-    yield Runs(home, outputs, sorted(work.glob("*.duckdb*")), outcomes, statuses)
+    if warehouses.backend == "postgresql":
+        # All at once: each only has to fail to connect.
+        with SandboxServer(dataset, api_key=KEY) as sandbox:
+            procs = {
+                name: start_runner(["leads"], env_of(name, sandbox.base_url, KEY, url), work / f"{name}.out")
+                for name, url in _unreachable_urls(urls["success"], work).items()
+            }
+            for name, proc in procs.items():
+                finish(proc)
+                outputs.append(work / f"{name}.out")
+                outcomes[name] = read_outcomes(work / f"{name}.out")
+    yield Runs(home, outputs, urls, warehouses.backend, outcomes, statuses)
 
 
 def test_the_key_was_really_used(runs: Runs) -> None:
@@ -115,13 +173,19 @@ def test_failing_runs_failed_where_keys_leak_most(runs: Runs) -> None:
     output = next(p for p in runs.outputs if p.name == "server_echoes_key.out").read_text()
     assert "Apten rejected the request (HTTP 400): invalid request for key ***" in output
     # The 400s were quarantined with the redacted reason; the 503s failed the step as before.
-    path = next(p for p in runs.duckdb_files if p.name == "server_echoes_key.duckdb")
-    con = connect(path, read_only=True)
-    try:
-        reasons = [r for (r,) in con.execute("SELECT reason FROM apten.rejected_records").fetchall()]
-    finally:
-        con.close()
+    with open_store(runs.warehouses["server_echoes_key"], read_only=True) as store:
+        reasons = [r for (r,) in query(store, "SELECT reason FROM apten.rejected_records")]
     assert len(reasons) == 3 and all("invalid request for key ***" in r for r in reasons)
+
+
+def test_a_warehouse_that_cannot_be_reached_fails_the_run_clearly(runs: Runs) -> None:
+    if runs.backend != "postgresql":
+        pytest.skip("a DuckDB file has no password, server or host")
+    for name, cause in UNREACHABLE.items():
+        (outcome,) = runs.outcomes[name]
+        assert not outcome["success"]
+        assert "could not connect to the PostgreSQL warehouse" in outcome["error"], outcome["error"]
+        assert f"{DB_ROLE}:***@" in outcome["error"] and cause in outcome["error"]
 
 
 def _files(root: Path) -> list[Path]:
@@ -136,21 +200,41 @@ def test_dagster_instance_storage_has_no_key(runs: Runs) -> None:
     assert any(p.suffix in (".out", ".err", ".complete") or "compute_logs" in str(p) for p in files), names
     blob = b"".join(p.read_bytes() for p in files)
     assert b"check APTEN_API_KEY" in blob  # the errors did land in the instance
-    for key in (KEY, WRONG_KEY):
-        assert key.encode() not in blob
+    if runs.backend == "postgresql":
+        assert b"could not connect to the PostgreSQL warehouse" in blob
+    for secret in SECRETS:
+        assert secret.encode() not in blob, secret
 
 
-def test_duckdb_files_have_no_key(runs: Runs) -> None:
-    assert runs.duckdb_files
-    for path in runs.duckdb_files:
-        data = path.read_bytes()
-        assert KEY.encode() not in data and WRONG_KEY.encode() not in data, path
+def _stored_text(url: str) -> bytes:
+    """Everything the warehouse holds: a DuckDB file's bytes (and its WAL), or every row of every
+    table in PostgreSQL's schema `apten` as text."""
+    parsed = WarehouseURL.parse(url)
+    if parsed.backend == "duckdb":
+        return b"".join(p.read_bytes() for p in Path(parsed.path).parent.glob(Path(parsed.path).name + "*"))
+    with open_store(url, read_only=True) as store:
+        tables = query(store, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'apten'")
+        rows = [query(store, f'SELECT CAST(t AS text) FROM apten."{name}" AS t') for (name,) in tables]
+    assert len(tables) >= 8
+    return json.dumps(rows, ensure_ascii=False).encode()
 
 
-def test_process_output_has_no_key(runs: Runs) -> None:
+def test_the_warehouses_hold_no_secret(runs: Runs) -> None:
+    assert set(runs.warehouses) == {"success", "wrong_key", "retries_exhausted", "server_echoes_key"}
+    for name, url in runs.warehouses.items():
+        data = _stored_text(url)
+        if name == "success":
+            assert b"call" in data  # the rows were really read
+        for secret in SECRETS:
+            assert secret.encode() not in data, (name, secret)
+
+
+def test_process_output_has_no_secret(runs: Runs) -> None:
     for path in runs.outputs:
         text = path.read_bytes()
-        assert text and KEY.encode() not in text and WRONG_KEY.encode() not in text, path
+        assert text
+        for secret in SECRETS:
+            assert secret.encode() not in text, (path, secret)
 
 
 # --------------------------------------------------------------------------- invalid settings

@@ -3,13 +3,14 @@ derivation, transactions, the queries that choose work. A new backend passes thi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from apten_assets.lib.models import Call, Event, Lead
+from apten_assets.lib.models import Call, Event, Lead, parse_timestamp
 from apten_assets.lib.tables import (
     CALL_EVENTS,
     CALL_SUMMARIES,
@@ -578,6 +579,49 @@ def test_turns_derived_from_raw_keep_rows_of_calls_whose_transcript_did_not_chan
     assert loaded_at(store, "call_transcript_turns", "call_id") == {"c1": first}
 
 
+def _model_time(text: str) -> datetime | None:
+    try:
+        return parse_timestamp(text)[0]
+    except ValueError:
+        return None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-06-15T14:30:01.1234567Z",  # .NET writes seven digits: cut, never rounded up
+        "2026-06-15T14:30:01.9999999+02:00",
+        "2026-06-15T14:30:01.123456789",
+        "2026-06-15T23:59:60Z",  # a leap second: unreadable to Python and DuckDB alike
+        "2026-06-15T14:30:01.000Z",
+    ],
+)
+def test_turn_times_are_read_as_the_models_read_timestamps(store: Store, text: str) -> None:
+    written = datetime(2026, 6, 15, 15, 0, tzinfo=UTC)
+    body = {"id": "c1", "transcript": [{"role": "user", "content": "x", "startTime": text}]}
+    store.upsert_calls([warehouse_call_row(body, written)], now=written)
+    assert query(store, "SELECT start_time FROM apten.call_transcript_turns") == [(_model_time(text),)]
+
+
+@pytest.mark.parametrize("transcript", [None, "see attachment", 5, True, {"role": "user", "content": "x"}])
+def test_a_call_whose_transcript_is_not_a_list_is_stored_without_turns(
+    store: Store, transcript: object
+) -> None:
+    # PostgreSQL once measured such a transcript as an array and refused the whole batch.
+    written = datetime(2026, 6, 15, 15, 0, tzinfo=UTC)
+    rows = [
+        warehouse_call_row({"id": "odd", "transcript": transcript}, written),
+        warehouse_call_row({"id": "honest", "transcript": HOSTILE_TRANSCRIPTS["ordinary"]}, written),
+    ]
+    calls, counts = store.upsert_calls(rows, now=written)
+    assert (calls.inserted, counts.parents, counts.inserted) == (2, 1, 1)
+    assert query(store, "SELECT call_id, turn_count FROM apten.calls ORDER BY 1") == [
+        ("honest", 1),
+        ("odd", None),
+    ]
+    assert query(store, "SELECT call_id FROM apten.call_transcript_turns") == [("honest",)]
+
+
 def warehouse_call_row(body: dict, fetched_at: datetime) -> dict:
     return call_rows(Call.from_json(body), fetched_at).call
 
@@ -669,6 +713,31 @@ def test_quarantine_keeps_one_row_per_record_and_counts_sightings(store: Store) 
     assert store.duplicate_keys(REJECTED_RECORDS) == 0
 
 
+# Incompressible, so PostgreSQL cannot squeeze it into a primary-key entry (about 2.7 KB at most).
+LONG_ID = "".join(hashlib.sha256(str(i).encode()).hexdigest() for i in range(160))
+
+
+def test_a_key_past_postgresql_index_limit_is_a_refused_row_and_the_session_goes_on(store: Store) -> None:
+    # The models refuse such ids (MAX_ID_LENGTH); the store's answer to one that got here anyway.
+    row = {"lead_id": LONG_ID, "first_name": "Long"}
+    if store.backend == "postgresql":
+        with pytest.raises(ValueError, match="a value cannot be stored"):
+            store.upsert(LEADS, [row])
+    else:
+        store.upsert(LEADS, [row])
+    store.upsert(LEADS, [{"lead_id": "short", "first_name": "Short"}])
+    assert "short" in [lead_id for (lead_id,) in query(store, "SELECT lead_id FROM apten.leads")]
+
+
+def test_a_record_id_too_long_to_index_is_quarantined_under_its_hash(store: Store) -> None:
+    store.quarantine([rejected_row("leads", LONG_ID, "MalformedRecord: too long", None, T0)], now=T0)
+    store.quarantine([rejected_row("leads", LONG_ID, "MalformedRecord: too long", None, T0)], now=T0)
+    ((key, record_id, times),) = query(
+        store, "SELECT record_key, record_id, times_seen FROM apten.rejected_records"
+    )
+    assert (key, record_id, times) == ("sha256:" + hashlib.sha256(LONG_ID.encode()).hexdigest(), LONG_ID, 2)
+
+
 def test_records_without_an_id_are_one_row_per_distinct_payload(store: Store) -> None:
     rows = [
         rejected_row("leads", None, "MalformedRecord: 'id' is missing", {"firstName": "A"}, T0),
@@ -732,11 +801,17 @@ def test_stored_values_out_of_range_never_break_the_read_queries(store: Store) -
     assert store.summary_coverage(timedelta(hours=72)).metadata["calls_past_give_up_window"] >= 1
 
 
-def test_nul_characters_are_removed_on_postgres_and_kept_on_duckdb(store: Store) -> None:
-    # PostgreSQL's text and jsonb cannot hold U+0000; its store strips it (and logs a count).
-    store.upsert(LEADS, [lead("a", firstName="Jo\x00hn", additionalInfo={"k\x00": "v\x00"})])
-    first, info = one(store, "SELECT first_name, additional_info FROM apten.leads")
+def test_nul_characters_are_replaced_on_postgres_and_kept_on_duckdb(store: Store) -> None:
+    # PostgreSQL's text and jsonb cannot hold U+0000; its store replaces it with U+FFFD (and logs a
+    # count), keeping keys apart that differ only by it. (Records from Apten never get here with
+    # one: models.repair_text replaced it first, on every backend.)
+    info = {"k\x00": "v\x00", "k": "plain", "k\ufffd": "honest"}
+    store.upsert(LEADS, [lead("a", firstName="Jo\x00hn", additionalInfo=info)])
+    first, stored = one(store, "SELECT first_name, additional_info FROM apten.leads")
     if store.backend == "postgresql":
-        assert (first, json.loads(info)) == ("John", {"k": "v"})
+        assert (first, json.loads(stored)) == (
+            "Jo\ufffdhn",
+            {"k\ufffd": "v\ufffd", "k": "plain", "k\ufffd\ufffd": "honest"},
+        )
     else:
-        assert (first, json.loads(info)) == ("Jo\x00hn", {"k\x00": "v\x00"})
+        assert (first, json.loads(stored)) == ("Jo\x00hn", info)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,6 +90,8 @@ class Warehouses:
 
     workdir: Path
     new_database: Callable[[str], str] | None = None
+    # (the URL of a database nobody is connected to, a name) -> the URL of a new copy of it.
+    copy_database: Callable[[str, str], str] | None = None
 
     @property
     def backend(self) -> str:
@@ -99,6 +102,21 @@ class Warehouses:
         if self.new_database is None:
             return f"duckdb:///{self.workdir / f'{name}.duckdb'}"
         return self.new_database(name)
+
+    def copy(self, url: str, name: str) -> str:
+        """The URL of a new warehouse called `name` holding what `url` holds now (every session on
+        `url` closed), so a test can read one run's tables after the next run changed them."""
+        if self.new_database is None:
+            path = self.workdir / f"{name}.duckdb"
+            shutil.copyfile(WarehouseURL.parse(url).path, path)
+            return f"duckdb:///{path}"
+        if self.copy_database is None:
+            raise ValueError("these PostgreSQL warehouses cannot be copied (no copy_database)")
+        return self.copy_database(url, name)
+
+    def inbox(self, name: str) -> Path:
+        """A webhook inbox folder of its own for the warehouse called `name`."""
+        return self.workdir / f"{name}_webhook_inbox"
 
 
 def _warehouse_url(warehouse: Path | str) -> WarehouseURL:
