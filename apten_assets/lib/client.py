@@ -594,12 +594,24 @@ _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
+def _parse_int(text: str) -> int | float:
+    # Python turns at most sys.get_int_max_str_digits() digits (4,300) into an int, a guard
+    # against quadratic parsing; json.loads would refuse the whole body, every attempt, and the
+    # record would stop its step for good. Longer, the number is the float it reads as (infinite):
+    # a typed field holding it is NULL with a warning (models), and `raw` keeps null there
+    # (non-finite numbers are not JSON).
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def decode_json(raw: bytes, max_depth: int) -> Any:
     """JSON from bytes; a body too deeply nested is a `_FinalBadBody`, never a RecursionError."""
     if json_depth_over(raw, max_depth):
         raise _FinalBadBody(f"JSON nested deeper than {max_depth} levels (APTEN_MAX_JSON_DEPTH)")
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_int=_parse_int)
     except RecursionError:
         raise _FinalBadBody("JSON nested too deeply to decode") from None
     except ValueError:

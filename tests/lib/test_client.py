@@ -28,10 +28,12 @@ from apten_assets.lib.client import (
     CallFetch,
     RequestGate,
     RetryPolicy,
+    decode_json,
     starts_per_window,
     to_api_timestamp,
 )
 from apten_assets.lib.config import AptenSettings, ConfigError
+from apten_assets.lib.models import Call
 from tests.lib.scripted_server import Reply, ScriptedServer, Seen, max_in_any_window, paged
 
 KEY = "sk-test-5f1c9a7e-never-show-me"
@@ -221,6 +223,16 @@ def test_map_concurrent_pulls_items_lazily_and_stops_on_first_error() -> None:
 
         with pytest.raises(RuntimeError, match="item 3 failed"):
             list(c.map_concurrent(boom, range(100)))
+
+
+def test_an_integer_past_pythons_digit_limit_decodes_as_an_infinite_float() -> None:
+    # 5,000 digits: json.loads alone raises ValueError (sys.get_int_max_str_digits is 4,300).
+    body = b'{"id": "c1", "durationSeconds": ' + b"9" * 5000 + b', "n": 12}'
+    decoded = decode_json(body, 512)
+    assert decoded["id"] == "c1" and decoded["n"] == 12
+    assert decoded["durationSeconds"] == float("inf")
+    call = Call.from_json(decoded)
+    assert call.duration_seconds is None and any("durationSeconds" in w for w in call.warnings)
 
 
 def test_map_concurrent_keeps_fetching_ahead_while_the_caller_is_busy() -> None:
