@@ -35,7 +35,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from adbc_driver_postgresql import dbapi
 
-from apten_assets.lib.models import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 from apten_assets.lib.tables import (
     CALL_TRANSCRIPT_TURNS,
     CALLS,
@@ -56,6 +55,7 @@ from apten_assets.warehouse.store import (
     WarehouseBusy,
     WarehouseNotReady,
 )
+from apten_assets.warehouse.turns import transcript_items
 from apten_assets.warehouse.url import WarehouseURL
 
 log = logging.getLogger(__name__)
@@ -73,17 +73,15 @@ _PG_TYPES = {
 # SQLSTATE classes and codes that mean "this row's value cannot be stored": the caller's bad row.
 _BAD_VALUE_STATES = ("22", "23514", "23502")
 _NOT_READY_STATES = ("42P01", "3F000")
-# A timestamp the turn rules accept: ISO 8601 date, optional time, optional zone (PostgreSQL's
-# own input also takes words such as 'yesterday' and 'epoch', which DuckDB's TRY_CAST refuses).
-_ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|z|[+-]\d{2}(:?\d{2})?)?$"
-# The shapes (digits as 9) of the timestamps Apten writes, each one `_ISO_TIMESTAMP` accepts: a value
-# of one of these shapes skips the regular expression, which costs several times a translate().
-_COMMON_TIMESTAMP_SHAPES = tuple(
-    f"9999-99-99{sep}99:99:99{fraction}{zone}"
-    for sep in ("T", " ")
-    for fraction in ("", ".999", ".999999")
-    for zone in ("Z", "+99:99", "-99:99", "")
-)
+# The Arrow types staged (`ARROW_TYPES`, plus `__ord`) as PostgreSQL columns.
+_ARROW_PG_TYPES = {
+    pa.string(): "text",
+    pa.bool_(): "boolean",
+    pa.int32(): "integer",
+    pa.int64(): "bigint",
+    pa.float64(): "double precision",
+    pa.timestamp("us", tz="UTC"): "timestamptz",
+}
 _QMARK = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\?")
 _NUL = "\x00"
 _JSON_NUL = "\\u0000"
@@ -193,7 +191,6 @@ class PostgresStore(SqlStore):
         self._cursor = con.cursor()
         self._depth = 0
         self._locked: set[int] = set()
-        self._try_timestamptz: str | None = None
 
     @classmethod
     def open(
@@ -342,28 +339,43 @@ class PostgresStore(SqlStore):
                 f"CREATE TABLE IF NOT EXISTS {quote(SCHEMA)}.{quote(SYNC_STATE_TABLE)} "
                 "(name text PRIMARY KEY, value text, updated_at timestamptz)"
             )
-            # The turn rules' timestamp parse before PostgreSQL 16 (no pg_input_is_valid there).
-            self._execute(
-                f"CREATE OR REPLACE FUNCTION {quote(SCHEMA)}._try_timestamptz(value text) "
-                "RETURNS timestamptz LANGUAGE plpgsql STABLE AS $body$ BEGIN "
-                f"IF value !~ '{_ISO_TIMESTAMP}' THEN RETURN NULL; END IF; "
-                "RETURN CAST(value AS timestamptz); "
-                "EXCEPTION WHEN others THEN RETURN NULL; END $body$"
-            )
+            # Changes how new values are stored only: existing rows stay as they are (readable
+            # either way), with no table rewrite and no long lock.
+            self._execute(f"ALTER TABLE {self._ref(CALLS)} ALTER COLUMN raw {self._raw_storage()[0]}")
+            # Turns were once derived in SQL here, with this function for old servers.
+            self._execute(f"DROP FUNCTION IF EXISTS {quote(SCHEMA)}._try_timestamptz(text)")
+
+    def _raw_storage(self) -> tuple[str, str, str]:
+        """How `calls.raw` is stored: (the ALTER COLUMN clause, pg_attribute's attstorage and
+        attcompression for it). pglz, the default, compressing each ~10 KB `raw` was most of the
+        time a batch spent writing `calls`; lz4 compresses about as well in a fraction of the time,
+        and where the server is built without lz4 the values are stored uncompressed (docs/DESIGN.md
+        has the disk cost)."""
+        ((lz4,),) = self._execute(
+            "SELECT COALESCE('lz4' = ANY(enumvals), false) FROM pg_settings "
+            "WHERE name = 'default_toast_compression'"
+        )
+        return ("SET COMPRESSION lz4", "x", "l") if lz4 else ("SET STORAGE EXTERNAL", "e", "")
 
     def _schema_is_complete(self) -> bool:
         expected = {spec.name: set(spec.column_names) for spec in STORED_TABLES}
         expected[SYNC_STATE_TABLE] = {"name", "value", "updated_at"}
-        ((function,),) = self._execute("SELECT to_regprocedure(?)", [f"{SCHEMA}._try_timestamptz(text)"])
-        if function is None:
-            return False
         found: dict[str, set[str]] = {}
         for table, column in self._execute(
             "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = ?",
             [SCHEMA],
         ):
             found.setdefault(table, set()).add(column)
-        return all(columns <= found.get(table, set()) for table, columns in expected.items())
+        if not all(columns <= found.get(table, set()) for table, columns in expected.items()):
+            return False
+        _, storage, compression = self._raw_storage()
+        return bool(
+            self._execute(
+                "SELECT 1 FROM pg_attribute WHERE attrelid = CAST(? AS regclass) AND attname = 'raw' "
+                "AND attstorage = ? AND attcompression = ?",
+                [f"{SCHEMA}.{CALLS.name}", storage, compression],
+            )
+        )
 
     def column_types(self) -> dict[str, dict[str, str]]:
         types: dict[str, dict[str, str]] = {}
@@ -404,7 +416,26 @@ class PostgresStore(SqlStore):
         self._execute(f"INSERT INTO pg_temp.{quote(name)} {select}", params)
 
     def _ingest(self, name: str, data: pa.Table) -> None:
-        self._cursor.adbc_ingest(name, data, mode="create", temporary=True)
+        """`data` into a new temp table (binary COPY), its text stored uncompressed (see `_create_temp`)."""
+        columns = []
+        for field_ in data.schema:
+            kind = _ARROW_PG_TYPES.get(field_.type)
+            if kind is None:
+                raise ValueError(f"cannot stage a column of type {field_.type} ({field_.name})")
+            columns.append(f"{quote(field_.name)} {kind}")
+        self._execute(f"CREATE TEMP TABLE {quote(name)} ({', '.join(columns)})")
+        external = ", ".join(
+            f"ALTER COLUMN {quote(field_.name)} SET STORAGE EXTERNAL"
+            for field_ in data.schema
+            if field_.type == pa.string()
+        )
+        if external:
+            self._execute(f"ALTER TABLE pg_temp.{quote(name)} {external}")
+        self._cursor.adbc_ingest(name, data, mode="append", temporary=True)
+
+    def _append(self, spec: TableSpec, data: pa.Table) -> None:
+        """Rows (every column, `_loaded_at` included) into a contract table as they are."""
+        self._cursor.adbc_ingest(spec.name, data, mode="append", db_schema_name=spec.schema)
 
     def _stage(self, spec: TableSpec, rows: Rows, temps: list[str]) -> tuple[str, pa.Table, int, int]:
         """Rows into a typed temp table deduplicated on the key (the last row wins).
@@ -629,93 +660,48 @@ class PostgresStore(SqlStore):
             duplicates=duplicates,
         )
 
-    def _timestamp(self, text: str) -> str:
-        """`text` as timestamptz when it is an ISO 8601 timestamp PostgreSQL can read within the
-        models' range, else NULL."""
-        if self._try_timestamptz is None:
-            ((version,),) = self._execute("SELECT current_setting('server_version_num')::int")
-            # pg_input_is_valid (PostgreSQL 16) tests a cast without raising.
-            shapes = ", ".join(f"'{shape}'" for shape in _COMMON_TIMESTAMP_SHAPES)
-            iso = (
-                f"CASE WHEN translate({{t}}, '0123456789', '9999999999') IN ({shapes}) THEN true "
-                f"ELSE {{t}} ~ '{_ISO_TIMESTAMP}' END"
-            )
-            self._try_timestamptz = (
-                f"CASE WHEN {iso} AND pg_input_is_valid({{t}}, 'timestamptz') "
-                "THEN CAST({t} AS timestamptz) END"
-                if version >= 160000
-                else "apten._try_timestamptz({t})"
-            )
-        value = self._try_timestamptz.replace("{t}", text)
-        # The models' range (store.py: stored values are readable back).
-        return (
-            f"CASE WHEN {value} >= '{EARLIEST_TIMESTAMP.isoformat()}' "
-            f"AND {value} < '{LATEST_TIMESTAMP.isoformat()}' THEN {value} END"
-        )
-
-    def _turn_items_sql(self, calls: str) -> str:
-        """Transcript turns from calls' raw jsonb, with the turn rules of `store.py`: one row per
-        transcript item (objects or not, `is_object`), item i is `turn_index` i."""
-
-        def text_of(key: str) -> str:
-            return f"CASE WHEN jsonb_typeof(i.t -> '{key}') = 'string' THEN i.t ->> '{key}' END"
-
-        # OFFSET 0 keeps the inner query from being merged into the outer one, which would
-        # repeat each field's extraction in every place the timestamp rule names it.
-        return f"""
-            SELECT call_id, first_write, turn_index, is_object, role, content,
-                   {self._timestamp("start_text")} AS start_time,
-                   {self._timestamp("end_text")} AS end_time
-            FROM (
-              SELECT c.call_id, c.first_write, CAST(i.ord - 1 AS integer) AS turn_index,
-                     jsonb_typeof(i.t) = 'object' AS is_object,
-                     {text_of("role")} AS role,
-                     {text_of("content")} AS content,
-                     btrim({text_of("startTime")}) AS start_text,
-                     btrim({text_of("endTime")}) AS end_text
-              FROM {calls} AS c
-              CROSS JOIN LATERAL jsonb_array_elements(
-                CASE WHEN jsonb_typeof(c.raw -> 'transcript') = 'array' THEN c.raw -> 'transcript'
-                     ELSE '[]'::jsonb END
-              ) WITH ORDINALITY AS i(t, ord)
-              OFFSET 0
-            ) AS turn
-        """
-
     def _replace_turns_of_upserted_calls(
         self, merged: str, staged: str, data: pa.Table, written_at: datetime, temps: list[str]
     ) -> ReplaceCounts:
-        """Turns of the calls this upsert inserted or changed. A new call's turns go straight from
-        its `raw` into the table; a stored call's turns are compared with the stored ones first, and
-        replaced only when they differ. A call with an empty or absent transcript is left alone."""
-        transcript = "s.raw -> 'transcript'"
-        calls = (
-            f"SELECT s.call_id, s.raw, m.__new AS first_write FROM {staged} AS s "
-            f"JOIN {merged} AS m ON m.call_id = s.call_id WHERE (m.__new OR m.__changed) "
-            f"AND jsonb_typeof({transcript}) = 'array' AND jsonb_array_length({transcript}) > 0"
+        """Turns of the calls this upsert inserted or changed, derived by `turns.transcript_items`
+        from the batch's own Arrow (the rows as staged: U+0000 removed). A new call's turns are
+        bulk-loaded straight into the table; a stored call's turns are compared with the stored
+        ones first, and replaced only when they differ. A call with an empty or absent transcript
+        is left alone."""
+        candidates = self._execute(
+            f"SELECT s.__ord, m.__new FROM {staged} AS s JOIN {merged} AS m ON m.call_id = s.call_id "
+            "WHERE (m.__new OR m.__changed) AND s.raw IS NOT NULL ORDER BY s.__ord"
         )
-        ((new_parents, stored_parents),) = self._execute(
-            "SELECT count(*) FILTER (WHERE first_write), count(*) FILTER (WHERE NOT first_write) "
-            f"FROM ({calls}) AS c"
-        )
-        turns = self._ref(CALL_TRANSCRIPT_TURNS)
-        columns = ", ".join(quote(c.name) for c in CALL_TRANSCRIPT_TURNS.data_columns)
-        insert = f"INSERT INTO {turns} ({columns}, {LOADED_AT}) SELECT {columns}, CAST(? AS timestamptz)"
-        inserted = deleted = changed = 0
-        if new_parents:
-            new_items = self._turn_items_sql(f"({calls} AND m.__new)")
-            ((inserted,),) = self._execute(
-                f"WITH i AS ({insert} FROM ({new_items}) AS x WHERE is_object RETURNING 1) "
-                "SELECT count(*) FROM i",
-                [written_at],
-            )
+        if not candidates:
+            return ReplaceCounts()
+        positions, first_writes = zip(*candidates, strict=True)
+        calls = data.select(["call_id", "raw"]).take(pa.array(positions, type=pa.int64()))
+        items = transcript_items(calls.append_column("first_write", pa.array(first_writes, type=pa.bool_())))
+        columns = [c.name for c in CALL_TRANSCRIPT_TURNS.data_columns]
+        first_write = items.column("first_write")
+        parents = pc.count_distinct(items.column("call_id")).as_py()
+        stored = items.filter(pc.invert(first_write))
+        stored_parents = pc.count_distinct(stored.column("call_id")).as_py()
+        loaded_at = pa.scalar(written_at, type=pa.timestamp("us", tz="UTC"))
+
+        def with_loaded_at(rows: pa.Table) -> pa.Table:
+            rows = rows.select(columns)
+            return rows.append_column(LOADED_AT, pa.array([loaded_at] * rows.num_rows, type=loaded_at.type))
+
+        # New calls have no stored turns: their turns go in as they are (binary COPY).
+        new_turns = with_loaded_at(items.filter(pc.and_(first_write, items.column("is_object"))))
+        if new_turns.num_rows:
+            self._append(CALL_TRANSCRIPT_TURNS, new_turns)
+        inserted, deleted, changed = new_turns.num_rows, 0, 0
         if stored_parents:
-            items = self._temp("turn_items")
-            temps.append(items)
-            self._create_temp(items, self._turn_items_sql(f"({calls} AND NOT m.__new)"))
-            items_ref = f"pg_temp.{quote(items)}"
-            staged_turns = f"SELECT {columns} FROM {items_ref} WHERE is_object"
-            stored_turns = f"SELECT {columns} FROM {turns} WHERE call_id IN (SELECT call_id FROM {items_ref})"
+            staged_items = self._temp("turn_items")
+            temps.append(staged_items)
+            self._ingest(staged_items, stored.select([*columns, "is_object"]))
+            items_ref = f"pg_temp.{quote(staged_items)}"
+            turns = self._ref(CALL_TRANSCRIPT_TURNS)
+            names = ", ".join(quote(name) for name in columns)
+            staged_turns = f"SELECT {names} FROM {items_ref} WHERE is_object"
+            stored_turns = f"SELECT {names} FROM {turns} WHERE call_id IN (SELECT call_id FROM {items_ref})"
             revised = self._temp("revised")
             temps.append(revised)
             revised_ref = f"pg_temp.{quote(revised)}"
@@ -730,13 +716,13 @@ class PostgresStore(SqlStore):
                     "RETURNING 1) SELECT count(*) FROM d"
                 )
                 ((rewritten,),) = self._execute(
-                    f"WITH i AS ({insert} FROM {items_ref} WHERE is_object "
+                    f"WITH i AS (INSERT INTO {turns} ({names}, {LOADED_AT}) "
+                    f"SELECT {names}, CAST(? AS timestamptz) FROM {items_ref} WHERE is_object "
                     f"AND call_id IN (SELECT call_id FROM {revised_ref}) RETURNING 1) SELECT count(*) FROM i",
                     [written_at],
                 )
                 inserted += rewritten
-        parents = int(new_parents) + int(stored_parents)
-        replaced = int(new_parents) + int(changed)
+        replaced = parents - stored_parents + int(changed)
         return ReplaceCounts(
             parents=parents,
             parents_replaced=replaced,

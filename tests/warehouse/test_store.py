@@ -502,7 +502,7 @@ HOSTILE_TRANSCRIPTS = {
     "no_content": [{"role": "assistant", "startTime": "2026-06-15T14:30:01Z"}],
     "not_objects_keep_positions": ["hello", None, {"role": "user", "content": "c"}, 5, {"content": "d"}],
     "unknown_fields": [{"role": "SYSTEM", "content": "e", "confidence": 0.4, "words": [{"w": "e"}]}],
-    # Shapes Apten writes (PostgreSQL skips its pattern check for them), one an impossible date.
+    # Shapes Apten writes, one an impossible date.
     "common_shapes": [
         {
             "role": "user",
