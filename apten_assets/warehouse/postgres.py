@@ -82,6 +82,8 @@ _ARROW_PG_TYPES = {
     pa.float64(): "double precision",
     pa.timestamp("us", tz="UTC"): "timestamptz",
 }
+# Temp relations (`_temp`) whose names start so are views.
+_VIEW_PREFIX = "__view_"
 _QMARK = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\?")
 _NUL = "\x00"
 _JSON_NUL = "\\u0000"
@@ -395,8 +397,10 @@ class PostgresStore(SqlStore):
     def _drop(self, tables: list[str]) -> None:
         # Called on success only, still inside the write's transaction: after a failure the
         # ROLLBACK discards them, and the original error must surface rather than a failed DROP.
-        for table in tables:
-            self._execute(f"DROP TABLE IF EXISTS pg_temp.{quote(table)}")
+        # Newest first: a staging view depends on the table it reads.
+        for table in reversed(tables):
+            kind = "VIEW" if table.startswith(_VIEW_PREFIX) else "TABLE"
+            self._execute(f"DROP {kind} IF EXISTS pg_temp.{quote(table)}")
 
     def _create_temp(self, name: str, select: str, params: Sequence[Any] | None = None) -> None:
         """`CREATE TEMP TABLE name AS select`, its jsonb and text values stored uncompressed: a temp
@@ -466,12 +470,18 @@ class PostgresStore(SqlStore):
             f"CAST({quote(c.name)} AS jsonb) AS {quote(c.name)}" if c.type == "JSON" else quote(c.name)
             for c in spec.data_columns
         )
+        if _keys_unique(data, spec.primary_key):
+            # The usual batch: nothing to deduplicate, so no sort of every row by key, and no copy:
+            # a view, which PostgreSQL inlines into each statement, so a JSON value is parsed
+            # only by a statement that reads it (new and changed rows, not unchanged ones).
+            staged = self._temp(f"{_VIEW_PREFIX[2:]}stage_{spec.name}")
+            temps.append(staged)
+            self._execute(
+                f"CREATE TEMP VIEW {quote(staged)} AS SELECT {casts}, __ord FROM pg_temp.{quote(raw)}"
+            )
+            return f"pg_temp.{quote(staged)}", data, data.num_rows, 0
         staged = self._temp(f"stage_{spec.name}")
         temps.append(staged)
-        if _keys_unique(data, spec.primary_key):
-            # The usual batch: nothing to deduplicate, so no sort of every row by key.
-            self._create_temp(staged, f"SELECT {casts}, __ord FROM pg_temp.{quote(raw)}")
-            return f"pg_temp.{quote(staged)}", data, data.num_rows, 0
         self._create_temp(
             staged,
             f"SELECT DISTINCT ON ({key}) {casts}, __ord FROM pg_temp.{quote(raw)} ORDER BY {key}, __ord DESC",
@@ -540,31 +550,73 @@ class PostgresStore(SqlStore):
     ) -> tuple[int, int]:
         key = spec.primary_key
         join = " AND ".join(f"t.{quote(name)} = s.{quote(name)}" for name in key)
-        merged: list[str] = []
+        target = self._ref(spec)
+        columns = ", ".join(quote(c.name) for c in spec.data_columns)
+        merges = {
+            c.name: Merge.COALESCE if c.name in late and c.merge is Merge.REPLACE else c.merge
+            for c in spec.data_columns
+        }
+        ((stored,),) = self._execute(
+            f"SELECT count(*) FROM {target} AS t WHERE EXISTS (SELECT 1 FROM {staged} AS s WHERE {join})"
+        )
+        if not stored:
+            # Every row is new (every first load): inserted as it is, no join with stored rows.
+            values = ", ".join(
+                f"s.{quote(c.name)}"
+                if c.name in key
+                else _merged(c, merges[c.name], f"s.{quote(c.name)}", "NULL")
+                for c in spec.data_columns
+            )
+            ((inserted,),) = self._execute(
+                f"WITH i AS (INSERT INTO {target} ({columns}, {LOADED_AT}) "
+                f"SELECT {values}, CAST(? AS timestamptz) FROM {staged} AS s RETURNING 1) "
+                "SELECT count(*) FROM i",
+                [now],
+            )
+            if after is not None:
+                keys = ", ".join(quote(name) for name in key)
+                after(
+                    f"(SELECT {keys}, true AS __new, false AS __changed FROM {staged})", staged, data, temps
+                )
+            return int(inserted), 0
+        # Classify each staged row against the stored one. A JSON value (a call's ~10 KB `raw`) is
+        # not copied here: only whether it differs, so the MERGE below reads the new value of the
+        # rows where it does, and keeps the stored one (its TOAST pointer: no rewrite) elsewhere.
+        selected: list[str] = []
         content_diff: list[str] = []
         bookkeeping_diff: list[str] = []
+        json_flags: list[str] = []
+        exists = f"t.{quote(key[0])} IS NOT NULL"
         for column in spec.data_columns:
             name = quote(column.name)
             if column.name in key:
-                merged.append(f"s.{name} AS {name}")
+                selected.append(f"s.{name} AS {name}")
                 continue
-            merge = Merge.COALESCE if column.name in late and column.merge is Merge.REPLACE else column.merge
-            expr = _merged(column, merge, f"s.{name}", f"t.{name}")
-            merged.append(f"{expr} AS {name}")
-            (bookkeeping_diff if column.bookkeeping else content_diff).append(
-                f"({expr}) IS DISTINCT FROM t.{name}"
-            )
-        exists = f"t.{quote(key[0])} IS NOT NULL"
-        changed = " OR ".join(content_diff) or "false"
-        bookkeeping_changed = " OR ".join(bookkeeping_diff) or "false"
+            expr = _merged(column, merges[column.name], f"s.{name}", f"t.{name}")
+            differs = f"({expr}) IS DISTINCT FROM t.{name}"
+            if column.type == "JSON":
+                flag = quote(f"__differs_{column.name}")
+                # A new row's value is not compared: it is inserted whatever it is.
+                selected.append(f"CASE WHEN {exists} THEN {differs} ELSE true END AS {flag}")
+                json_flags.append(f"c.{flag}")
+                if not column.bookkeeping:
+                    content_diff.append(f"c.{flag}")
+                continue
+            selected.append(f"{expr} AS {name}")
+            (bookkeeping_diff if column.bookkeeping else content_diff).append(differs)
+        scalar_content = [d for d in content_diff if not d.startswith("c.")]
+        changed = " OR ".join(["c.__content_differs", *(d for d in content_diff if d.startswith("c."))])
         classified = self._temp(f"merge_{spec.name}")
         temps.append(classified)
+        # OFFSET 0: each comparison is computed once, in the inner query, not again per use.
         self._create_temp(
             classified,
-            f"SELECT {', '.join(merged)}, "
-            f"NOT ({exists}) AS __new, ({exists} AND ({changed})) AS __changed, "
-            f"({exists} AND ({bookkeeping_changed})) AS __bookkeeping_changed "
-            f"FROM {staged} AS s LEFT JOIN {self._ref(spec)} AS t ON {join}",
+            f"SELECT c.*, NOT c.__exists AS __new, (c.__exists AND ({changed})) AS __changed, "
+            "(c.__exists AND c.__bookkeeping_differs) AS __bookkeeping_changed FROM ("
+            f"SELECT {', '.join(selected)}, {exists} AS __exists, "
+            f"({' OR '.join(scalar_content) or 'false'}) AS __content_differs, "
+            f"({' OR '.join(bookkeeping_diff) or 'false'}) AS __bookkeeping_differs "
+            f"FROM {staged} AS s LEFT JOIN {target} AS t ON {join} OFFSET 0) AS c",
         )
         ref = f"pg_temp.{quote(classified)}"
         ((inserted, updated, touched),) = self._execute(
@@ -572,21 +624,44 @@ class PostgresStore(SqlStore):
             f"count(*) FILTER (WHERE __new OR __changed OR __bookkeeping_changed) FROM {ref}"
         )
         if touched:
-            non_key = [c.name for c in spec.data_columns if c.name not in key]
-            columns = ", ".join(quote(c.name) for c in spec.data_columns)
-            values = ", ".join(f"u.{quote(c.name)}" for c in spec.data_columns)
+            non_key = [c for c in spec.data_columns if c.name not in key]
+            json_columns = [c for c in non_key if c.type == "JSON"]
+
+            def staged_json(column: Column) -> str:
+                return f"u.{quote('__staged_' + column.name)}"
+
+            values = ", ".join(
+                _merged(c, merges[c.name], staged_json(c), "NULL")
+                if c.type == "JSON"
+                else f"u.{quote(c.name)}"
+                for c in spec.data_columns
+            )
             match = " AND ".join(f"t.{quote(name)} = u.{quote(name)}" for name in key)
             update = ""
             if non_key:
-                assignments = ", ".join(f"{quote(name)} = u.{quote(name)}" for name in non_key)
+                assignments = ", ".join(
+                    f"{quote(c.name)} = CASE WHEN u.{quote('__differs_' + c.name)} "
+                    f"THEN {_merged(c, merges[c.name], staged_json(c), f't.{quote(c.name)}')} "
+                    f"ELSE t.{quote(c.name)} END"
+                    if c.type == "JSON"
+                    else f"{quote(c.name)} = u.{quote(c.name)}"
+                    for c in non_key
+                )
                 update = (
                     f"WHEN MATCHED THEN UPDATE SET {assignments}, "
                     f"{LOADED_AT} = CASE WHEN u.__changed THEN CAST(? AS timestamptz) ELSE t.{LOADED_AT} END "
                 )
             params = [now, now] if non_key else [now]
+            touched_rows = "WHERE u.__new OR u.__changed OR u.__bookkeeping_changed"
+            source = f"SELECT * FROM {ref} AS u {touched_rows}"
+            if json_columns:
+                # The staged JSON, read (and parsed) only where an assignment above takes it.
+                s_join = " AND ".join(f"s.{quote(name)} = u.{quote(name)}" for name in key)
+                staged_values = ", ".join(f"s.{quote(c.name)} AS {staged_json(c)[2:]}" for c in json_columns)
+                source = f"SELECT u.*, {staged_values} FROM {ref} AS u JOIN {staged} AS s ON {s_join}"
+                source += f" {touched_rows}"
             self._execute(
-                f"MERGE INTO {self._ref(spec)} AS t USING (SELECT * FROM {ref} "
-                "WHERE __new OR __changed OR __bookkeeping_changed) AS u "
+                f"MERGE INTO {target} AS t USING ({source}) AS u "
                 f"ON {match} {update}"
                 f"WHEN NOT MATCHED THEN INSERT ({columns}, {LOADED_AT}) "
                 f"VALUES ({values}, CAST(? AS timestamptz))",
@@ -670,13 +745,15 @@ class PostgresStore(SqlStore):
         is left alone."""
         candidates = self._execute(
             f"SELECT s.__ord, m.__new FROM {staged} AS s JOIN {merged} AS m ON m.call_id = s.call_id "
-            "WHERE (m.__new OR m.__changed) AND s.raw IS NOT NULL ORDER BY s.__ord"
+            "WHERE m.__new OR m.__changed ORDER BY s.__ord"
         )
         if not candidates:
             return ReplaceCounts()
         positions, first_writes = zip(*candidates, strict=True)
         calls = data.select(["call_id", "raw"]).take(pa.array(positions, type=pa.int64()))
-        items = transcript_items(calls.append_column("first_write", pa.array(first_writes, type=pa.bool_())))
+        calls = calls.append_column("first_write", pa.array(first_writes, type=pa.bool_()))
+        # Without `raw` (a 404), a call has no transcript here: its stored turns stay.
+        items = transcript_items(calls.filter(pc.is_valid(calls.column("raw"))))
         columns = [c.name for c in CALL_TRANSCRIPT_TURNS.data_columns]
         first_write = items.column("first_write")
         parents = pc.count_distinct(items.column("call_id")).as_py()
