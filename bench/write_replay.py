@@ -131,7 +131,7 @@ def _replay(backend: str, batches: Batches, folder: Path, server: Any, statement
             timer.wrap(PostgresStore, "_execute", lambda self, sql, *a, **k: _statement(sql))
             timer.wrap(PostgresStore, "_ingest", lambda *a, **k: "adbc_ingest (staging)")
             timer.wrap(PostgresStore, "_append", lambda *a, **k: "adbc_ingest (turns)")
-            timer.wrap(postgres_module, "transcript_items", lambda *a, **k: "transcript_items")
+            timer.wrap(postgres_module, "transcript_items", lambda *a, **k: "transcript_items (in a thread)")
             timer.wrap(postgres_module, "to_arrow", lambda *a, **k: "to_arrow")
         else:
             timer.wrap(duckdb_module, "_run", lambda con, sql, *a, **k: _statement(sql))
@@ -152,10 +152,43 @@ def _replay(backend: str, batches: Batches, folder: Path, server: Any, statement
                     turns += replaced.inserted
                 result[f"{phase}_s"] = round(seconds, 2)
                 result[f"{phase}_turns"] = turns
+            if backend == "postgresql":
+                ((size,),) = store.test_query("SELECT pg_total_relation_size('apten.calls')")
+                result["calls_mib"] = round(size / 2**20, 1)
     finally:
         timer.restore()
     result["statements"] = {k: round(v, 2) for k, v in sorted(timer.seconds.items(), key=lambda kv: -kv[1])}
     return result
+
+
+class ExistingServer:
+    """A running PostgreSQL (`--pg-url`, a superuser's URL): databases made and dropped on it."""
+
+    def __init__(self, url: str) -> None:
+        import adbc_driver_postgresql.dbapi as pg
+
+        self.url = WarehouseURL.parse(url)
+        self._admin = pg.connect(self.url.libpq_uri(), autocommit=True)
+
+    def __enter__(self) -> ExistingServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._admin.close()
+
+    def _admin_sql(self, sql: str) -> None:
+        with self._admin.cursor() as cursor:
+            cursor.execute(sql)
+
+    def create_database(self, name: str) -> str:
+        self._admin_sql(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        url = self.url
+        return WarehouseURL(
+            backend=url.backend, host=url.host, port=url.port, user=url.user, database=name
+        ).libpq_uri()
+
+    def drop_database(self, name: str) -> None:
+        self._admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def main() -> None:
@@ -164,6 +197,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--backends", default="duckdb,postgresql")
     parser.add_argument("--statements", action="store_true", help="time the store's statements")
+    parser.add_argument("--pg-url", help="a running server (superuser URL) instead of a pgserver one")
     args = parser.parse_args()
     from tests.postgres import PostgresServer
 
@@ -175,7 +209,8 @@ def main() -> None:
         flush=True,
     )
     backends = args.backends.split(",")
-    with tempfile.TemporaryDirectory(prefix="replay-") as folder, PostgresServer() as server:
+    server_cm = ExistingServer(args.pg_url) if args.pg_url else PostgresServer()
+    with tempfile.TemporaryDirectory(prefix="replay-") as folder, server_cm as server:
         totals: dict[str, list[float]] = defaultdict(list)
         for round_ in range(args.rounds):
             for backend in backends if round_ % 2 == 0 else list(reversed(backends)):

@@ -25,6 +25,7 @@ import re
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -160,6 +161,17 @@ def _keys_unique(data: pa.Table, key: Sequence[str]) -> bool:
     if len(key) == 1:
         return pc.count_distinct(data.column(key[0])).as_py() == data.num_rows
     return data.group_by(list(key)).aggregate([]).num_rows == data.num_rows
+
+
+def _calls_to_read(data: pa.Table) -> pa.Table:
+    """The calls of a staged batch whose transcript may be new: the row that wins for each
+    `call_id` (the last), when it has `raw` (a 404 has none, and keeps its stored turns), as the
+    `calls` of `turns.transcript_items`; `first_write` is set once the upsert knows it."""
+    if not _keys_unique(data, ("call_id",)):
+        # `__ord` is the row's position in `data`.
+        data = data.take(data.group_by("call_id").aggregate([("__ord", "max")]).column("__ord_max"))
+    calls = data.select(["call_id", "raw"]).filter(pc.is_valid(data.column("raw")))
+    return calls.append_column("first_write", pa.nulls(calls.num_rows, type=pa.bool_()))
 
 
 def _column_ddl(column: Column) -> str:
@@ -504,12 +516,20 @@ class PostgresStore(SqlStore):
     def upsert_calls(self, rows: Rows, *, now: datetime | None = None) -> tuple[UpsertCounts, ReplaceCounts]:
         now = now or datetime.now(UTC)
         turns = ReplaceCounts()
+        derived: list[Future[pa.Table]] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="apten-turns") as pool:
 
-        def write_turns(merged: str, staged: str, data: pa.Table, temps: list[str]) -> None:
-            nonlocal turns
-            turns = self._replace_turns_of_upserted_calls(merged, staged, data, now, temps)
+            def derive_turns(data: pa.Table) -> None:
+                # Started as soon as the batch is staged: DuckDB reads the transcripts in this
+                # thread while PostgreSQL classifies and writes the calls (both release the GIL).
+                derived.append(pool.submit(transcript_items, _calls_to_read(data)))
 
-        return self._upsert(CALLS, rows, (), now, write_turns), turns
+            def write_turns(merged: str, staged: str, data: pa.Table, temps: list[str]) -> None:
+                nonlocal turns
+                turns = self._replace_turns_of_upserted_calls(merged, derived[0], now, temps)
+
+            counts = self._upsert(CALLS, rows, (), now, write_turns, derive_turns)
+        return counts, turns
 
     def _upsert(
         self,
@@ -518,6 +538,7 @@ class PostgresStore(SqlStore):
         keep_existing_when_null: Iterable[str],
         now: datetime,
         after: Callable[[str, str, pa.Table, list[str]], None] | None,
+        on_staged: Callable[[pa.Table], None] | None = None,
     ) -> UpsertCounts:
         late = set(keep_existing_when_null)
         unknown = late - set(spec.column_names)
@@ -527,6 +548,8 @@ class PostgresStore(SqlStore):
         inserted = updated = 0
         with self.transaction():
             staged, data, given, duplicates = self._stage(spec, rows, temps)
+            if on_staged is not None:
+                on_staged(data)
             if given > duplicates:
                 self._lock(spec)
                 inserted, updated = self._merge(spec, staged, late, now, temps, after, data)
@@ -736,24 +759,27 @@ class PostgresStore(SqlStore):
         )
 
     def _replace_turns_of_upserted_calls(
-        self, merged: str, staged: str, data: pa.Table, written_at: datetime, temps: list[str]
+        self, merged: str, derived: Future[pa.Table], written_at: datetime, temps: list[str]
     ) -> ReplaceCounts:
-        """Turns of the calls this upsert inserted or changed, derived by `turns.transcript_items`
-        from the batch's own Arrow (the rows as staged: U+0000 removed). A new call's turns are
-        bulk-loaded straight into the table; a stored call's turns are compared with the stored
-        ones first, and replaced only when they differ. A call with an empty or absent transcript
-        is left alone."""
+        """Turns of the calls this upsert inserted or changed, from `derived`: the transcript items
+        of every call of the batch (`_calls_to_read`), by `turns.transcript_items`. A new call's
+        turns are bulk-loaded straight into the table; a stored call's turns are compared with the
+        stored ones first, and replaced only when they differ. A call with an empty or absent
+        transcript is left alone."""
         candidates = self._execute(
-            f"SELECT s.__ord, m.__new FROM {staged} AS s JOIN {merged} AS m ON m.call_id = s.call_id "
-            "WHERE m.__new OR m.__changed ORDER BY s.__ord"
+            f"SELECT m.call_id, m.__new FROM {merged} AS m WHERE m.__new OR m.__changed"
         )
-        if not candidates:
+        items = derived.result()
+        if not candidates or not items.num_rows:
             return ReplaceCounts()
-        positions, first_writes = zip(*candidates, strict=True)
-        calls = data.select(["call_id", "raw"]).take(pa.array(positions, type=pa.int64()))
-        calls = calls.append_column("first_write", pa.array(first_writes, type=pa.bool_()))
-        # Without `raw` (a 404), a call has no transcript here: its stored turns stay.
-        items = transcript_items(calls.filter(pc.is_valid(calls.column("raw"))))
+        written = pa.array([call_id for call_id, _ in candidates], type=pa.string())
+        new = pa.array([call_id for call_id, first in candidates if first], type=pa.string())
+        items = items.filter(pc.is_in(items.column("call_id"), value_set=written))
+        items = items.set_column(
+            items.schema.get_field_index("first_write"),
+            "first_write",
+            pc.is_in(items.column("call_id"), value_set=new),
+        )
         columns = [c.name for c in CALL_TRANSCRIPT_TURNS.data_columns]
         first_write = items.column("first_write")
         parents = pc.count_distinct(items.column("call_id")).as_py()
@@ -763,7 +789,7 @@ class PostgresStore(SqlStore):
 
         def with_loaded_at(rows: pa.Table) -> pa.Table:
             rows = rows.select(columns)
-            return rows.append_column(LOADED_AT, pa.array([loaded_at] * rows.num_rows, type=loaded_at.type))
+            return rows.append_column(LOADED_AT, pa.repeat(loaded_at, rows.num_rows))
 
         # New calls have no stored turns: their turns go in as they are (binary COPY).
         new_turns = with_loaded_at(items.filter(pc.and_(first_write, items.column("is_object"))))

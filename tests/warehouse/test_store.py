@@ -600,6 +600,26 @@ def test_turns_derived_from_raw_replace_a_revised_transcript_without_stale_turns
     assert (counts.parents_replaced, counts.deleted, counts.inserted) == (1, 3, 1)
 
 
+def test_a_call_twice_in_one_batch_gets_the_turns_of_its_last_row(store: Store) -> None:
+    # The last row of a key wins for the call, and so for its turns: c1's second transcript,
+    # and none for c2, whose last row is a 404 (no raw) although an earlier one had turns.
+    first = datetime(2026, 6, 15, 15, 0, tzinfo=UTC)
+    three = [turn("user", f"t{i}", "14:30:01", "14:30:02") for i in range(3)]
+    only = turn("assistant", "only", "14:30:01", "14:30:02")
+    batch = [
+        warehouse_call_row({"id": "c1", "transcript": three}, first),
+        warehouse_call_row({"id": "c2", "transcript": three}, first),
+        warehouse_call_row({"id": "c1", "transcript": [only]}, first),
+        not_found_call_row("c2", first),
+    ]
+    calls, counts = store.upsert_calls(batch, now=first)
+
+    assert (calls.inserted, calls.duplicates) == (2, 2)
+    assert (counts.parents, counts.inserted) == (1, 1)
+    stored = table(store, "call_transcript_turns", "call_id, turn_index")
+    assert [(row[0], row[1], row[3]) for row in stored] == [("c1", 0, "only")]
+
+
 def test_one_batch_of_new_revised_unchanged_and_missing_calls_writes_each_its_own_way(
     store: Store,
 ) -> None:
