@@ -25,7 +25,7 @@ import re
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -83,6 +83,10 @@ _ARROW_PG_TYPES = {
     pa.float64(): "double precision",
     pa.timestamp("us", tz="UTC"): "timestamptz",
 }
+# Children written with an upsert (a call's turns): called with the classified rows (a relation
+# with the key, `__new` and `__changed`), the staged Arrow and the temp list before the rows are
+# written; returns what writes the children after them, in the same transaction.
+_Children = Callable[[str, pa.Table, list[str]], Callable[[], None]]
 # Temp relations (`_temp`) whose names start so are views.
 _VIEW_PREFIX = "__view_"
 _QMARK = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\?")
@@ -163,15 +167,19 @@ def _keys_unique(data: pa.Table, key: Sequence[str]) -> bool:
     return data.group_by(list(key)).aggregate([]).num_rows == data.num_rows
 
 
-def _calls_to_read(data: pa.Table) -> pa.Table:
-    """The calls of a staged batch whose transcript may be new: the row that wins for each
-    `call_id` (the last), when it has `raw` (a 404 has none, and keeps its stored turns), as the
-    `calls` of `turns.transcript_items`; `first_write` is set once the upsert knows it."""
+def _calls_to_read(data: pa.Table, candidates: Sequence[tuple[str, bool]]) -> pa.Table:
+    """The `calls` of `turns.transcript_items` for a staged batch (`data`, with `__ord`): the row
+    that wins for each `call_id` (the last) among `candidates` (call id, whether it is new), when
+    it has `raw` (a 404 has none, and keeps its stored turns)."""
     if not _keys_unique(data, ("call_id",)):
         # `__ord` is the row's position in `data`.
         data = data.take(data.group_by("call_id").aggregate([("__ord", "max")]).column("__ord_max"))
-    calls = data.select(["call_id", "raw"]).filter(pc.is_valid(data.column("raw")))
-    return calls.append_column("first_write", pa.nulls(calls.num_rows, type=pa.bool_()))
+    written = pa.array([call_id for call_id, _ in candidates], type=pa.string())
+    new = pa.array([call_id for call_id, first in candidates if first], type=pa.string())
+    ids = data.column("call_id")
+    keep = pc.and_(pc.is_in(ids, value_set=written), pc.is_valid(data.column("raw")))
+    calls = data.select(["call_id", "raw"]).append_column("first_write", pc.is_in(ids, value_set=new))
+    return calls.filter(keep)
 
 
 def _column_ddl(column: Column) -> str:
@@ -516,19 +524,26 @@ class PostgresStore(SqlStore):
     def upsert_calls(self, rows: Rows, *, now: datetime | None = None) -> tuple[UpsertCounts, ReplaceCounts]:
         now = now or datetime.now(UTC)
         turns = ReplaceCounts()
-        derived: list[Future[pa.Table]] = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="apten-turns") as pool:
 
-            def derive_turns(data: pa.Table) -> None:
-                # Started as soon as the batch is staged: DuckDB reads the transcripts in this
-                # thread while PostgreSQL classifies and writes the calls (both release the GIL).
-                derived.append(pool.submit(transcript_items, _calls_to_read(data)))
+            def turns_of(merged: str, data: pa.Table, temps: list[str]) -> Callable[[], None]:
+                # The calls this upsert inserts or changes are known before it writes them:
+                # DuckDB reads their transcripts in this thread while PostgreSQL writes the calls
+                # (both release the GIL).
+                candidates = self._execute(
+                    f"SELECT m.call_id, m.__new FROM {merged} AS m WHERE m.__new OR m.__changed"
+                )
+                calls = _calls_to_read(data, candidates)
+                derived = pool.submit(transcript_items, calls) if calls.num_rows else None
 
-            def write_turns(merged: str, staged: str, data: pa.Table, temps: list[str]) -> None:
-                nonlocal turns
-                turns = self._replace_turns_of_upserted_calls(merged, derived[0], now, temps)
+                def write() -> None:
+                    nonlocal turns
+                    if derived is not None:
+                        turns = self._write_turns(derived.result(), now, temps)
 
-            counts = self._upsert(CALLS, rows, (), now, write_turns, derive_turns)
+                return write
+
+            counts = self._upsert(CALLS, rows, (), now, turns_of)
         return counts, turns
 
     def _upsert(
@@ -537,8 +552,7 @@ class PostgresStore(SqlStore):
         rows: Rows,
         keep_existing_when_null: Iterable[str],
         now: datetime,
-        after: Callable[[str, str, pa.Table, list[str]], None] | None,
-        on_staged: Callable[[pa.Table], None] | None = None,
+        children: _Children | None,
     ) -> UpsertCounts:
         late = set(keep_existing_when_null)
         unknown = late - set(spec.column_names)
@@ -548,11 +562,9 @@ class PostgresStore(SqlStore):
         inserted = updated = 0
         with self.transaction():
             staged, data, given, duplicates = self._stage(spec, rows, temps)
-            if on_staged is not None:
-                on_staged(data)
             if given > duplicates:
                 self._lock(spec)
-                inserted, updated = self._merge(spec, staged, late, now, temps, after, data)
+                inserted, updated = self._merge(spec, staged, late, now, temps, children, data)
             self._drop(temps)
         return UpsertCounts(
             inserted=inserted,
@@ -568,7 +580,7 @@ class PostgresStore(SqlStore):
         late: set[str],
         now: datetime,
         temps: list[str],
-        after: Callable[[str, str, pa.Table, list[str]], None] | None,
+        children: _Children | None,
         data: pa.Table,
     ) -> tuple[int, int]:
         key = spec.primary_key
@@ -590,17 +602,19 @@ class PostgresStore(SqlStore):
                 else _merged(c, merges[c.name], f"s.{quote(c.name)}", "NULL")
                 for c in spec.data_columns
             )
+            write_children = None
+            if children is not None:
+                keys = ", ".join(quote(name) for name in key)
+                new_rows = f"(SELECT {keys}, true AS __new, false AS __changed FROM {staged})"
+                write_children = children(new_rows, data, temps)
             ((inserted,),) = self._execute(
                 f"WITH i AS (INSERT INTO {target} ({columns}, {LOADED_AT}) "
                 f"SELECT {values}, CAST(? AS timestamptz) FROM {staged} AS s RETURNING 1) "
                 "SELECT count(*) FROM i",
                 [now],
             )
-            if after is not None:
-                keys = ", ".join(quote(name) for name in key)
-                after(
-                    f"(SELECT {keys}, true AS __new, false AS __changed FROM {staged})", staged, data, temps
-                )
+            if write_children is not None:
+                write_children()
             return int(inserted), 0
         # Classify each staged row against the stored one. A JSON value (a call's ~10 KB `raw`) is
         # not copied here: only whether it differs, so the MERGE below reads the new value of the
@@ -646,6 +660,7 @@ class PostgresStore(SqlStore):
             "SELECT count(*) FILTER (WHERE __new), count(*) FILTER (WHERE __changed), "
             f"count(*) FILTER (WHERE __new OR __changed OR __bookkeeping_changed) FROM {ref}"
         )
+        write_children = children(ref, data, temps) if children is not None else None
         if touched:
             non_key = [c for c in spec.data_columns if c.name not in key]
             json_columns = [c for c in non_key if c.type == "JSON"]
@@ -690,8 +705,8 @@ class PostgresStore(SqlStore):
                 f"VALUES ({values}, CAST(? AS timestamptz))",
                 params,
             )
-        if after is not None:
-            after(ref, staged, data, temps)
+        if write_children is not None:
+            write_children()
         return int(inserted), int(updated)
 
     def replace_children(
@@ -758,28 +773,12 @@ class PostgresStore(SqlStore):
             duplicates=duplicates,
         )
 
-    def _replace_turns_of_upserted_calls(
-        self, merged: str, derived: Future[pa.Table], written_at: datetime, temps: list[str]
-    ) -> ReplaceCounts:
-        """Turns of the calls this upsert inserted or changed, from `derived`: the transcript items
-        of every call of the batch (`_calls_to_read`), by `turns.transcript_items`. A new call's
-        turns are bulk-loaded straight into the table; a stored call's turns are compared with the
-        stored ones first, and replaced only when they differ. A call with an empty or absent
-        transcript is left alone."""
-        candidates = self._execute(
-            f"SELECT m.call_id, m.__new FROM {merged} AS m WHERE m.__new OR m.__changed"
-        )
-        items = derived.result()
-        if not candidates or not items.num_rows:
-            return ReplaceCounts()
-        written = pa.array([call_id for call_id, _ in candidates], type=pa.string())
-        new = pa.array([call_id for call_id, first in candidates if first], type=pa.string())
-        items = items.filter(pc.is_in(items.column("call_id"), value_set=written))
-        items = items.set_column(
-            items.schema.get_field_index("first_write"),
-            "first_write",
-            pc.is_in(items.column("call_id"), value_set=new),
-        )
+    def _write_turns(self, items: pa.Table, written_at: datetime, temps: list[str]) -> ReplaceCounts:
+        """The turns of the calls this upsert inserted or changed, from their transcript items
+        (`_calls_to_read`, by `turns.transcript_items`). A new call's turns are bulk-loaded
+        straight into the table; a stored call's turns are compared with the stored ones first,
+        and replaced only when they differ. A call with an empty or absent transcript has no
+        items, and is left alone."""
         columns = [c.name for c in CALL_TRANSCRIPT_TURNS.data_columns]
         first_write = items.column("first_write")
         parents = pc.count_distinct(items.column("call_id")).as_py()
