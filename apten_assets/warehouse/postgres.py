@@ -790,8 +790,11 @@ class PostgresStore(SqlStore):
             rows = rows.select(columns)
             return rows.append_column(LOADED_AT, pa.repeat(loaded_at, rows.num_rows))
 
-        # New calls have no stored turns: their turns go in as they are (binary COPY).
-        new_turns = with_loaded_at(items.filter(pc.and_(first_write, items.column("is_object"))))
+        # New calls have no stored turns: their turns go in as they are (binary COPY), in key
+        # order, so the primary key's index takes them page by page rather than all over (once
+        # the index outgrows shared_buffers, random inserts made the COPY several times slower).
+        new_turns = items.filter(pc.and_(first_write, items.column("is_object")))
+        new_turns = with_loaded_at(new_turns.sort_by([("call_id", "ascending"), ("turn_index", "ascending")]))
         if new_turns.num_rows:
             self._append(CALL_TRANSCRIPT_TURNS, new_turns)
         inserted, deleted, changed = new_turns.num_rows, 0, 0
