@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import resource
 import tempfile
 import time
 from collections import defaultdict
@@ -217,6 +218,8 @@ def main() -> None:
                 result = _replay(backend, batches, Path(folder), server, args.statements)
                 totals[backend].append(result["first_s"] + result["rerun_s"])
                 print(f"round {round_ + 1}: {result}", flush=True)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak RSS of this process: {peak:.0f} MiB")
         if len(backends) == 2 and all(totals.values()):
             a, b = (min(totals[name]) for name in backends)
             print(f"best first+rerun: {backends[0]} {a:.2f}s, {backends[1]} {b:.2f}s, ratio {b / a:.2f}")
