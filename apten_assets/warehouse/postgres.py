@@ -620,9 +620,10 @@ class PostgresStore(SqlStore):
         # not copied here: only whether it differs, so the MERGE below reads the new value of the
         # rows where it does, and keeps the stored one (its TOAST pointer: no rewrite) elsewhere.
         selected: list[str] = []
-        content_diff: list[str] = []
-        bookkeeping_diff: list[str] = []
-        json_flags: list[str] = []
+        # Per kind of change (content, bookkeeping): the scalar comparisons, computed in the inner
+        # query below, and the JSON columns' flags, computed there once and read in the outer one.
+        scalar_diff: dict[bool, list[str]] = {False: [], True: []}
+        json_diff: dict[bool, list[str]] = {False: [], True: []}
         exists = f"t.{quote(key[0])} IS NOT NULL"
         for column in spec.data_columns:
             name = quote(column.name)
@@ -635,24 +636,26 @@ class PostgresStore(SqlStore):
                 flag = quote(f"__differs_{column.name}")
                 # A new row's value is not compared: it is inserted whatever it is.
                 selected.append(f"CASE WHEN {exists} THEN {differs} ELSE true END AS {flag}")
-                json_flags.append(f"c.{flag}")
-                if not column.bookkeeping:
-                    content_diff.append(f"c.{flag}")
+                json_diff[column.bookkeeping].append(f"c.{flag}")
                 continue
             selected.append(f"{expr} AS {name}")
-            (bookkeeping_diff if column.bookkeeping else content_diff).append(differs)
-        scalar_content = [d for d in content_diff if not d.startswith("c.")]
-        changed = " OR ".join(["c.__content_differs", *(d for d in content_diff if d.startswith("c."))])
+            scalar_diff[column.bookkeeping].append(differs)
+
+        def any_of(conditions: list[str]) -> str:
+            return " OR ".join(conditions) or "false"
+
+        changed = any_of(["c.__content_differs", *json_diff[False]])
+        bookkeeping_changed = any_of(["c.__bookkeeping_differs", *json_diff[True]])
         classified = self._temp(f"merge_{spec.name}")
         temps.append(classified)
         # OFFSET 0: each comparison is computed once, in the inner query, not again per use.
         self._create_temp(
             classified,
             f"SELECT c.*, NOT c.__exists AS __new, (c.__exists AND ({changed})) AS __changed, "
-            "(c.__exists AND c.__bookkeeping_differs) AS __bookkeeping_changed FROM ("
+            f"(c.__exists AND ({bookkeeping_changed})) AS __bookkeeping_changed FROM ("
             f"SELECT {', '.join(selected)}, {exists} AS __exists, "
-            f"({' OR '.join(scalar_content) or 'false'}) AS __content_differs, "
-            f"({' OR '.join(bookkeeping_diff) or 'false'}) AS __bookkeeping_differs "
+            f"({any_of(scalar_diff[False])}) AS __content_differs, "
+            f"({any_of(scalar_diff[True])}) AS __bookkeeping_differs "
             f"FROM {staged} AS s LEFT JOIN {target} AS t ON {join} OFFSET 0) AS c",
         )
         ref = f"pg_temp.{quote(classified)}"
