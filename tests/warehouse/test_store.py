@@ -26,7 +26,7 @@ from apten_assets.lib.tables import (
     not_found_call_row,
     rejected_row,
 )
-from apten_assets.warehouse import Store, UpsertCounts
+from apten_assets.warehouse import Store, UpsertCounts, open_store
 from tests.warehouse.helpers import one, query
 
 # CONTRACT.md §3, spelled out here so a rename in tables.py fails loudly.
@@ -760,3 +760,30 @@ def test_nul_characters_are_removed_on_postgres_and_kept_on_duckdb(store: Store)
         assert (first, json.loads(info)) == ("John", {"k": "v"})
     else:
         assert (first, json.loads(info)) == ("Jo\x00hn", {"k\x00": "v\x00"})
+
+
+def test_postgres_stores_new_raw_values_uncompressed_or_lz4_and_keeps_the_stored_ones(
+    postgres_url: str,
+) -> None:
+    # A warehouse from before: `calls.raw` with PostgreSQL's default, pglz. ensure_schema changes
+    # how new values are stored (lz4, or uncompressed without lz4) and leaves stored ones readable.
+    body = {"id": "old", "transcript": [turn("user", f"line {i}", "14:30:01", "14:30:02") for i in range(80)]}
+    with open_store(postgres_url) as store:
+        store.ensure_schema()
+        store.test_query("ALTER TABLE apten.calls ALTER COLUMN raw SET STORAGE EXTENDED")
+        store.test_query("ALTER TABLE apten.calls ALTER COLUMN raw SET COMPRESSION pglz")
+        store.upsert_calls([warehouse_call_row(body, T0)], now=T0)
+
+        store.ensure_schema()
+        store.upsert_calls([warehouse_call_row({**body, "id": "new"}, T0)], now=T0)
+
+        ((storage,),) = query(
+            store,
+            "SELECT CAST(attstorage AS text) FROM pg_attribute "
+            "WHERE attrelid = CAST('apten.calls' AS regclass) AND attname = 'raw'",
+        )
+        methods = dict(query(store, "SELECT call_id, pg_column_compression(raw) FROM apten.calls"))
+        assert methods["old"] == "pglz"
+        assert (storage, methods["new"]) in (("e", None), ("x", "lz4"))
+        stored = query(store, "SELECT CAST(raw AS text) FROM apten.calls ORDER BY call_id")
+        assert [json.loads(raw)["transcript"] for (raw,) in stored] == [body["transcript"]] * 2
