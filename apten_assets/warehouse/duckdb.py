@@ -26,7 +26,6 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from apten_assets.lib.models import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 from apten_assets.lib.tables import (
     CALL_TRANSCRIPT_TURNS,
     CALLS,
@@ -46,6 +45,7 @@ from apten_assets.warehouse.store import (
     WarehouseBusy,
     WarehouseNotReady,
 )
+from apten_assets.warehouse.turns import transcript_items_sql
 
 DEFAULT_LOCK_TIMEOUT_SECONDS = 30.0
 CATALOG = "apten_warehouse"
@@ -595,49 +595,6 @@ def replace_children(
         stage.drop()
 
 
-# Transcript turns from calls' raw JSON, with the rules of `models._parse_turns`: position in the
-# array is `turn_index`, items that are not objects are skipped, a field of the wrong JSON type or
-# an unparseable timestamp is NULL, and a timestamp without a zone is read as UTC (the session
-# time zone `connect` sets). One row per transcript item, objects or not (`is_object`), so that a
-# call with a non-empty transcript is known even when none of its items is a turn. Each item is
-# parsed twice, for the types and for the strings of all its fields at once.
-_TRANSCRIPT_ITEMS_SQL = """
-WITH items AS (
-  SELECT call_id, first_write, unnest(items) AS t, generate_subscripts(items, 1) - 1 AS turn_index
-  FROM (SELECT call_id, first_write, json_extract(raw, '$.transcript[*]') AS items FROM {calls})
-),
-typed AS (
-  SELECT
-    call_id,
-    first_write,
-    turn_index,
-    json_type(t, ['$', '$.role', '$.content', '$.startTime', '$.endTime']) AS types,
-    json_extract_string(t, ['$.role', '$.content', '$.startTime', '$.endTime']) AS texts
-  FROM items
-)
-SELECT
-  call_id,
-  first_write,
-  CAST(turn_index AS INTEGER) AS turn_index,
-  types[1] = 'OBJECT' AS is_object,
-  CASE WHEN types[2] = 'VARCHAR' THEN texts[1] END AS role,
-  CASE WHEN types[3] = 'VARCHAR' THEN texts[2] END AS content,
-  {start_time} AS start_time,
-  {end_time} AS end_time
-FROM typed
-"""
-
-
-def _turn_time(index: int) -> str:
-    # The models' range (store.py: stored values are readable back): year 1 or 10000 would be
-    # stored, and then fail every read that returns it to Python.
-    value = f"TRY_CAST(trim(texts[{index}]) AS TIMESTAMPTZ)"
-    return (
-        f"CASE WHEN types[{index + 1}] = 'VARCHAR' AND {value} >= '{EARLIEST_TIMESTAMP.isoformat()}' "
-        f"AND {value} < '{LATEST_TIMESTAMP.isoformat()}' THEN {value} END"
-    )
-
-
 def upsert_calls(
     con: duckdb.DuckDBPyConnection, rows: Rows, *, now: datetime | None = None
 ) -> tuple[UpsertCounts, ReplaceCounts]:
@@ -682,8 +639,7 @@ def _replace_turns_of_upserted_calls(
         try:
             _run(
                 con,
-                f"CREATE TEMP TABLE {items} AS "
-                + _TRANSCRIPT_ITEMS_SQL.format(calls=view, start_time=_turn_time(3), end_time=_turn_time(4)),
+                f"CREATE TEMP TABLE {items} AS {transcript_items_sql(view)}",
             )
         finally:
             con.unregister(view)

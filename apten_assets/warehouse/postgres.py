@@ -1,4 +1,4 @@
-"""The PostgreSQL backend: one ADBC connection, DDL, Arrow staging, MERGE upserts, turns from jsonb.
+"""The PostgreSQL backend: one ADBC connection, DDL, Arrow staging, MERGE upserts, turns bulk-loaded.
 
 Tables live in schema `apten` with the contract's names; JSON columns are `jsonb`, timestamps
 `timestamptz`. Unlike DuckDB, the primary keys are real constraints: the keys index the joins
@@ -27,6 +27,7 @@ import re
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -37,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from adbc_driver_postgresql import dbapi
 
-from apten_assets.lib.models import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, repair_text
+from apten_assets.lib.models import repair_text
 from apten_assets.lib.tables import (
     CALL_TRANSCRIPT_TURNS,
     CALLS,
@@ -58,6 +59,7 @@ from apten_assets.warehouse.store import (
     WarehouseBusy,
     WarehouseNotReady,
 )
+from apten_assets.warehouse.turns import transcript_items
 from apten_assets.warehouse.url import WarehouseURL
 
 log = logging.getLogger(__name__)
@@ -78,17 +80,21 @@ _PG_TYPES = {
 # batch is halved down to it rather than the whole step failing on every run.
 _BAD_VALUE_STATES = ("22", "23514", "23502", "54")
 _NOT_READY_STATES = ("42P01", "3F000")
-# A timestamp the turn rules accept: ISO 8601 date, optional time, optional zone (PostgreSQL's
-# own input also takes words such as 'yesterday' and 'epoch', which DuckDB's TRY_CAST refuses).
-_ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|z|[+-]\d{2}(:?\d{2})?)?$"
-# The shapes (digits as 9) of the timestamps Apten writes, each one `_ISO_TIMESTAMP` accepts: a value
-# of one of these shapes skips the regular expression, which costs several times a translate().
-_COMMON_TIMESTAMP_SHAPES = tuple(
-    f"9999-99-99{sep}99:99:99{fraction}{zone}"
-    for sep in ("T", " ")
-    for fraction in ("", ".999", ".999999")
-    for zone in ("Z", "+99:99", "-99:99", "")
-)
+# The Arrow types staged (`ARROW_TYPES`, plus `__ord`) as PostgreSQL columns.
+_ARROW_PG_TYPES = {
+    pa.string(): "text",
+    pa.bool_(): "boolean",
+    pa.int32(): "integer",
+    pa.int64(): "bigint",
+    pa.float64(): "double precision",
+    pa.timestamp("us", tz="UTC"): "timestamptz",
+}
+# Children written with an upsert (a call's turns): called with the classified rows (a relation
+# with the key, `__new` and `__changed`), the staged Arrow and the temp list before the rows are
+# written; returns what writes the children after them, in the same transaction.
+_Children = Callable[[str, pa.Table, list[str]], Callable[[], None]]
+# Temp relations (`_temp`) whose names start so are views.
+_VIEW_PREFIX = "__view_"
 _QMARK = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\?")
 _NUL = "\x00"
 _JSON_NUL = "\\u0000"
@@ -149,6 +155,21 @@ def _keys_unique(data: pa.Table, key: Sequence[str]) -> bool:
     return data.group_by(list(key)).aggregate([]).num_rows == data.num_rows
 
 
+def _calls_to_read(data: pa.Table, candidates: Sequence[tuple[str, bool]]) -> pa.Table:
+    """The `calls` of `turns.transcript_items` for a staged batch (`data`, with `__ord`): the row
+    that wins for each `call_id` (the last) among `candidates` (call id, whether it is new), when
+    it has `raw` (a 404 has none, and keeps its stored turns)."""
+    if not _keys_unique(data, ("call_id",)):
+        # `__ord` is the row's position in `data`.
+        data = data.take(data.group_by("call_id").aggregate([("__ord", "max")]).column("__ord_max"))
+    written = pa.array([call_id for call_id, _ in candidates], type=pa.string())
+    new = pa.array([call_id for call_id, first in candidates if first], type=pa.string())
+    ids = data.column("call_id")
+    keep = pc.and_(pc.is_in(ids, value_set=written), pc.is_valid(data.column("raw")))
+    calls = data.select(["call_id", "raw"]).append_column("first_write", pc.is_in(ids, value_set=new))
+    return calls.filter(keep)
+
+
 def _column_ddl(column: Column) -> str:
     ddl = f"{quote(column.name)} {_PG_TYPES[column.type]}"
     if column.allowed_values:
@@ -180,7 +201,6 @@ class PostgresStore(SqlStore):
         self._cursor = con.cursor()
         self._depth = 0
         self._locked: set[int] = set()
-        self._try_timestamptz: str | None = None
 
     @classmethod
     def open(
@@ -329,28 +349,43 @@ class PostgresStore(SqlStore):
                 f"CREATE TABLE IF NOT EXISTS {quote(SCHEMA)}.{quote(SYNC_STATE_TABLE)} "
                 "(name text PRIMARY KEY, value text, updated_at timestamptz)"
             )
-            # The turn rules' timestamp parse before PostgreSQL 16 (no pg_input_is_valid there).
-            self._execute(
-                f"CREATE OR REPLACE FUNCTION {quote(SCHEMA)}._try_timestamptz(value text) "
-                "RETURNS timestamptz LANGUAGE plpgsql STABLE AS $body$ BEGIN "
-                f"IF value !~ '{_ISO_TIMESTAMP}' THEN RETURN NULL; END IF; "
-                "RETURN CAST(value AS timestamptz); "
-                "EXCEPTION WHEN others THEN RETURN NULL; END $body$"
-            )
+            # Changes how new values are stored only: existing rows stay as they are (readable
+            # either way), with no table rewrite and no long lock.
+            self._execute(f"ALTER TABLE {self._ref(CALLS)} ALTER COLUMN raw {self._raw_storage()[0]}")
+            # Turns were once derived in SQL here, with this function for old servers.
+            self._execute(f"DROP FUNCTION IF EXISTS {quote(SCHEMA)}._try_timestamptz(text)")
+
+    def _raw_storage(self) -> tuple[str, str, str]:
+        """How `calls.raw` is stored: (the ALTER COLUMN clause, pg_attribute's attstorage and
+        attcompression for it). pglz, the default, compressing each ~10 KB `raw` was most of the
+        time a batch spent writing `calls`; lz4 compresses about as well in a fraction of the time,
+        and where the server is built without lz4 the values are stored uncompressed (docs/DESIGN.md
+        has the disk cost)."""
+        ((lz4,),) = self._execute(
+            "SELECT COALESCE('lz4' = ANY(enumvals), false) FROM pg_settings "
+            "WHERE name = 'default_toast_compression'"
+        )
+        return ("SET COMPRESSION lz4", "x", "l") if lz4 else ("SET STORAGE EXTERNAL", "e", "")
 
     def _schema_is_complete(self) -> bool:
         expected = {spec.name: set(spec.column_names) for spec in STORED_TABLES}
         expected[SYNC_STATE_TABLE] = {"name", "value", "updated_at"}
-        ((function,),) = self._execute("SELECT to_regprocedure(?)", [f"{SCHEMA}._try_timestamptz(text)"])
-        if function is None:
-            return False
         found: dict[str, set[str]] = {}
         for table, column in self._execute(
             "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = ?",
             [SCHEMA],
         ):
             found.setdefault(table, set()).add(column)
-        return all(columns <= found.get(table, set()) for table, columns in expected.items())
+        if not all(columns <= found.get(table, set()) for table, columns in expected.items()):
+            return False
+        _, storage, compression = self._raw_storage()
+        return bool(
+            self._execute(
+                "SELECT 1 FROM pg_attribute WHERE attrelid = CAST(? AS regclass) AND attname = 'raw' "
+                "AND attstorage = ? AND attcompression = ?",
+                [f"{SCHEMA}.{CALLS.name}", storage, compression],
+            )
+        )
 
     def column_types(self) -> dict[str, dict[str, str]]:
         types: dict[str, dict[str, str]] = {}
@@ -370,8 +405,10 @@ class PostgresStore(SqlStore):
     def _drop(self, tables: list[str]) -> None:
         # Called on success only, still inside the write's transaction: after a failure the
         # ROLLBACK discards them, and the original error must surface rather than a failed DROP.
-        for table in tables:
-            self._execute(f"DROP TABLE IF EXISTS pg_temp.{quote(table)}")
+        # Newest first: a staging view depends on the table it reads.
+        for table in reversed(tables):
+            kind = "VIEW" if table.startswith(_VIEW_PREFIX) else "TABLE"
+            self._execute(f"DROP {kind} IF EXISTS pg_temp.{quote(table)}")
 
     def _create_temp(self, name: str, select: str, params: Sequence[Any] | None = None) -> None:
         """`CREATE TEMP TABLE name AS select`, its jsonb and text values stored uncompressed: a temp
@@ -391,7 +428,26 @@ class PostgresStore(SqlStore):
         self._execute(f"INSERT INTO pg_temp.{quote(name)} {select}", params)
 
     def _ingest(self, name: str, data: pa.Table) -> None:
-        self._cursor.adbc_ingest(name, data, mode="create", temporary=True)
+        """`data` into a new temp table (binary COPY), its text stored uncompressed (see `_create_temp`)."""
+        columns = []
+        for field_ in data.schema:
+            kind = _ARROW_PG_TYPES.get(field_.type)
+            if kind is None:
+                raise ValueError(f"cannot stage a column of type {field_.type} ({field_.name})")
+            columns.append(f"{quote(field_.name)} {kind}")
+        self._execute(f"CREATE TEMP TABLE {quote(name)} ({', '.join(columns)})")
+        external = ", ".join(
+            f"ALTER COLUMN {quote(field_.name)} SET STORAGE EXTERNAL"
+            for field_ in data.schema
+            if field_.type == pa.string()
+        )
+        if external:
+            self._execute(f"ALTER TABLE pg_temp.{quote(name)} {external}")
+        self._cursor.adbc_ingest(name, data, mode="append", temporary=True)
+
+    def _append(self, spec: TableSpec, data: pa.Table) -> None:
+        """Rows (every column, `_loaded_at` included) into a contract table as they are."""
+        self._cursor.adbc_ingest(spec.name, data, mode="append", db_schema_name=spec.schema)
 
     def _stage(self, spec: TableSpec, rows: Rows, temps: list[str]) -> tuple[str, pa.Table, int, int]:
         """Rows into a typed temp table deduplicated on the key (the last row wins).
@@ -422,12 +478,18 @@ class PostgresStore(SqlStore):
             f"CAST({quote(c.name)} AS jsonb) AS {quote(c.name)}" if c.type == "JSON" else quote(c.name)
             for c in spec.data_columns
         )
+        if _keys_unique(data, spec.primary_key):
+            # The usual batch: nothing to deduplicate, so no sort of every row by key, and no copy:
+            # a view, which PostgreSQL inlines into each statement, so a JSON value is parsed
+            # only by a statement that reads it (new and changed rows, not unchanged ones).
+            staged = self._temp(f"{_VIEW_PREFIX[2:]}stage_{spec.name}")
+            temps.append(staged)
+            self._execute(
+                f"CREATE TEMP VIEW {quote(staged)} AS SELECT {casts}, __ord FROM pg_temp.{quote(raw)}"
+            )
+            return f"pg_temp.{quote(staged)}", data, data.num_rows, 0
         staged = self._temp(f"stage_{spec.name}")
         temps.append(staged)
-        if _keys_unique(data, spec.primary_key):
-            # The usual batch: nothing to deduplicate, so no sort of every row by key.
-            self._create_temp(staged, f"SELECT {casts}, __ord FROM pg_temp.{quote(raw)}")
-            return f"pg_temp.{quote(staged)}", data, data.num_rows, 0
         self._create_temp(
             staged,
             f"SELECT DISTINCT ON ({key}) {casts}, __ord FROM pg_temp.{quote(raw)} ORDER BY {key}, __ord DESC",
@@ -450,12 +512,27 @@ class PostgresStore(SqlStore):
     def upsert_calls(self, rows: Rows, *, now: datetime | None = None) -> tuple[UpsertCounts, ReplaceCounts]:
         now = now or datetime.now(UTC)
         turns = ReplaceCounts()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="apten-turns") as pool:
 
-        def write_turns(merged: str, staged: str, data: pa.Table, temps: list[str]) -> None:
-            nonlocal turns
-            turns = self._replace_turns_of_upserted_calls(merged, staged, data, now, temps)
+            def turns_of(merged: str, data: pa.Table, temps: list[str]) -> Callable[[], None]:
+                # The calls this upsert inserts or changes are known before it writes them:
+                # DuckDB reads their transcripts in this thread while PostgreSQL writes the calls
+                # (both release the GIL).
+                candidates = self._execute(
+                    f"SELECT m.call_id, m.__new FROM {merged} AS m WHERE m.__new OR m.__changed"
+                )
+                calls = _calls_to_read(data, candidates)
+                derived = pool.submit(transcript_items, calls) if calls.num_rows else None
 
-        return self._upsert(CALLS, rows, (), now, write_turns), turns
+                def write() -> None:
+                    nonlocal turns
+                    if derived is not None:
+                        turns = self._write_turns(derived.result(), now, temps)
+
+                return write
+
+            counts = self._upsert(CALLS, rows, (), now, turns_of)
+        return counts, turns
 
     def _upsert(
         self,
@@ -463,7 +540,7 @@ class PostgresStore(SqlStore):
         rows: Rows,
         keep_existing_when_null: Iterable[str],
         now: datetime,
-        after: Callable[[str, str, pa.Table, list[str]], None] | None,
+        children: _Children | None,
     ) -> UpsertCounts:
         late = set(keep_existing_when_null)
         unknown = late - set(spec.column_names)
@@ -475,7 +552,7 @@ class PostgresStore(SqlStore):
             staged, data, given, duplicates = self._stage(spec, rows, temps)
             if given > duplicates:
                 self._lock(spec)
-                inserted, updated = self._merge(spec, staged, late, now, temps, after, data)
+                inserted, updated = self._merge(spec, staged, late, now, temps, children, data)
             self._drop(temps)
         return UpsertCounts(
             inserted=inserted,
@@ -491,65 +568,136 @@ class PostgresStore(SqlStore):
         late: set[str],
         now: datetime,
         temps: list[str],
-        after: Callable[[str, str, pa.Table, list[str]], None] | None,
+        children: _Children | None,
         data: pa.Table,
     ) -> tuple[int, int]:
         key = spec.primary_key
         join = " AND ".join(f"t.{quote(name)} = s.{quote(name)}" for name in key)
-        merged: list[str] = []
-        content_diff: list[str] = []
-        bookkeeping_diff: list[str] = []
+        target = self._ref(spec)
+        columns = ", ".join(quote(c.name) for c in spec.data_columns)
+        merges = {
+            c.name: Merge.COALESCE if c.name in late and c.merge is Merge.REPLACE else c.merge
+            for c in spec.data_columns
+        }
+        ((stored,),) = self._execute(
+            f"SELECT count(*) FROM {target} AS t WHERE EXISTS (SELECT 1 FROM {staged} AS s WHERE {join})"
+        )
+        if not stored:
+            # Every row is new (every first load): inserted as it is, no join with stored rows.
+            values = ", ".join(
+                f"s.{quote(c.name)}"
+                if c.name in key
+                else _merged(c, merges[c.name], f"s.{quote(c.name)}", "NULL")
+                for c in spec.data_columns
+            )
+            write_children = None
+            if children is not None:
+                keys = ", ".join(quote(name) for name in key)
+                new_rows = f"(SELECT {keys}, true AS __new, false AS __changed FROM {staged})"
+                write_children = children(new_rows, data, temps)
+            ((inserted,),) = self._execute(
+                f"WITH i AS (INSERT INTO {target} ({columns}, {LOADED_AT}) "
+                f"SELECT {values}, CAST(? AS timestamptz) FROM {staged} AS s RETURNING 1) "
+                "SELECT count(*) FROM i",
+                [now],
+            )
+            if write_children is not None:
+                write_children()
+            return int(inserted), 0
+        # Classify each staged row against the stored one. A JSON value (a call's ~10 KB `raw`) is
+        # not copied here: only whether it differs, so the MERGE below reads the new value of the
+        # rows where it does, and keeps the stored one (its TOAST pointer: no rewrite) elsewhere.
+        selected: list[str] = []
+        # Per kind of change (content, bookkeeping): the scalar comparisons, computed in the inner
+        # query below, and the JSON columns' flags, computed there once and read in the outer one.
+        scalar_diff: dict[bool, list[str]] = {False: [], True: []}
+        json_diff: dict[bool, list[str]] = {False: [], True: []}
+        exists = f"t.{quote(key[0])} IS NOT NULL"
         for column in spec.data_columns:
             name = quote(column.name)
             if column.name in key:
-                merged.append(f"s.{name} AS {name}")
+                selected.append(f"s.{name} AS {name}")
                 continue
-            merge = Merge.COALESCE if column.name in late and column.merge is Merge.REPLACE else column.merge
-            expr = _merged(column, merge, f"s.{name}", f"t.{name}")
-            merged.append(f"{expr} AS {name}")
-            (bookkeeping_diff if column.bookkeeping else content_diff).append(
-                f"({expr}) IS DISTINCT FROM t.{name}"
-            )
-        exists = f"t.{quote(key[0])} IS NOT NULL"
-        changed = " OR ".join(content_diff) or "false"
-        bookkeeping_changed = " OR ".join(bookkeeping_diff) or "false"
+            expr = _merged(column, merges[column.name], f"s.{name}", f"t.{name}")
+            differs = f"({expr}) IS DISTINCT FROM t.{name}"
+            if column.type == "JSON":
+                flag = quote(f"__differs_{column.name}")
+                # A new row's value is not compared: it is inserted whatever it is.
+                selected.append(f"CASE WHEN {exists} THEN {differs} ELSE true END AS {flag}")
+                json_diff[column.bookkeeping].append(f"c.{flag}")
+                continue
+            selected.append(f"{expr} AS {name}")
+            scalar_diff[column.bookkeeping].append(differs)
+
+        def any_of(conditions: list[str]) -> str:
+            return " OR ".join(conditions) or "false"
+
+        changed = any_of(["c.__content_differs", *json_diff[False]])
+        bookkeeping_changed = any_of(["c.__bookkeeping_differs", *json_diff[True]])
         classified = self._temp(f"merge_{spec.name}")
         temps.append(classified)
+        # OFFSET 0: each comparison is computed once, in the inner query, not again per use.
         self._create_temp(
             classified,
-            f"SELECT {', '.join(merged)}, "
-            f"NOT ({exists}) AS __new, ({exists} AND ({changed})) AS __changed, "
-            f"({exists} AND ({bookkeeping_changed})) AS __bookkeeping_changed "
-            f"FROM {staged} AS s LEFT JOIN {self._ref(spec)} AS t ON {join}",
+            f"SELECT c.*, NOT c.__exists AS __new, (c.__exists AND ({changed})) AS __changed, "
+            f"(c.__exists AND ({bookkeeping_changed})) AS __bookkeeping_changed FROM ("
+            f"SELECT {', '.join(selected)}, {exists} AS __exists, "
+            f"({any_of(scalar_diff[False])}) AS __content_differs, "
+            f"({any_of(scalar_diff[True])}) AS __bookkeeping_differs "
+            f"FROM {staged} AS s LEFT JOIN {target} AS t ON {join} OFFSET 0) AS c",
         )
         ref = f"pg_temp.{quote(classified)}"
         ((inserted, updated, touched),) = self._execute(
             "SELECT count(*) FILTER (WHERE __new), count(*) FILTER (WHERE __changed), "
             f"count(*) FILTER (WHERE __new OR __changed OR __bookkeeping_changed) FROM {ref}"
         )
+        write_children = children(ref, data, temps) if children is not None else None
         if touched:
-            non_key = [c.name for c in spec.data_columns if c.name not in key]
-            columns = ", ".join(quote(c.name) for c in spec.data_columns)
-            values = ", ".join(f"u.{quote(c.name)}" for c in spec.data_columns)
+            non_key = [c for c in spec.data_columns if c.name not in key]
+            json_columns = [c for c in non_key if c.type == "JSON"]
+
+            def staged_json(column: Column) -> str:
+                return f"u.{quote('__staged_' + column.name)}"
+
+            values = ", ".join(
+                _merged(c, merges[c.name], staged_json(c), "NULL")
+                if c.type == "JSON"
+                else f"u.{quote(c.name)}"
+                for c in spec.data_columns
+            )
             match = " AND ".join(f"t.{quote(name)} = u.{quote(name)}" for name in key)
             update = ""
             if non_key:
-                assignments = ", ".join(f"{quote(name)} = u.{quote(name)}" for name in non_key)
+                assignments = ", ".join(
+                    f"{quote(c.name)} = CASE WHEN u.{quote('__differs_' + c.name)} "
+                    f"THEN {_merged(c, merges[c.name], staged_json(c), f't.{quote(c.name)}')} "
+                    f"ELSE t.{quote(c.name)} END"
+                    if c.type == "JSON"
+                    else f"{quote(c.name)} = u.{quote(c.name)}"
+                    for c in non_key
+                )
                 update = (
                     f"WHEN MATCHED THEN UPDATE SET {assignments}, "
                     f"{LOADED_AT} = CASE WHEN u.__changed THEN CAST(? AS timestamptz) ELSE t.{LOADED_AT} END "
                 )
             params = [now, now] if non_key else [now]
+            touched_rows = "WHERE u.__new OR u.__changed OR u.__bookkeeping_changed"
+            source = f"SELECT * FROM {ref} AS u {touched_rows}"
+            if json_columns:
+                # The staged JSON, read (and parsed) only where an assignment above takes it.
+                s_join = " AND ".join(f"s.{quote(name)} = u.{quote(name)}" for name in key)
+                staged_values = ", ".join(f"s.{quote(c.name)} AS {staged_json(c)[2:]}" for c in json_columns)
+                source = f"SELECT u.*, {staged_values} FROM {ref} AS u JOIN {staged} AS s ON {s_join}"
+                source += f" {touched_rows}"
             self._execute(
-                f"MERGE INTO {self._ref(spec)} AS t USING (SELECT * FROM {ref} "
-                "WHERE __new OR __changed OR __bookkeeping_changed) AS u "
+                f"MERGE INTO {target} AS t USING ({source}) AS u "
                 f"ON {match} {update}"
                 f"WHEN NOT MATCHED THEN INSERT ({columns}, {LOADED_AT}) "
                 f"VALUES ({values}, CAST(? AS timestamptz))",
                 params,
             )
-        if after is not None:
-            after(ref, staged, data, temps)
+        if write_children is not None:
+            write_children()
         return int(inserted), int(updated)
 
     def replace_children(
@@ -616,102 +764,40 @@ class PostgresStore(SqlStore):
             duplicates=duplicates,
         )
 
-    def _timestamp(self, text: str) -> str:
-        """`text` as timestamptz when it is an ISO 8601 timestamp PostgreSQL can read within the
-        models' range, else NULL."""
-        if self._try_timestamptz is None:
-            ((version,),) = self._execute("SELECT current_setting('server_version_num')::int")
-            # pg_input_is_valid (PostgreSQL 16) tests a cast without raising.
-            shapes = ", ".join(f"'{shape}'" for shape in _COMMON_TIMESTAMP_SHAPES)
-            iso = (
-                f"CASE WHEN translate({{t}}, '0123456789', '9999999999') IN ({shapes}) THEN true "
-                f"ELSE {{t}} ~ '{_ISO_TIMESTAMP}' END"
-            )
-            # As DuckDB and Python read it: a fraction past microseconds cut (PostgreSQL rounds
-            # it), a leap second (`:60`, which PostgreSQL rolls into the next minute) unreadable.
-            # Apten's own shape (24 characters) pays one length() for the first.
-            micro = (
-                "CASE WHEN length({t}) > 26 AND {t} ~ '\\.\\d{7}' "
-                "THEN regexp_replace({t}, '(\\.\\d{6})\\d+', '\\1') ELSE {t} END"
-            )
-            self._try_timestamptz = (
-                f"CASE WHEN {iso} AND substr({{t}}, 18, 2) <> '60' "
-                f"AND pg_input_is_valid({{t}}, 'timestamptz') THEN CAST({micro} AS timestamptz) END"
-                if version >= 160000
-                else f"apten._try_timestamptz(CASE WHEN substr({{t}}, 18, 2) <> '60' THEN {micro} END)"
-            )
-        value = self._try_timestamptz.replace("{t}", text)
-        # The models' range (store.py: stored values are readable back).
-        return (
-            f"CASE WHEN {value} >= '{EARLIEST_TIMESTAMP.isoformat()}' "
-            f"AND {value} < '{LATEST_TIMESTAMP.isoformat()}' THEN {value} END"
-        )
+    def _write_turns(self, items: pa.Table, written_at: datetime, temps: list[str]) -> ReplaceCounts:
+        """The turns of the calls this upsert inserted or changed, from their transcript items
+        (`_calls_to_read`, by `turns.transcript_items`). A new call's turns are bulk-loaded
+        straight into the table; a stored call's turns are compared with the stored ones first,
+        and replaced only when they differ. A call with an empty or absent transcript has no
+        items, and is left alone."""
+        columns = [c.name for c in CALL_TRANSCRIPT_TURNS.data_columns]
+        first_write = items.column("first_write")
+        parents = pc.count_distinct(items.column("call_id")).as_py()
+        stored = items.filter(pc.invert(first_write))
+        stored_parents = pc.count_distinct(stored.column("call_id")).as_py()
+        loaded_at = pa.scalar(written_at, type=pa.timestamp("us", tz="UTC"))
 
-    def _turn_items_sql(self, calls: str) -> str:
-        """Transcript turns from calls' raw jsonb, with the turn rules of `store.py`: one row per
-        transcript item (objects or not, `is_object`), item i is `turn_index` i."""
+        def with_loaded_at(rows: pa.Table) -> pa.Table:
+            rows = rows.select(columns)
+            return rows.append_column(LOADED_AT, pa.repeat(loaded_at, rows.num_rows))
 
-        def text_of(key: str) -> str:
-            return f"CASE WHEN jsonb_typeof(i.t -> '{key}') = 'string' THEN i.t ->> '{key}' END"
-
-        # OFFSET 0 keeps the inner query from being merged into the outer one, which would
-        # repeat each field's extraction in every place the timestamp rule names it.
-        return f"""
-            SELECT call_id, first_write, turn_index, is_object, role, content,
-                   {self._timestamp("start_text")} AS start_time,
-                   {self._timestamp("end_text")} AS end_time
-            FROM (
-              SELECT c.call_id, c.first_write, CAST(i.ord - 1 AS integer) AS turn_index,
-                     jsonb_typeof(i.t) = 'object' AS is_object,
-                     {text_of("role")} AS role,
-                     {text_of("content")} AS content,
-                     btrim({text_of("startTime")}) AS start_text,
-                     btrim({text_of("endTime")}) AS end_text
-              FROM {calls} AS c
-              CROSS JOIN LATERAL jsonb_array_elements(
-                CASE WHEN jsonb_typeof(c.raw -> 'transcript') = 'array' THEN c.raw -> 'transcript'
-                     ELSE '[]'::jsonb END
-              ) WITH ORDINALITY AS i(t, ord)
-              OFFSET 0
-            ) AS turn
-        """
-
-    def _replace_turns_of_upserted_calls(
-        self, merged: str, staged: str, data: pa.Table, written_at: datetime, temps: list[str]
-    ) -> ReplaceCounts:
-        """Turns of the calls this upsert inserted or changed. A new call's turns go straight from
-        its `raw` into the table; a stored call's turns are compared with the stored ones first, and
-        replaced only when they differ. A call with an empty or absent transcript is left alone."""
-        transcript = "s.raw -> 'transcript'"
-        calls = (
-            f"SELECT s.call_id, s.raw, m.__new AS first_write FROM {staged} AS s "
-            f"JOIN {merged} AS m ON m.call_id = s.call_id WHERE (m.__new OR m.__changed) "
-            # Not jsonb_array_length: PostgreSQL may evaluate it before the type test, and it
-            # raises on a transcript that is null or a string (the call was then quarantined).
-            f"AND jsonb_typeof({transcript}) = 'array' AND {transcript} <> '[]'::jsonb"
-        )
-        ((new_parents, stored_parents),) = self._execute(
-            "SELECT count(*) FILTER (WHERE first_write), count(*) FILTER (WHERE NOT first_write) "
-            f"FROM ({calls}) AS c"
-        )
-        turns = self._ref(CALL_TRANSCRIPT_TURNS)
-        columns = ", ".join(quote(c.name) for c in CALL_TRANSCRIPT_TURNS.data_columns)
-        insert = f"INSERT INTO {turns} ({columns}, {LOADED_AT}) SELECT {columns}, CAST(? AS timestamptz)"
-        inserted = deleted = changed = 0
-        if new_parents:
-            new_items = self._turn_items_sql(f"({calls} AND m.__new)")
-            ((inserted,),) = self._execute(
-                f"WITH i AS ({insert} FROM ({new_items}) AS x WHERE is_object RETURNING 1) "
-                "SELECT count(*) FROM i",
-                [written_at],
-            )
+        # New calls have no stored turns: their turns go in as they are (binary COPY), in key
+        # order, so the primary key's index takes them page by page rather than all over (once
+        # the index outgrows shared_buffers, random inserts made the COPY several times slower).
+        new_turns = items.filter(pc.and_(first_write, items.column("is_object")))
+        new_turns = with_loaded_at(new_turns.sort_by([("call_id", "ascending"), ("turn_index", "ascending")]))
+        if new_turns.num_rows:
+            self._append(CALL_TRANSCRIPT_TURNS, new_turns)
+        inserted, deleted, changed = new_turns.num_rows, 0, 0
         if stored_parents:
-            items = self._temp("turn_items")
-            temps.append(items)
-            self._create_temp(items, self._turn_items_sql(f"({calls} AND NOT m.__new)"))
-            items_ref = f"pg_temp.{quote(items)}"
-            staged_turns = f"SELECT {columns} FROM {items_ref} WHERE is_object"
-            stored_turns = f"SELECT {columns} FROM {turns} WHERE call_id IN (SELECT call_id FROM {items_ref})"
+            staged_items = self._temp("turn_items")
+            temps.append(staged_items)
+            self._ingest(staged_items, stored.select([*columns, "is_object"]))
+            items_ref = f"pg_temp.{quote(staged_items)}"
+            turns = self._ref(CALL_TRANSCRIPT_TURNS)
+            names = ", ".join(quote(name) for name in columns)
+            staged_turns = f"SELECT {names} FROM {items_ref} WHERE is_object"
+            stored_turns = f"SELECT {names} FROM {turns} WHERE call_id IN (SELECT call_id FROM {items_ref})"
             revised = self._temp("revised")
             temps.append(revised)
             revised_ref = f"pg_temp.{quote(revised)}"
@@ -726,13 +812,13 @@ class PostgresStore(SqlStore):
                     "RETURNING 1) SELECT count(*) FROM d"
                 )
                 ((rewritten,),) = self._execute(
-                    f"WITH i AS ({insert} FROM {items_ref} WHERE is_object "
+                    f"WITH i AS (INSERT INTO {turns} ({names}, {LOADED_AT}) "
+                    f"SELECT {names}, CAST(? AS timestamptz) FROM {items_ref} WHERE is_object "
                     f"AND call_id IN (SELECT call_id FROM {revised_ref}) RETURNING 1) SELECT count(*) FROM i",
                     [written_at],
                 )
                 inserted += rewritten
-        parents = int(new_parents) + int(stored_parents)
-        replaced = int(new_parents) + int(changed)
+        replaced = parents - stored_parents + int(changed)
         return ReplaceCounts(
             parents=parents,
             parents_replaced=replaced,

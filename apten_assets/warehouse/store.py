@@ -14,10 +14,11 @@ The rules every backend keeps, written once here:
   (fetch counts and times) are written but never count as a change.
 * **A call's children** (`upsert_calls`, `replace_children`): a call's transcript turns, and a
   call's transfer attempts, are replaced as a whole; a parent whose new children equal the stored
-  ones is left untouched. Turns are derived from `calls.raw` by the backend, one way for
-  production and tests: item i of `transcript` is `turn_index` i; items that are not objects are
-  skipped; a field of the wrong JSON type or an unparseable timestamp is NULL; a timestamp without
-  a zone is UTC. An empty or absent transcript ("not stored yet") keeps the stored turns.
+  ones is left untouched. Turns are derived from `calls.raw` by one query, `turns.py`, which
+  every backend runs (on DuckDB, in the warehouse or in memory), for production and tests: item
+  i of `transcript` is `turn_index` i; items that are not objects are skipped; a field of the
+  wrong JSON type or an unparseable timestamp is NULL; a timestamp without a zone is UTC. An
+  empty or absent transcript ("not stored yet") keeps the stored turns.
 * **The partition time of a call** (`CALL_TIME_RULE`): the time of its CALL event; for a call with
   no CALL event (webchat), its `created_at`; failing that, its earliest webhook's timestamp.
 * **The end of a call** (`CALL_END_RULE`): `created_at + duration_seconds`; without a duration,

@@ -27,7 +27,7 @@ from apten_assets.lib.tables import (
     not_found_call_row,
     rejected_row,
 )
-from apten_assets.warehouse import Store, UpsertCounts
+from apten_assets.warehouse import Store, UpsertCounts, open_store
 from tests.warehouse.helpers import one, query
 
 # CONTRACT.md §3, spelled out here so a rename in tables.py fails loudly.
@@ -503,7 +503,7 @@ HOSTILE_TRANSCRIPTS = {
     "no_content": [{"role": "assistant", "startTime": "2026-06-15T14:30:01Z"}],
     "not_objects_keep_positions": ["hello", None, {"role": "user", "content": "c"}, 5, {"content": "d"}],
     "unknown_fields": [{"role": "SYSTEM", "content": "e", "confidence": 0.4, "words": [{"w": "e"}]}],
-    # Shapes Apten writes (PostgreSQL skips its pattern check for them), one an impossible date.
+    # Shapes Apten writes, one an impossible date.
     "common_shapes": [
         {
             "role": "user",
@@ -642,6 +642,26 @@ def test_turns_derived_from_raw_replace_a_revised_transcript_without_stale_turns
     stored = table(store, "call_transcript_turns", "turn_index")
     assert [(row[1], row[2], row[3]) for row in stored] == [(0, "assistant", "only")]
     assert (counts.parents_replaced, counts.deleted, counts.inserted) == (1, 3, 1)
+
+
+def test_a_call_twice_in_one_batch_gets_the_turns_of_its_last_row(store: Store) -> None:
+    # The last row of a key wins for the call, and so for its turns: c1's second transcript,
+    # and none for c2, whose last row is a 404 (no raw) although an earlier one had turns.
+    first = datetime(2026, 6, 15, 15, 0, tzinfo=UTC)
+    three = [turn("user", f"t{i}", "14:30:01", "14:30:02") for i in range(3)]
+    only = turn("assistant", "only", "14:30:01", "14:30:02")
+    batch = [
+        warehouse_call_row({"id": "c1", "transcript": three}, first),
+        warehouse_call_row({"id": "c2", "transcript": three}, first),
+        warehouse_call_row({"id": "c1", "transcript": [only]}, first),
+        not_found_call_row("c2", first),
+    ]
+    calls, counts = store.upsert_calls(batch, now=first)
+
+    assert (calls.inserted, calls.duplicates) == (2, 2)
+    assert (counts.parents, counts.inserted) == (1, 1)
+    stored = table(store, "call_transcript_turns", "call_id, turn_index")
+    assert [(row[0], row[1], row[3]) for row in stored] == [("c1", 0, "only")]
 
 
 def test_one_batch_of_new_revised_unchanged_and_missing_calls_writes_each_its_own_way(
@@ -815,3 +835,30 @@ def test_nul_characters_are_replaced_on_postgres_and_kept_on_duckdb(store: Store
         )
     else:
         assert (first, json.loads(stored)) == ("Jo\x00hn", info)
+
+
+def test_postgres_stores_new_raw_values_uncompressed_or_lz4_and_keeps_the_stored_ones(
+    postgres_url: str,
+) -> None:
+    # A warehouse from before: `calls.raw` with PostgreSQL's default, pglz. ensure_schema changes
+    # how new values are stored (lz4, or uncompressed without lz4) and leaves stored ones readable.
+    body = {"id": "old", "transcript": [turn("user", f"line {i}", "14:30:01", "14:30:02") for i in range(80)]}
+    with open_store(postgres_url) as store:
+        store.ensure_schema()
+        store.test_query("ALTER TABLE apten.calls ALTER COLUMN raw SET STORAGE EXTENDED")
+        store.test_query("ALTER TABLE apten.calls ALTER COLUMN raw SET COMPRESSION pglz")
+        store.upsert_calls([warehouse_call_row(body, T0)], now=T0)
+
+        store.ensure_schema()
+        store.upsert_calls([warehouse_call_row({**body, "id": "new"}, T0)], now=T0)
+
+        ((storage,),) = query(
+            store,
+            "SELECT CAST(attstorage AS text) FROM pg_attribute "
+            "WHERE attrelid = CAST('apten.calls' AS regclass) AND attname = 'raw'",
+        )
+        methods = dict(query(store, "SELECT call_id, pg_column_compression(raw) FROM apten.calls"))
+        assert methods["old"] == "pglz"
+        assert (storage, methods["new"]) in (("e", None), ("x", "lz4"))
+        stored = query(store, "SELECT CAST(raw AS text) FROM apten.calls ORDER BY call_id")
+        assert [json.loads(raw)["transcript"] for (raw,) in stored] == [body["transcript"]] * 2
