@@ -34,7 +34,7 @@ from apten_assets.sandbox.app import FaultConfig
 from bench import launch as launching
 from bench.runner import ROOT, run_contender
 from bench.sandbox_proc import SandboxProcess
-from bench.scenarios import CALL_ASSETS, FULL, NO_LIMIT_RPS, data_day, dataset_spec
+from bench.scenarios import CALL_ASSETS, FULL, NO_LIMIT_RPS, contender_params, data_day, dataset_spec
 
 # Functions of sqlite3.Connection / Cursor whose own time is SQLite's work (and its fsyncs).
 SQLITE_CALLS = ("commit", "close", "execute", "executemany", "connect")
@@ -120,14 +120,7 @@ def profile_launch(leads: int, repeat: int, work: Path) -> dict[str, Any]:
             figures["checks"].append(_check_step_seconds(run_dir / "cli.log"))
             ours_dir = work / f"in_process.{i}"
             shutil.rmtree(ours_dir, ignore_errors=True)
-            params = {
-                "base_url": sandbox.base_url,
-                "db_path": str(ours_dir / "warehouse.duckdb"),
-                "work_dir": str(ours_dir / "contender"),
-                "partition": data_day().isoformat(),
-                "max_rps": NO_LIMIT_RPS,
-                "max_concurrency": FULL.max_concurrency,
-            }
+            params = contender_params(sandbox.base_url, ours_dir, NO_LIMIT_RPS, FULL.max_concurrency)
             figures["in_process"].append(run_contender("ours", params, ours_dir, "ours")["seconds"])
 
         run_dir = work / "cli.profiled"

@@ -147,6 +147,18 @@ class Step:
     seconds: float = 0.0
 
 
+def contender_params(base_url: str, run_dir: Path, max_rps: float, max_concurrency: int) -> dict[str, Any]:
+    """A contender's parameters for one load of the data day into a fresh file under `run_dir`."""
+    return {
+        "base_url": base_url,
+        "db_path": str(run_dir / "warehouse.duckdb"),
+        "work_dir": str(run_dir / "contender"),
+        "partition": data_day().isoformat(),
+        "max_rps": max_rps,
+        "max_concurrency": max_concurrency,
+    }
+
+
 @dataclass
 class Bench:
     """Shared state of one benchmark run: where files go, how to report progress, raw results,
@@ -220,12 +232,7 @@ class Bench:
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
         params = {
-            "base_url": sandbox.base_url,
-            "db_path": str(run_dir / "warehouse.duckdb"),
-            "work_dir": str(run_dir / "contender"),
-            "partition": data_day().isoformat(),
-            "max_rps": max_rps,
-            "max_concurrency": self.profile.max_concurrency,
+            **contender_params(sandbox.base_url, run_dir, max_rps, self.profile.max_concurrency),
             **(extra or {}),
         }
         sandbox.reset_counts()
