@@ -31,6 +31,7 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import repeat
 from typing import Any
 
 MAX_WARNINGS_PER_RECORD = 50
@@ -106,12 +107,39 @@ def is_storable_text(value: str) -> bool:
     return "\x00" not in value and is_unicode_text(value)
 
 
-def repair_text(obj: Any) -> tuple[Any, int]:
+class JsonText(str):
+    """A record's JSON text in the stored form (`json_text`), made once: a store writes it as it is."""
+
+    __slots__ = ()
+
+
+def json_text(value: Any) -> str:
+    """The JSON text a warehouse stores for `value`: compact, not ASCII-escaped, and with NaN and
+    infinities (Python's parser accepts them, JSON and the warehouses do not) written as null."""
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
+    except ValueError:
+        return json.dumps(_finite(value), ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+def repair_text(obj: Any, text: str | None = None) -> tuple[Any, int]:
     """`obj` (decoded JSON) with every lone UTF-16 surrogate and every U+0000 replaced by U+FFFD,
-    and how many strings (keys included) held one. An honest record costs one serialisation and
-    is returned as it is. Keys that become equal are all kept (a later one gets one more U+FFFD
-    per clash): `{"a": 1, "a\\u0000": 2}` must not lose a value."""
-    text = json.dumps(obj, ensure_ascii=False)
+    and how many strings (keys included) held one. An honest record costs one serialisation (none
+    when the caller passes `text`, `obj`'s `json_text`) and is returned as it is. Keys that become
+    equal are all kept (a later one gets one more U+FFFD per clash): `{"a": 1, "a\\u0000": 2}`
+    must not lose a value."""
+    if text is None:
+        text = json.dumps(obj, ensure_ascii=False)
     try:
         text.encode("utf-8")
         # json.dumps writes U+0000 as the escape `\u0000` (six characters), even with ensure_ascii off.
@@ -480,15 +508,16 @@ class Call:
 def transcript_object_count(obj: Mapping[str, Any]) -> int | None:
     """How many turns a call body's transcript holds (its items that are objects, as the warehouse
     keeps them); None when there is no transcript array."""
-    if not isinstance(obj.get("transcript"), list):
+    transcript = obj.get("transcript")
+    if not isinstance(transcript, list):
         return None
-    return sum(1 for _ in _transcript_objects(obj))
+    return sum(map(isinstance, transcript, repeat(dict)))
 
 
 def _transcript_objects(obj: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
     transcript = obj.get("transcript")
     if isinstance(transcript, list):
-        yield from (item for item in transcript if isinstance(item, Mapping))
+        yield from (item for item in transcript if isinstance(item, dict))
 
 
 def _turn_end(item: Mapping[str, Any]) -> datetime | None:
@@ -499,21 +528,43 @@ def _turn_end(item: Mapping[str, Any]) -> datetime | None:
 
 
 def _check_transcript(obj: Mapping[str, Any], r: _Reader) -> Mapping[str, Any]:
-    """`obj`, after warning about a transcript that is not an array and about items that are not
-    objects (the warehouse skips them when it derives the turns)."""
+    """`obj`, after warning about a transcript that is not an array, about items that are not
+    objects (the warehouse skips them when it derives the turns) and about turn times out of range.
+
+    A transcript is checked in C-level passes first: calls hold tens of turns, a run millions."""
     transcript = obj.get("transcript")
-    if transcript is not None and not isinstance(transcript, list):
+    if transcript is None:
+        return obj
+    if not isinstance(transcript, list):
         r.warn(f"transcript: expected an array, got {type(transcript).__name__}; call kept without turns")
-    elif transcript is not None:
-        first, last = f"{EARLIEST_TIMESTAMP.year:04d}", f"{LATEST_TIMESTAMP.year:04d}"
-        for index, item in enumerate(transcript):
-            if not isinstance(item, Mapping):
-                r.warn(f"transcript[{index}]: a {type(item).__name__}, not an object; turn skipped")
-                continue
-            # The warehouse reads turn times (store.py); only the year is looked at here, so a
-            # 10,000-turn transcript is not parsed twice. Out of range there means NULL.
-            for key in ("startTime", "endTime"):
-                value = item.get(key)
-                if isinstance(value, str) and not first <= value.lstrip()[:4] < last:
-                    r.warn(f"transcript[{index}].{key}: {value[:40]!r} is out of range; stored as NULL")
+        return obj
+    first, last = f"{EARLIEST_TIMESTAMP.year:04d}", f"{LATEST_TIMESTAMP.year:04d}"
+    if all(map(isinstance, transcript, repeat(dict))) and all(
+        _times_in_range(list(map(dict.get, transcript, repeat(key))), first, last) for key in _TURN_TIME_KEYS
+    ):
+        return obj
+    # Walked item by item only when the passes above found something, for the warnings' wording.
+    for index, item in enumerate(transcript):
+        if not isinstance(item, dict):
+            r.warn(f"transcript[{index}]: a {type(item).__name__}, not an object; turn skipped")
+            continue
+        for key in _TURN_TIME_KEYS:
+            value = item.get(key)
+            if isinstance(value, str) and not first <= value.lstrip()[:4] < last:
+                r.warn(f"transcript[{index}].{key}: {value[:40]!r} is out of range; stored as NULL")
     return obj
+
+
+_TURN_TIME_KEYS = ("startTime", "endTime")
+
+
+def _times_in_range(values: list[Any], first: str, last: str) -> bool:
+    """Whether every string in `values` starts with a year in [first, last). For a string `s`,
+    `first <= s < last` says the same as the test on its first four characters, so the smallest
+    and the largest string decide (the warehouse reads turn times; only the year is looked at here,
+    so a 10,000-turn transcript is not parsed twice: out of range there means NULL)."""
+    try:
+        return not values or (first <= min(values) and max(values) < last)
+    except TypeError:  # a missing time, or one that is not a string
+        strings = [value for value in values if isinstance(value, str)]
+        return not strings or (first <= min(strings) and max(strings) < last)

@@ -31,8 +31,10 @@ from apten_assets.lib.erasure import ErasedLeads, lead_id_of
 from apten_assets.lib.models import (
     Call,
     Event,
+    JsonText,
     Lead,
     MalformedRecord,
+    json_text,
     parse_timestamp,
     repair_text,
 )
@@ -215,10 +217,12 @@ def write_isolating(
     write_isolating(items[middle:], write, reject)
 
 
-def decoded(raw: Any, report: StepReport, record: str, log: logging.Logger | Any) -> Any:
-    """`raw` with lone UTF-16 surrogates and U+0000 replaced (models.repair_text), counted as field
-    warnings."""
-    raw, repaired = repair_text(raw)
+def decoded(
+    raw: Any, report: StepReport, record: str, log: logging.Logger | Any, text: str | None = None
+) -> Any:
+    """`raw` with lone UTF-16 surrogates and U+0000 replaced (models.repair_text, given `raw`'s
+    `json_text` if the caller has it), counted as field warnings."""
+    raw, repaired = repair_text(raw, text)
     if repaired:
         report.counts["field_warnings"] += repaired
         report.counts["text_repaired"] += repaired
@@ -620,7 +624,10 @@ def _write_call_batch(
             continue
         body: Any = fetch.body
         try:
-            body = pii.call_body(decoded(body, calls_report, f"call {fetch.call_id!r}", log))
+            # The body's JSON text is made once: it screens the body for text no backend stores,
+            # and is what `calls.raw` gets when neither the repair nor the PII modes change it.
+            text = JsonText(json_text(body))
+            body = pii.call_body(decoded(body, calls_report, f"call {fetch.call_id!r}", log, text))
             call = Call.from_json(body)
         except MalformedRecord as exc:
             calls_report.reject(SOURCE_CALLS, fetch.call_id, f"malformed call: {exc.reason}", body, log)
@@ -638,6 +645,8 @@ def _write_call_batch(
             log.debug(f"call {call.id}: {warning}")
         status = summary_status_for(call, fetched_at, give_up_after)
         rows = call_rows(call, fetched_at, summary_status=status)
+        if call.raw is fetch.body:
+            rows.call["raw"] = text
         items.append((rows.call, rows.summary, body))
 
     def write(part: list[tuple[dict[str, Any], dict[str, Any] | None, Any]]) -> None:

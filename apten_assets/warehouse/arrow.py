@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 from typing import Any
 
 import pyarrow as pa
 
+from apten_assets.lib.models import JsonText, json_text
 from apten_assets.lib.tables import TableSpec
 from apten_assets.warehouse.store import Rows
 
@@ -23,24 +22,11 @@ ARROW_TYPES = {
 }
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite(item) for item in value]
-    return value
-
-
 def _to_json_text(value: Any) -> str | None:
     if value is None:
         return None
-    try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
-    except ValueError:
-        # NaN/Infinity are not JSON; Python's parser accepts them, DuckDB's JSON type does not.
-        return json.dumps(_finite(value), ensure_ascii=False, separators=(",", ":"), default=str)
+    # Text made once upstream (the calls step's bodies) is written as it is.
+    return value if type(value) is JsonText else json_text(value)
 
 
 def to_arrow(spec: TableSpec, rows: Rows) -> pa.Table:

@@ -460,6 +460,46 @@ def test_a_call_without_a_duration_ends_at_its_latest_turn_end() -> None:
     assert any(w.startswith("transcript: expected an array") for w in shape.warnings)
 
 
+def _turn(start: object = "2026-06-15T14:30:00Z", end: object = "2026-06-15T14:30:04Z") -> dict[str, object]:
+    turn: dict[str, object] = {"role": "agent", "content": "Hi"}
+    if start is not _MISSING:
+        turn["startTime"] = start
+    if end is not _MISSING:
+        turn["endTime"] = end
+    return turn
+
+
+_MISSING = object()
+
+
+@pytest.mark.parametrize(
+    ("transcript", "expected"),
+    [
+        ([], []),
+        ([_turn()] * 40, []),
+        ([_turn(start=" 2026-06-15T14:30:00Z")], []),
+        ([_turn(start=_MISSING), _turn(end=None), _turn(end=5), _turn(start=[1])], []),
+        ([_turn(end=None)], []),
+        (
+            [_turn(), _turn(start="0001-01-01T00:00:00Z"), _turn()],
+            ["transcript[1].startTime: '0001-01-01T00:00:00Z' is out of range; stored as NULL"],
+        ),
+        (
+            [_turn(start=_MISSING), _turn(end="9999-12-31T23:59:59Z"), _turn(end=7)],
+            ["transcript[1].endTime: '9999-12-31T23:59:59Z' is out of range; stored as NULL"],
+        ),
+        ([_turn(end="")], ["transcript[0].endTime: '' is out of range; stored as NULL"]),
+        ([_turn(), 3, _turn()], ["transcript[1]: a int, not an object; turn skipped"]),
+    ],
+)
+def test_transcript_checks_warn_about_each_turn_out_of_range_or_not_an_object(
+    transcript: list[object], expected: list[str]
+) -> None:
+    call = Call.from_json(call_with(transcript=transcript))
+    assert [w for w in call.warnings if w.startswith("transcript")] == expected
+    assert transcript_object_count(call.raw) == sum(isinstance(item, dict) for item in transcript)
+
+
 # --------------------------------------------------------------------------- text no backend stores
 
 
