@@ -191,6 +191,9 @@ class ClientStats:
         self.retry_after_wait_seconds = 0.0
         self.backoff_wait_seconds = 0.0
         self.rate_limiter_wait_seconds = 0.0
+        # Sum over requests of send -> whole answer read, as this process saw it: the API's own
+        # time plus the client's (a thread waiting for the GIL included).
+        self.exchange_seconds = 0.0
         self.pages_fetched = 0
         self.calls_not_found = 0
         self.rate_slowdowns = 0
@@ -199,6 +202,10 @@ class ClientStats:
         with self._lock:
             self.requests_sent += 1
             self.rate_limiter_wait_seconds += limiter_wait_seconds
+
+    def record_exchange(self, seconds: float) -> None:
+        with self._lock:
+            self.exchange_seconds += seconds
 
     def record_response(self, status: int) -> None:
         with self._lock:
@@ -240,6 +247,7 @@ class ClientStats:
                 "api_retry_after_wait_seconds": round(self.retry_after_wait_seconds, 3),
                 "api_backoff_wait_seconds": round(self.backoff_wait_seconds, 3),
                 "api_rate_limiter_wait_seconds": round(self.rate_limiter_wait_seconds, 3),
+                "api_exchange_seconds": round(self.exchange_seconds, 3),
                 "api_rate_slowdowns": self.rate_slowdowns,
                 "api_pages_fetched": self.pages_fetched,
                 "api_calls_not_found": self.calls_not_found,
@@ -938,8 +946,12 @@ class AptenClient:
                     deadline = time.monotonic() + self.settings.request_deadline_seconds
                     if self.stop_at is not None:
                         deadline = min(deadline, self.stop_at)
+                    sent = time.monotonic()
                     try:
-                        status, headers, raw = self._exchange(endpoint, path, params, deadline)
+                        try:
+                            status, headers, raw = self._exchange(endpoint, path, params, deadline)
+                        finally:
+                            self.stats.record_exchange(time.monotonic() - sent)
                     except _RETRYABLE_TRANSPORT_ERRORS as exc:
                         reason = type(exc).__name__
                         if time.monotonic() >= deadline:

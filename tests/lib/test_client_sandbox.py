@@ -7,6 +7,7 @@ proves the key header is sent.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -139,3 +140,19 @@ def test_wrong_key_is_refused_once_with_the_key_message(keyed_sandbox: SandboxSe
         list(client.iter_leads(updated_since=EPOCH))
     assert "not-the-key" not in str(info.value)
     assert [r.status for r in keyed_sandbox.state.request_log] == [403]
+
+
+def test_exchange_seconds_count_each_request_from_send_to_answer(sandbox_dataset: SandboxDataset) -> None:
+    latency_ms = 40
+    with (
+        SandboxServer(sandbox_dataset, api_key=KEY, faults=FaultConfig(latency_ms=latency_ms)) as sandbox,
+        client_for(sandbox, concurrency=4) as client,
+    ):
+        ids = list(sandbox.state.dataset.lead_call_ids[:12])
+        started = time.monotonic()
+        assert len(list(client.get_calls(ids))) == len(ids)
+        elapsed = time.monotonic() - started
+    exchange = client.stats.as_metadata()["api_exchange_seconds"]
+    # Every request spent the sandbox's latency in flight; 4 at a time, they overlapped.
+    assert exchange >= len(ids) * latency_ms / 1000
+    assert exchange <= 4 * elapsed
