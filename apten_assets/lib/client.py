@@ -605,9 +605,9 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 def _parse_int(text: str) -> int | float:
     # Python turns at most sys.get_int_max_str_digits() digits (4,300) into an int, a guard
     # against quadratic parsing; json.loads would refuse the whole body, every attempt, and the
-    # record would stop its step for good. Longer, the number is the float it reads as (infinite):
-    # a typed field holding it is NULL with a warning (models), and `raw` keeps null there
-    # (non-finite numbers are not JSON).
+    # record would stop its step for good. Longer, the number is the float it reads as (infinite),
+    # which no warehouse stores: the step's repair (`models.repair_text`) makes it null wherever it
+    # is, counted as a field warning.
     try:
         return int(text)
     except ValueError:

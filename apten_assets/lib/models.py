@@ -108,14 +108,21 @@ def is_storable_text(value: str) -> bool:
 
 
 class JsonText(str):
-    """A record's JSON text in the stored form (`json_text`), made once: a store writes it as it is."""
+    """A record's JSON text in the stored form (`record_text`), made once: a store writes it as it is."""
 
     __slots__ = ()
 
 
+def record_text(obj: Any) -> str:
+    """The JSON text a warehouse stores for a decoded record that `repair_text` returns as it is:
+    compact and not ASCII-escaped. (NaN and infinities, which Python's parser accepts, are written
+    as `NaN`/`Infinity` here; `repair_text` finds them and replaces them.)"""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
 def json_text(value: Any) -> str:
-    """The JSON text a warehouse stores for `value`: compact, not ASCII-escaped, and with NaN and
-    infinities (Python's parser accepts them, JSON and the warehouses do not) written as null."""
+    """The JSON text a warehouse stores for any value: `record_text`, with NaN and infinities
+    written as null (JSON and the warehouses have neither) and other objects as their `str`."""
     try:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
     except ValueError:
@@ -132,18 +139,25 @@ def _finite(value: Any) -> Any:
     return value
 
 
+# How json.dumps writes a non-finite float (allow_nan, its default). In a string they are text and
+# cost only a walk that finds nothing.
+_NON_FINITE_TOKENS = ("NaN", "Infinity")
+
+
 def repair_text(obj: Any, text: str | None = None) -> tuple[Any, int]:
-    """`obj` (decoded JSON) with every lone UTF-16 surrogate and every U+0000 replaced by U+FFFD,
-    and how many strings (keys included) held one. An honest record costs one serialisation (none
-    when the caller passes `text`, `obj`'s `json_text`) and is returned as it is. Keys that become
-    equal are all kept (a later one gets one more U+FFFD per clash): `{"a": 1, "a\\u0000": 2}`
-    must not lose a value."""
+    """`obj` (decoded JSON) with what no warehouse stores replaced, and how many values (keys
+    included) were: a lone UTF-16 surrogate or U+0000 in a string becomes U+FFFD, a NaN or an
+    infinity (Python's parser reads `NaN`, `Infinity` and integers of more than 4,300 digits so:
+    `client._parse_int`) becomes null. An honest record costs one serialisation (none when the
+    caller passes `text`, `obj`'s `record_text`) and is returned as it is. Keys that become equal
+    are all kept (a later one gets one more U+FFFD per clash): `{"a": 1, "a\\u0000": 2}` must not
+    lose a value."""
     if text is None:
-        text = json.dumps(obj, ensure_ascii=False)
+        text = record_text(obj)
     try:
         text.encode("utf-8")
         # json.dumps writes U+0000 as the escape `\u0000` (six characters), even with ensure_ascii off.
-        if "\\u0000" not in text:
+        if "\\u0000" not in text and not any(token in text for token in _NON_FINITE_TOKENS):
             return obj, 0
     except UnicodeEncodeError:
         pass
@@ -156,6 +170,9 @@ def repair_text(obj: Any, text: str | None = None) -> tuple[Any, int]:
                 return value
             repaired += 1
             return _replace_surrogates(value).replace("\x00", "\ufffd")
+        if isinstance(value, float) and not math.isfinite(value):
+            repaired += 1
+            return None
         if isinstance(value, list):
             return [walk(item) for item in value]
         if isinstance(value, dict):
@@ -169,7 +186,8 @@ def repair_text(obj: Any, text: str | None = None) -> tuple[Any, int]:
         return value
 
     repaired_obj = walk(obj)
-    # A text with a literal backslash before "u0000" matched above and holds nothing to repair.
+    # A text with a literal backslash before "u0000", or "NaN" in a string, matched above and holds
+    # nothing to repair.
     return (repaired_obj, repaired) if repaired else (obj, 0)
 
 

@@ -34,8 +34,8 @@ from apten_assets.lib.models import (
     JsonText,
     Lead,
     MalformedRecord,
-    json_text,
     parse_timestamp,
+    record_text,
     repair_text,
 )
 from apten_assets.lib.pii import PiiPolicy
@@ -220,13 +220,17 @@ def write_isolating(
 def decoded(
     raw: Any, report: StepReport, record: str, log: logging.Logger | Any, text: str | None = None
 ) -> Any:
-    """`raw` with lone UTF-16 surrogates and U+0000 replaced (models.repair_text, given `raw`'s
-    `json_text` if the caller has it), counted as field warnings."""
+    """`raw` with lone UTF-16 surrogates, U+0000 and non-finite numbers replaced
+    (models.repair_text, given `raw`'s `record_text` if the caller has it), counted as field
+    warnings."""
     raw, repaired = repair_text(raw, text)
     if repaired:
         report.counts["field_warnings"] += repaired
         report.counts["text_repaired"] += repaired
-        log.warning(f"{record}: {repaired} string(s) held a lone surrogate or U+0000; stored with U+FFFD")
+        log.warning(
+            f"{record}: {repaired} value(s) no warehouse stores (a lone surrogate or U+0000 in text, "
+            "stored with U+FFFD; a NaN or an infinite number, stored as null)"
+        )
     return raw
 
 
@@ -624,9 +628,10 @@ def _write_call_batch(
             continue
         body: Any = fetch.body
         try:
-            # The body's JSON text is made once: it screens the body for text no backend stores,
-            # and is what `calls.raw` gets when neither the repair nor the PII modes change it.
-            text = JsonText(json_text(body))
+            # The body's JSON text is made once: it screens the body for values no backend
+            # stores, and is what `calls.raw` gets when neither the repair nor the PII modes
+            # change the body.
+            text = JsonText(record_text(body))
             body = pii.call_body(decoded(body, calls_report, f"call {fetch.call_id!r}", log, text))
             call = Call.from_json(body)
         except MalformedRecord as exc:

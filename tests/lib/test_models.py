@@ -536,3 +536,12 @@ def test_an_id_longer_than_max_id_length_is_a_malformed_record() -> None:
     assert Call.from_json({"id": "c" * MAX_ID_LENGTH}).id == "c" * MAX_ID_LENGTH
     with pytest.raises(MalformedRecord, match=f"longer than {MAX_ID_LENGTH} characters"):
         Lead.from_json({"id": "l" * (MAX_ID_LENGTH + 1)})
+
+
+def test_repair_text_replaces_non_finite_numbers_with_null_and_counts_them() -> None:
+    record = {"id": "c1", "score": float("nan"), "big": [1, float("inf")], "note": "NaN and Infinity as text"}
+    repaired, count = repair_text(record)
+    assert repaired == {"id": "c1", "score": None, "big": [1, None], "note": "NaN and Infinity as text"}
+    assert count == 2
+    honest = {"id": "c1", "note": "NaN and Infinity as text", "n": 1e308}
+    assert repair_text(honest) == (honest, 0)

@@ -103,6 +103,9 @@ CALL_CASES = [
     # just inside APTEN_MAX_JSON_DEPTH. Stored whole on every backend.
     Case("call_raw_400_digit_number", "number", "calls", _set("metadata", value={"n": DIGITS_400}), STORED),
     Case("call_raw_nested_500_deep", "deep", "calls", _set("metadata", value=NESTED_500), STORED),
+    # `NaN` (Python's decoder reads it, and integers past 4,300 digits, as non-finite floats) in a
+    # field no column reads: no JSON holds it, so raw gets null there, counted.
+    Case("call_raw_nan", "number", "calls", _set("metadata", value={"score": float("nan"), "n": 1}), STORED_NULL),
     Case("call_duration_1e300", "number", "calls", _set("durationSeconds", value=HUGE_FLOAT), STORED_NULL),
     Case("call_duration_400_digits", "number", "calls", _set("durationSeconds", value=DIGITS_400), STORED_NULL),
     Case("call_duration_beyond_2_53", "number", "calls", _set("durationSeconds", value=BEYOND_2_53), STORED_NULL),

@@ -294,6 +294,7 @@ CALL_RAW = {
     "call_keys_differing_only_by_nul": {"k": 1, "k" + REPLACED: 2},
     "call_raw_400_digit_number": {"n": DIGITS_400},
     "call_raw_nested_500_deep": NESTED_500,
+    "call_raw_nan": {"score": None, "n": 1},
 }
 # The id a quarantined case is filed under, where it is not the victim's own.
 QUARANTINED_IDS = {
