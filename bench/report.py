@@ -682,7 +682,7 @@ def _target_row(wp: WritePath, target: TargetCost) -> list[str]:
         target.name,
         f"{target.wall_seconds:.1f} s",
         f"{target.cpu_seconds:.1f} s",
-        f"{target.cpu_seconds / wp.calls * 1e6:.0f} us",
+        f"{target.cpu_seconds / wp.calls * 1e6:,.0f} us",
         f"{target.store_write_seconds:.1f} s",
         f"{target.turns:,}",
     ]
