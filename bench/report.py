@@ -126,7 +126,7 @@ def _postgres_goals(results: Results) -> list[Goal]:
             out.append(
                 Goal(
                     "4",
-                    f"PostgreSQL peak RSS <= 1 GiB at {wp.calls:,} calls (the replay's process, which holds "
+                    f"PostgreSQL peak RSS <= 1 GiB at {wp.calls:,} calls (the replay's process, which writes "
                     "all three targets: a bound on the write path's)",
                     f"{wp.peak_rss_bytes / MB:,.0f} MiB (n=1)",
                     wp.peak_rss_bytes <= 1024 * MB,
@@ -730,9 +730,9 @@ def _write_path_section(results: Results) -> list[str]:
     ]
     if wp.peak_rss_bytes is not None:
         lines += [
-            f"Peak RSS of the replay's process: {wp.peak_rss_bytes / MB:,.0f} MiB. It holds every "
-            "target's warehouse session at once (DuckDB's two in the process, PostgreSQL's client side) "
-            "and the bodies, so it bounds the write path's peak on either backend.",
+            f"Peak RSS of the replay's process: {wp.peak_rss_bytes / MB:,.0f} MiB. It writes every target "
+            "(DuckDB's engine runs inside it, PostgreSQL's client side only) and holds the bodies, so its "
+            "peak bounds the write path's on either backend.",
             "",
         ]
     if pg is not None:
@@ -885,7 +885,7 @@ def _postgres_section(results: Results) -> list[str]:
         "and the summaries' upsert), the part of `transform + write` that differs by backend. "
         + (
             f'The {wp.calls:,}-call row is the write-path replay ("4, write path"): the same bodies into '
-            "both backends in one process without HTTP, its peak RSS that process's, which holds all three "
+            "both backends in one process without HTTP, its peak RSS that process's, which writes all three "
             "targets."
             if wp is not None and replayed is not None
             else ""
