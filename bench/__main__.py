@@ -49,7 +49,8 @@ STEPS = {
     "5": scenarios.sensor,
     "2,3": scenarios.head_to_head,
     "4": scenarios.scale,
-    # Issue 15: APTEN_TRANSCRIPT_MODE=redacted vs full at scenario 4's largest size (no HTTP).
+    # The calls step's transform-and-write at scenario 4's largest size, replayed without HTTP into
+    # DuckDB (full and redacted: issue 15) and PostgreSQL (full: issue 12), in its own process.
     "pii": pii_cost.scale_cost,
     # Compares against the in-process, loop and dlt runs of 2 and 3, so those run with it.
     "6": scenarios.launch,
@@ -62,7 +63,8 @@ TITLES = {
     "5": "5: late-summary sensor tick (warehouse set-up included)",
     "2,3": "2, 3: ours vs the loop vs dlt",
     "4": "4: scale",
-    "pii": "4, PII: redacted vs full transform-and-write at the largest size (no HTTP)",
+    "pii": "4, write path: transform-and-write replayed at the largest size (no HTTP): DuckDB full and "
+    "redacted, PostgreSQL full",
     "6": "6: as users launch it",
 }
 

@@ -63,3 +63,48 @@ def run(load: Load, setup: Setup | None = None, argv: list[str] | None = None) -
         rss_before_load_bytes=rss_before,
     )
     Path(params["result_path"]).write_text(json.dumps(outcome, default=str))
+
+
+# The tables the calls step writes: the store's time writing them is the backend's share of the
+# step's transform-and-write.
+CALL_TABLES = frozenset({"calls", "call_summaries", "call_transcript_turns"})
+
+
+class StepTimer:
+    """Wall time inside wrapped functions, summed per label (the library itself is unchanged: the
+    functions are replaced in this process only)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._undo: list[Callable[[], None]] = []
+
+    def wrap(self, owner: Any, name: str, label: str | Callable[..., str | None]) -> None:
+        """`label` is a string, or a function of the call's arguments returning one (None: not
+        timed)."""
+        original = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            key = label(*args, **kwargs) if callable(label) else label
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                if key is not None:
+                    self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - started
+
+        setattr(owner, name, timed)
+        self._undo.append(lambda: setattr(owner, name, original))
+
+    def wrap_call_table_writes(self, store_class: type, label: Callable[[], str | None]) -> None:
+        """The store's `upsert_calls`, and its `upsert` of a call table (the summaries), timed
+        under `label()`."""
+        self.wrap(store_class, "upsert_calls", lambda *args, **kwargs: label())
+        self.wrap(
+            store_class, "upsert", lambda store, spec, *a, **k: label() if spec.name in CALL_TABLES else None
+        )
+
+    def restore(self) -> None:
+        """Puts the wrapped functions back."""
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()

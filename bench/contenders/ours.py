@@ -10,7 +10,6 @@ unchanged).
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import dagster as dg
@@ -21,33 +20,13 @@ from apten_assets.lib import sync
 from apten_assets.lib.config import AptenSettings
 from apten_assets.warehouse.duckdb import DuckDBStore
 from apten_assets.warehouse.postgres import PostgresStore
-from bench.contenders._harness import run
+from bench.contenders._harness import StepTimer, run
 from bench.launch import warehouse_rows
 
-CALL_TABLES = {"calls", "call_summaries", "call_transcript_turns"}
 
-
-class StepTimer:
-    """Wall time inside wrapped functions. The calls step's time outside its batch writes is time
-    spent waiting for answers from the concurrent fetches."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def wrap(self, module: Any, name: str, label: Any) -> None:
-        """`label` is a string, or a function of the call's arguments returning one (or None)."""
-        original = getattr(module, name)
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            key = label(*args, **kwargs) if callable(label) else label
-            started = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                if key is not None:
-                    self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - started
-
-        setattr(module, name, timed)
+class CallsStepTimer(StepTimer):
+    """The calls step's time outside its batch writes is time spent waiting for answers from the
+    concurrent fetches."""
 
     def calls_step(self) -> dict[str, float]:
         total = self.seconds.get("enrich_calls", 0.0)
@@ -60,10 +39,6 @@ class StepTimer:
             "seconds_transform": batches - sql,
             "seconds_write": sql,
         }
-
-
-def _call_table(store: Any, spec: Any, *args: Any, **kwargs: Any) -> str | None:
-    return "call_tables_write" if spec.name in CALL_TABLES else None
 
 
 def _configure(params: dict[str, Any]) -> None:
@@ -92,12 +67,11 @@ def _numbers(materialization: Any) -> dict[str, float]:
 def setup(params: dict[str, Any]) -> dict[str, Any]:
     """The definitions and instance a deployment already has before a run starts."""
     _configure(params)
-    timer = StepTimer()
+    timer = CallsStepTimer()
     timer.wrap(assets_module, "enrich_calls", "enrich_calls")
     timer.wrap(sync, "_write_call_batch", "write_call_batch")
     store_class = PostgresStore if params.get("warehouse_url") else DuckDBStore
-    timer.wrap(store_class, "upsert", _call_table)
-    timer.wrap(store_class, "upsert_calls", "call_tables_write")
+    timer.wrap_call_table_writes(store_class, lambda: "call_tables_write")
     # The ingestion assets and resources exactly as `build_definitions` wires them; checks,
     # schedules and sensors are left out because they take no part in a load.
     settings = AptenSettings.from_env()

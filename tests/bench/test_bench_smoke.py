@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import run_bench
+from bench.pii_cost import DUCKDB_FULL, DUCKDB_REDACTED, POSTGRES_FULL
 from bench.report import dlt_bound_at_latency
 from bench.scenarios import SMOKE, Results
 
@@ -138,11 +139,26 @@ def test_results_page_has_every_section(smoke: tuple[Results, Path]) -> None:
     assert "| 1-6 | whole run <= 15 min" in text
 
 
-def test_redacted_mode_cost_is_measured_on_the_same_rows(smoke: tuple[Results, Path]) -> None:
+def test_write_path_replay_writes_the_same_rows_into_every_target(smoke: tuple[Results, Path]) -> None:
     results, out = smoke
-    cost = results.extras["pii_cost"]
-    assert cost.calls == SMOKE.scale_leads[-1] * SMOKE.calls_per_lead
-    assert cost.rows["full"] == cost.rows["redacted"] and cost.turns > 0
-    assert len(cost.full) == len(cost.redacted) == len(cost.cpu["redacted"]) >= 1
-    assert results.extras["pii_dense"].calls == cost.calls
-    assert "redacted <= 15% over full at 4M turns" in out.read_text()
+    replay = results.extras["write_path"]
+    assert replay.calls == SMOKE.scale_leads[-1] * SMOKE.calls_per_lead
+    names = [(target.name, target.backend, target.mode) for target in replay.targets]
+    assert names == [
+        (DUCKDB_FULL, "duckdb", "full"),
+        (DUCKDB_REDACTED, "duckdb", "redacted"),
+        (POSTGRES_FULL, "postgresql", "full"),
+    ]
+    # Every call the replay gives is new, so each is a `calls` row; every target wrote the same.
+    assert replay.full.rows["calls"] == replay.calls and replay.turns > replay.calls
+    assert replay.rows_agree
+    for target in replay.targets:
+        assert target.rows == replay.full.rows
+        assert len(target.wall) == len(target.cpu) == len(target.store_write) >= 1
+        assert 0 < target.store_write_seconds < target.wall_seconds
+    # Its own process, sampled from outside.
+    assert replay.peak_rss_bytes is not None and replay.peak_rss_bytes > 50 * 2**20
+    assert results.extras["pii_dense"].calls == replay.calls
+    page = out.read_text()
+    assert "## 4, write path" in page and "redacted <= 15% over full at 4M turns" in page
+    assert "| write-path replay (no HTTP) |" in page
