@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import pickle
 import pstats
 import shutil
 import time
@@ -114,11 +115,22 @@ def run_bench(
     results.extras["load_after"] = _load()
     results.extras["started_at"] = started_at.strftime("%Y-%m-%d %H:%M")
     results.extras["total_seconds"] = time.perf_counter() - started
-    notes = NOTES.read_text() if NOTES.exists() and profile.name == "full" else ""
-    text = report.render(results, notes)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    _write_page(results, out)
+    # The figures are kept, so the page can be written again with newer notes (`--render`).
+    try:
+        (workdir / RESULTS_FILE).write_bytes(pickle.dumps(results))
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        say(f"note: the figures could not be kept for --render: {exc}")
     return results
+
+
+RESULTS_FILE = "results.pickle"
+
+
+def _write_page(results: Results, out: Path) -> None:
+    notes = NOTES.read_text() if NOTES.exists() and results.profile.name == "full" else ""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report.render(results, notes))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,8 +144,21 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         help="run only this scenario (repeatable); 6 brings 2,3 along",
     )
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="write the page again from the last run's figures (bench/.work/<profile>/results.pickle) "
+        "with the current bench/notes.md; runs nothing",
+    )
     args = parser.parse_args(argv)
     profile = SMOKE if args.smoke else FULL
+    if args.render:
+        out = args.out or (WORK_DIR / "RESULTS.smoke.md" if args.smoke else BENCH_DIR / "RESULTS.md")
+        saved = WORK_DIR / profile.name / RESULTS_FILE
+        results = pickle.loads(saved.read_bytes())
+        _write_page(results, out)
+        print(f"wrote {out} from {saved} (the run of {results.extras['started_at']} UTC)")
+        return 0
     if importlib.util.find_spec("dlt") is None:
         if not args.smoke:
             parser.error("dlt is missing: run with `uv run --group bench python -m bench`")

@@ -80,6 +80,26 @@ def measure(command: Sequence[str], env: Mapping[str, str], log_path: Path) -> d
     return {"seconds": seconds, "cpu_seconds": sampler.cpu_seconds, "peak_rss_bytes": sampler.peak_rss}
 
 
+def run_profile(home: Path) -> dict[str, Any]:
+    """Where the one run on the instance at `home` spent its time, from its own event log: each
+    step's wall time, and the calls step's requests and their exchange time (`api_exchange_seconds`:
+    send -> whole answer read, summed over requests)."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        (run,) = instance.get_runs(limit=1)
+        steps = {
+            stat.step_key: stat.end_time - stat.start_time
+            for stat in instance.get_run_step_stats(run.run_id)
+            if stat.start_time is not None and stat.end_time is not None
+        }
+        event = instance.get_latest_materialization_event(dg.AssetKey(["apten", "calls"]))
+        metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+        names = ("api_requests_sent", "api_exchange_seconds")
+        calls = {name: metadata[name].value for name in names if name in metadata}
+    return {"steps": steps, "calls": calls}
+
+
 def warehouse_rows(url: str) -> dict[str, int]:
     """Rows a load left in our warehouse (a warehouse URL), in the terms every contender reports."""
     from apten_assets.lib.tables import CALL_EVENTS, CALL_SUMMARIES, CALL_TRANSCRIPT_TURNS, LEADS

@@ -25,6 +25,7 @@ the two DuckDB targets in this process and prints the figures.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -42,6 +43,7 @@ from typing import Any
 from apten_assets.lib.client import AptenClient, CallFetch
 from apten_assets.lib.config import AptenSettings
 from apten_assets.lib.erasure import ErasedLeads
+from apten_assets.lib.models import may_need_repair
 from apten_assets.lib.pii import PiiPolicy, TranscriptMode, luhn_valid
 from apten_assets.lib.sync import CALL_BATCH_SIZE, CallTargets, StepReport, _write_call_batch
 from apten_assets.sandbox.data import SandboxDataset
@@ -228,13 +230,16 @@ def _pool(profile: Profile, calls: int, share: float) -> tuple[list[dict[str, An
 
 
 def _replay(pool: list[dict[str, Any]], pii_lines: frozenset[str], calls: int) -> Iterator[list[CallFetch]]:
-    """Batches of `pool` under new call ids until `calls` are given; PII lines made unique."""
+    """Batches of `pool` under new call ids until `calls` are given; PII lines made unique. Each
+    carries what the client reports for its body as the sandbox sends it (`CallFetch.honest`: new
+    ids and numbers add nothing `may_need_repair` looks for)."""
+    honest = [not may_need_repair(json.dumps(body, ensure_ascii=False).encode()) for body in pool]
     given = 0
     replica = 0
     stamp = 0
     while given < calls:
         batch = []
-        for body in pool[: min(len(pool), calls - given)]:
+        for index, body in enumerate(pool[: min(len(pool), calls - given)]):
             copy = {**body, "id": f"{body['id']}.{replica}"}
             if pii_lines:
                 summary = copy.get("summary")
@@ -247,7 +252,7 @@ def _replay(pool: list[dict[str, Any]], pii_lines: frozenset[str], calls: int) -
                         stamp += 1
                     turns.append(turn)
                 copy["transcript"] = turns
-            batch.append(CallFetch(copy["id"], True, copy))
+            batch.append(CallFetch(copy["id"], True, copy, honest=honest[index]))
         given += len(batch)
         replica += 1
         yield batch

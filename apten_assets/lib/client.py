@@ -34,13 +34,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from itertools import accumulate
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpcore
 import httpx
 
 from apten_assets.lib.config import AptenSettings
+from apten_assets.lib.models import may_need_repair
 
 logger = logging.getLogger("apten_assets.client")
 
@@ -177,6 +178,14 @@ class CallFetch:
     call_id: str
     found: bool
     body: dict[str, Any] | None
+    # True when the body's bytes show it holds nothing `models.repair_text` changes (no escaped
+    # U+0000 or surrogate, no non-finite number): the step skips the repair's serialisation.
+    honest: bool = field(default=False, compare=False)
+
+
+class _Answer(NamedTuple):
+    body: Any
+    honest: bool
 
 
 class ClientStats:
@@ -611,15 +620,33 @@ def _parse_int(text: str) -> int | float:
     try:
         return int(text)
     except ValueError:
+        _decoding.non_finite = True
         return float(text)
+
+
+def _parse_constant(name: str) -> float:
+    # `NaN`, `Infinity`, `-Infinity`: not JSON, but Python's decoder (and so this client) reads them.
+    _decoding.non_finite = True
+    return float(name)
+
+
+# Per thread: whether the last `decode_json` read a number no warehouse stores.
+_decoding = threading.local()
+
+
+def decoded_honest(raw: bytes) -> bool:
+    """After `decode_json(raw)` in this thread: True when the body it gave holds nothing
+    `models.repair_text` changes, so the step need not look (`models.may_need_repair`)."""
+    return not (_decoding.non_finite or may_need_repair(raw))
 
 
 def decode_json(raw: bytes, max_depth: int) -> Any:
     """JSON from bytes; a body too deeply nested is a `_FinalBadBody`, never a RecursionError."""
     if json_depth_over(raw, max_depth):
         raise _FinalBadBody(f"JSON nested deeper than {max_depth} levels (APTEN_MAX_JSON_DEPTH)")
+    _decoding.non_finite = False
     try:
-        return json.loads(raw, parse_int=_parse_int)
+        return json.loads(raw, parse_int=_parse_int, parse_constant=_parse_constant)
     except RecursionError:
         raise _FinalBadBody("JSON nested too deeply to decode") from None
     except ValueError:
@@ -822,11 +849,11 @@ class AptenClient:
     def get_call(self, call_id: str) -> CallFetch:
         """`GET /calls/{callId}`; a 404 is `CallFetch(found=False)`."""
         path = f"/calls/{_path_segment(call_id)}"
-        body = self._get(GET_CALL, path, None, resource_id=call_id, check=_check_object, not_found_ok=True)
-        if body is None:
+        answer = self._get(GET_CALL, path, None, resource_id=call_id, check=_check_object, not_found_ok=True)
+        if answer is None:
             self.stats.record_call_not_found()
             return CallFetch(call_id=call_id, found=False, body=None)
-        return CallFetch(call_id=call_id, found=True, body=body)
+        return CallFetch(call_id=call_id, found=True, body=answer.body, honest=answer.honest)
 
     def get_calls(self, call_ids: Iterable[str]) -> Iterator[CallFetch]:
         """`get_call` for many ids at once, bounded by max_concurrency; yields in completion order."""
@@ -883,8 +910,9 @@ class AptenClient:
         page_params = dict(params)
         max_pages = self.settings.max_pages
         for _ in range(max_pages):
-            body = self._get(endpoint, path, page_params, resource_id=resource_id, check=paginator.check)
-            assert body is not None
+            answer = self._get(endpoint, path, page_params, resource_id=resource_id, check=paginator.check)
+            assert answer is not None
+            body = answer.body
             self.stats.record_page()
             for item in paginator.items(body):
                 key = _dedupe_key(endpoint, item)
@@ -927,7 +955,7 @@ class AptenClient:
         resource_id: str | None,
         check: Callable[[Any], None],
         not_found_ok: bool = False,
-    ) -> Any:
+    ) -> _Answer | None:
         """One logical request with retries. Returns the checked JSON body, or None for an allowed 404."""
         if self._closed:
             raise AptenError("this AptenClient is closed")
@@ -989,7 +1017,7 @@ class AptenClient:
                                     raw, decode_json(raw, self.settings.max_json_depth)
                                 )
                                 check(body)
-                                return body
+                                return _Answer(body, decoded_honest(raw))
                             except _BadBody as exc:
                                 if isinstance(exc, _FinalBadBody):
                                     raise self._unusable(endpoint, resource_id, status, exc) from None

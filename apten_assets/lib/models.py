@@ -107,22 +107,10 @@ def is_storable_text(value: str) -> bool:
     return "\x00" not in value and is_unicode_text(value)
 
 
-class JsonText(str):
-    """A record's JSON text in the stored form (`record_text`), made once: a store writes it as it is."""
-
-    __slots__ = ()
-
-
-def record_text(obj: Any) -> str:
-    """The JSON text a warehouse stores for a decoded record that `repair_text` returns as it is:
-    compact and not ASCII-escaped. (NaN and infinities, which Python's parser accepts, are written
-    as `NaN`/`Infinity` here; `repair_text` finds them and replaces them.)"""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-
-
 def json_text(value: Any) -> str:
-    """The JSON text a warehouse stores for any value: `record_text`, with NaN and infinities
-    written as null (JSON and the warehouses have neither) and other objects as their `str`."""
+    """The JSON text a warehouse stores for a value: compact, not ASCII-escaped, with NaN and
+    infinities written as null (JSON and the warehouses have neither) and other objects as their
+    `str`. (Records are repaired first, `repair_text`, which counts what it replaces.)"""
     try:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
     except ValueError:
@@ -144,16 +132,27 @@ def _finite(value: Any) -> Any:
 _NON_FINITE_TOKENS = ("NaN", "Infinity")
 
 
-def repair_text(obj: Any, text: str | None = None) -> tuple[Any, int]:
+def may_need_repair(raw: bytes) -> bool:
+    """False when the JSON text `raw` cannot decode to a string `repair_text` changes: it holds no
+    `\\u0000` escape, no escaped surrogate and no byte that may start a UTF-8-encoded one (0xED,
+    which Python's decoder lets through as a lone surrogate) or belong to a UTF-16/32 text (NUL).
+    Numbers are the decoder's to report: `NaN`, `Infinity` and integers past 4,300 digits
+    (`client.decode_json`). A screen over the bytes, so an honest body costs no serialisation."""
+    return any(marker in raw for marker in _REPAIR_MARKERS)
+
+
+_REPAIR_MARKERS = (b"\\u0000", b"\\ud", b"\\uD", b"\xed", b"\x00")
+
+
+def repair_text(obj: Any) -> tuple[Any, int]:
     """`obj` (decoded JSON) with what no warehouse stores replaced, and how many values (keys
     included) were: a lone UTF-16 surrogate or U+0000 in a string becomes U+FFFD, a NaN or an
     infinity (Python's parser reads `NaN`, `Infinity` and integers of more than 4,300 digits so:
-    `client._parse_int`) becomes null. An honest record costs one serialisation (none when the
-    caller passes `text`, `obj`'s `record_text`) and is returned as it is. Keys that become equal
+    `client._parse_int`) becomes null. An honest record costs one serialisation and is returned as
+    it is (a caller holding the record's bytes skips it: `may_need_repair`). Keys that become equal
     are all kept (a later one gets one more U+FFFD per clash): `{"a": 1, "a\\u0000": 2}` must not
     lose a value."""
-    if text is None:
-        text = record_text(obj)
+    text = json.dumps(obj, ensure_ascii=False)
     try:
         text.encode("utf-8")
         # json.dumps writes U+0000 as the escape `\u0000` (six characters), even with ensure_ascii off.

@@ -31,11 +31,9 @@ from apten_assets.lib.erasure import ErasedLeads, lead_id_of
 from apten_assets.lib.models import (
     Call,
     Event,
-    JsonText,
     Lead,
     MalformedRecord,
     parse_timestamp,
-    record_text,
     repair_text,
 )
 from apten_assets.lib.pii import PiiPolicy
@@ -217,13 +215,10 @@ def write_isolating(
     write_isolating(items[middle:], write, reject)
 
 
-def decoded(
-    raw: Any, report: StepReport, record: str, log: logging.Logger | Any, text: str | None = None
-) -> Any:
+def decoded(raw: Any, report: StepReport, record: str, log: logging.Logger | Any) -> Any:
     """`raw` with lone UTF-16 surrogates, U+0000 and non-finite numbers replaced
-    (models.repair_text, given `raw`'s `record_text` if the caller has it), counted as field
-    warnings."""
-    raw, repaired = repair_text(raw, text)
+    (models.repair_text), counted as field warnings."""
+    raw, repaired = repair_text(raw)
     if repaired:
         report.counts["field_warnings"] += repaired
         report.counts["text_repaired"] += repaired
@@ -628,11 +623,9 @@ def _write_call_batch(
             continue
         body: Any = fetch.body
         try:
-            # The body's JSON text is made once: it screens the body for values no backend
-            # stores, and is what `calls.raw` gets when neither the repair nor the PII modes
-            # change the body.
-            text = JsonText(record_text(body))
-            body = pii.call_body(decoded(body, calls_report, f"call {fetch.call_id!r}", log, text))
+            if not fetch.honest:  # the client saw nothing to repair in the body's bytes
+                body = decoded(body, calls_report, f"call {fetch.call_id!r}", log)
+            body = pii.call_body(body)
             call = Call.from_json(body)
         except MalformedRecord as exc:
             calls_report.reject(SOURCE_CALLS, fetch.call_id, f"malformed call: {exc.reason}", body, log)
@@ -650,8 +643,6 @@ def _write_call_batch(
             log.debug(f"call {call.id}: {warning}")
         status = summary_status_for(call, fetched_at, give_up_after)
         rows = call_rows(call, fetched_at, summary_status=status)
-        if call.raw is fetch.body:
-            rows.call["raw"] = text
         items.append((rows.call, rows.summary, body))
 
     def write(part: list[tuple[dict[str, Any], dict[str, Any] | None, Any]]) -> None:

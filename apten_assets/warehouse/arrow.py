@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from apten_assets.lib.models import JsonText, json_text
+from apten_assets.lib.models import json_text
 from apten_assets.lib.tables import TableSpec
 from apten_assets.warehouse.store import Rows
 
@@ -23,10 +23,7 @@ ARROW_TYPES = {
 
 
 def _to_json_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    # Text made once upstream (the calls step's bodies) is written as it is.
-    return value if type(value) is JsonText else json_text(value)
+    return None if value is None else json_text(value)
 
 
 def to_arrow(spec: TableSpec, rows: Rows) -> pa.Table:

@@ -162,3 +162,30 @@ def test_write_path_replay_writes_the_same_rows_into_every_target(smoke: tuple[R
     page = out.read_text()
     assert "## 4, write path" in page and "redacted <= 15% over full at 4M turns" in page
     assert "| write-path replay (no HTTP) |" in page
+
+
+def test_cli_runs_report_their_steps_and_request_times(smoke: tuple[Results, Path]) -> None:
+    results, out = smoke
+    launch = results.launch
+    assert launch is not None and launch.cli_latency is not None
+    profile = launch.cli_latency.runs[0]["profile"]
+    steps = profile["steps"]
+    # Three ops and five check ops, each timed from the run's own event log.
+    assert {"apten__leads", "apten__call_events", "calls"} <= set(steps)
+    assert sum(1 for key in steps if key.startswith("check_")) == 5
+    assert sum(steps.values()) < launch.cli_latency.runs[0]["seconds"]
+    # Every request waited at least the sandbox's latency.
+    requests = profile["calls"]["api_requests_sent"]
+    assert requests > 0
+    assert profile["calls"]["api_exchange_seconds"] >= requests * SMOKE.launch_latency_ms / 1000
+    assert "Where a CLI run's wall time goes" in out.read_text()
+
+
+def test_the_page_is_written_again_from_the_kept_figures(smoke: tuple[Results, Path], tmp_path: Path) -> None:
+    from bench.__main__ import RESULTS_FILE, WORK_DIR, main
+
+    results, out = smoke
+    assert (WORK_DIR / "smoke" / RESULTS_FILE).exists()
+    again = tmp_path / "again.md"
+    assert main(["--smoke", "--render", "--out", str(again)]) == 0
+    assert again.read_text() == out.read_text()

@@ -29,11 +29,12 @@ from apten_assets.lib.client import (
     RequestGate,
     RetryPolicy,
     decode_json,
+    decoded_honest,
     starts_per_window,
     to_api_timestamp,
 )
 from apten_assets.lib.config import AptenSettings, ConfigError
-from apten_assets.lib.models import Call
+from apten_assets.lib.models import Call, repair_text
 from tests.lib.scripted_server import Reply, ScriptedServer, Seen, max_in_any_window, paged
 
 KEY = "sk-test-5f1c9a7e-never-show-me"
@@ -233,6 +234,30 @@ def test_an_integer_past_pythons_digit_limit_decodes_as_an_infinite_float() -> N
     assert decoded["durationSeconds"] == float("inf")
     call = Call.from_json(decoded)
     assert call.duration_seconds is None and any("durationSeconds" in w for w in call.warnings)
+
+
+@pytest.mark.parametrize(
+    ("raw", "honest"),
+    [
+        (b'{"id": "c1", "summary": "fine", "n": 12, "t": [{"content": "caf\xc3\xa9"}]}', True),
+        (b'{"id": "c1", "summary": "Jo\\ud83d"}', False),
+        (b'{"id": "c1", "summary": "Jo\\uD83D"}', False),
+        (b'{"id": "c1", "summary": "Jo\xed\xa0\xbd"}', False),  # a surrogate encoded as UTF-8
+        (b'{"id": "c1", "k\\u0000": 1}', False),
+        (b'{"id": "c1", "score": NaN}', False),
+        (b'{"id": "c1", "score": -Infinity}', False),
+        (b'{"id": "c1", "n": ' + b"9" * 5000 + b"}", False),
+        ('{"id": "c1"}'.encode("utf-16"), False),
+    ],
+)
+def test_a_body_is_honest_only_when_its_bytes_show_nothing_to_repair(raw: bytes, honest: bool) -> None:
+    body = decode_json(raw, 512)
+    assert decoded_honest(raw) is honest
+    # The screen may say "look" for nothing (a false alarm costs a serialisation), never the reverse.
+    if honest:
+        assert repair_text(body) == (body, 0)
+    elif b"9999" in raw or b"NaN" in raw or b"Infinity" in raw or b"\\u" in raw or b"\xed" in raw:
+        assert repair_text(body)[1] > 0
 
 
 def test_map_concurrent_keeps_fetching_ahead_while_the_caller_is_busy() -> None:
