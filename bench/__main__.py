@@ -91,6 +91,8 @@ def run_bench(
     workdir.mkdir(parents=True)
     results = Results(profile)
     results.extras["load_before"] = _load()
+    # The commit the run measured (the page may be written again later: `--render`).
+    results.extras["commit"] = report.git_commit()
     bench = Bench(profile, workdir, say)
     wanted = set(STEPS) if only is None else only | ({"2,3"} if "6" in only else set())
     try:
@@ -156,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or (WORK_DIR / "RESULTS.smoke.md" if args.smoke else BENCH_DIR / "RESULTS.md")
         saved = WORK_DIR / profile.name / RESULTS_FILE
         results = pickle.loads(saved.read_bytes())
+        written = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
+        results.extras["rewritten"] = f"{written} (UTC) with the notes at {report.git_commit()}"
         _write_page(results, out)
         print(f"wrote {out} from {saved} (the run of {results.extras['started_at']} UTC)")
         return 0

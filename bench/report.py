@@ -390,7 +390,7 @@ def _memory_total() -> str:
 RESULTS_PAGE = "bench/RESULTS.md"
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
@@ -422,7 +422,12 @@ def machine(extras: dict) -> list[str]:
         f"- Machine: {_cpu_model()}, {os.cpu_count()} cores, {_memory_total()} RAM, "
         f"{platform.system()} {platform.release()}",
         f"- Python {platform.python_version()}; {_versions()}",
-        f"- Commit: {_git_commit()}",
+        f"- Commit: {extras.get('commit') or git_commit()}",
+        *(
+            [f"- Page written again from the run's figures: {extras['rewritten']}"]
+            if extras.get("rewritten")
+            else []
+        ),
         f"- Load average (1 min) before / after: {load_before:.2f} / {load_after:.2f}"
         if load_before is not None and load_after is not None
         else "- Load average: unknown",

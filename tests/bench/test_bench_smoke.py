@@ -188,4 +188,9 @@ def test_the_page_is_written_again_from_the_kept_figures(smoke: tuple[Results, P
     assert (WORK_DIR / "smoke" / RESULTS_FILE).exists()
     again = tmp_path / "again.md"
     assert main(["--smoke", "--render", "--out", str(again)]) == 0
-    assert again.read_text() == out.read_text()
+    rewritten = again.read_text().splitlines()
+    said = [line for line in rewritten if line.startswith("- Page written again from the run's figures: ")]
+    assert len(said) == 1
+    # The run's own commit and every figure stay as the run left them.
+    assert [line for line in rewritten if line not in said] == out.read_text().splitlines()
+    assert f"- Commit: {results.extras['commit']}" in rewritten
