@@ -183,11 +183,6 @@ class CallFetch:
     honest: bool = field(default=False, compare=False)
 
 
-class _Answer(NamedTuple):
-    body: Any
-    honest: bool
-
-
 class ClientStats:
     """Thread-safe counters for one client; `as_metadata()` gives flat values for Dagster metadata."""
 
@@ -611,46 +606,47 @@ _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
-def _parse_int(text: str) -> int | float:
-    # Python turns at most sys.get_int_max_str_digits() digits (4,300) into an int, a guard
-    # against quadratic parsing; json.loads would refuse the whole body, every attempt, and the
-    # record would stop its step for good. Longer, the number is the float it reads as (infinite),
-    # which no warehouse stores: the step's repair (`models.repair_text`) makes it null wherever it
-    # is, counted as a field warning.
-    try:
-        return int(text)
-    except ValueError:
-        _decoding.non_finite = True
-        return float(text)
+class Decoded(NamedTuple):
+    """A JSON body, and whether it holds nothing `models.repair_text` would change: its bytes show
+    no escape or byte that could decode to unstorable text (`models.may_need_repair`), and the
+    decoder met no number no warehouse stores (`NaN`, `Infinity`, an integer past 4,300 digits)."""
+
+    body: Any
+    honest: bool
 
 
-def _parse_constant(name: str) -> float:
-    # `NaN`, `Infinity`, `-Infinity`: not JSON, but Python's decoder (and so this client) reads them.
-    _decoding.non_finite = True
-    return float(name)
-
-
-# Per thread: whether the last `decode_json` read a number no warehouse stores.
-_decoding = threading.local()
-
-
-def decoded_honest(raw: bytes) -> bool:
-    """After `decode_json(raw)` in this thread: True when the body it gave holds nothing
-    `models.repair_text` changes, so the step need not look (`models.may_need_repair`)."""
-    return not (_decoding.non_finite or may_need_repair(raw))
-
-
-def decode_json(raw: bytes, max_depth: int) -> Any:
+def decode_json(raw: bytes, max_depth: int) -> Decoded:
     """JSON from bytes; a body too deeply nested is a `_FinalBadBody`, never a RecursionError."""
     if json_depth_over(raw, max_depth):
         raise _FinalBadBody(f"JSON nested deeper than {max_depth} levels (APTEN_MAX_JSON_DEPTH)")
-    _decoding.non_finite = False
+    non_finite = False
+
+    def parse_int(text: str) -> int | float:
+        # Python turns at most sys.get_int_max_str_digits() digits (4,300) into an int, a guard
+        # against quadratic parsing; json.loads would refuse the whole body, every attempt, and
+        # the record would stop its step for good. Longer, the number is the float it reads as
+        # (infinite), which no warehouse stores: the step's repair (`models.repair_text`) makes it
+        # null wherever it is, counted as a field warning.
+        nonlocal non_finite
+        try:
+            return int(text)
+        except ValueError:
+            non_finite = True
+            return float(text)
+
+    def parse_constant(name: str) -> float:
+        # `NaN`, `Infinity`, `-Infinity`: not JSON, but Python's decoder reads them.
+        nonlocal non_finite
+        non_finite = True
+        return float(name)
+
     try:
-        return json.loads(raw, parse_int=_parse_int, parse_constant=_parse_constant)
+        body = json.loads(raw, parse_int=parse_int, parse_constant=parse_constant)
     except RecursionError:
         raise _FinalBadBody("JSON nested too deeply to decode") from None
     except ValueError:
         raise _BadBody("body is not valid JSON") from None
+    return Decoded(body, not (non_finite or may_need_repair(raw)))
 
 
 class _Redactor:
@@ -955,7 +951,7 @@ class AptenClient:
         resource_id: str | None,
         check: Callable[[Any], None],
         not_found_ok: bool = False,
-    ) -> _Answer | None:
+    ) -> Decoded | None:
         """One logical request with retries. Returns the checked JSON body, or None for an allowed 404."""
         if self._closed:
             raise AptenError("this AptenClient is closed")
@@ -1013,11 +1009,10 @@ class AptenClient:
                         logger.debug("%s -> %d (attempt %d)", endpoint, status, attempt)
                         if 200 <= status < 300:
                             try:
-                                body = self._redactor.body(
-                                    raw, decode_json(raw, self.settings.max_json_depth)
-                                )
+                                decoded = decode_json(raw, self.settings.max_json_depth)
+                                body = self._redactor.body(raw, decoded.body)
                                 check(body)
-                                return _Answer(body, decoded_honest(raw))
+                                return decoded._replace(body=body)
                             except _BadBody as exc:
                                 if isinstance(exc, _FinalBadBody):
                                     raise self._unusable(endpoint, resource_id, status, exc) from None
@@ -1166,7 +1161,7 @@ def _api_message(raw: bytes, redact: Callable[[str], str], max_depth: int) -> st
     """Apten's error `message` if the body has one, else a short excerpt of the body; redacted
     before it is cut, so no cut leaves a piece of the key behind."""
     try:
-        body = decode_json(raw, max_depth)
+        body = decode_json(raw, max_depth).body
     except _BadBody:
         body = None
     if isinstance(body, dict) and isinstance(body.get("message"), str):

@@ -148,7 +148,7 @@ def repair_text(obj: Any) -> tuple[Any, int]:
     """`obj` (decoded JSON) with what no warehouse stores replaced, and how many values (keys
     included) were: a lone UTF-16 surrogate or U+0000 in a string becomes U+FFFD, a NaN or an
     infinity (Python's parser reads `NaN`, `Infinity` and integers of more than 4,300 digits so:
-    `client._parse_int`) becomes null. An honest record costs one serialisation and is returned as
+    `client.decode_json`) becomes null. An honest record costs one serialisation and is returned as
     it is (a caller holding the record's bytes skips it: `may_need_repair`). Keys that become equal
     are all kept (a later one gets one more U+FFFD per clash): `{"a": 1, "a\\u0000": 2}` must not
     lose a value."""

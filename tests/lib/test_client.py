@@ -29,7 +29,6 @@ from apten_assets.lib.client import (
     RequestGate,
     RetryPolicy,
     decode_json,
-    decoded_honest,
     starts_per_window,
     to_api_timestamp,
 )
@@ -229,7 +228,7 @@ def test_map_concurrent_pulls_items_lazily_and_stops_on_first_error() -> None:
 def test_an_integer_past_pythons_digit_limit_decodes_as_an_infinite_float() -> None:
     # 5,000 digits: json.loads alone raises ValueError (sys.get_int_max_str_digits is 4,300).
     body = b'{"id": "c1", "durationSeconds": ' + b"9" * 5000 + b', "n": 12}'
-    decoded = decode_json(body, 512)
+    decoded = decode_json(body, 512).body
     assert decoded["id"] == "c1" and decoded["n"] == 12
     assert decoded["durationSeconds"] == float("inf")
     call = Call.from_json(decoded)
@@ -251,8 +250,8 @@ def test_an_integer_past_pythons_digit_limit_decodes_as_an_infinite_float() -> N
     ],
 )
 def test_a_body_is_honest_only_when_its_bytes_show_nothing_to_repair(raw: bytes, honest: bool) -> None:
-    body = decode_json(raw, 512)
-    assert decoded_honest(raw) is honest
+    body, said_honest = decode_json(raw, 512)
+    assert said_honest is honest
     # The screen may say "look" for nothing (a false alarm costs a serialisation), never the reverse.
     if honest:
         assert repair_text(body) == (body, 0)
