@@ -6,7 +6,6 @@ import os
 import platform
 import subprocess
 from dataclasses import dataclass
-from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -543,13 +542,6 @@ def _run_length_section(results: Results) -> list[str]:
         markdown_table(["step", "started (min:s)", "wall time", "share"], rows),
         "",
     ]
-
-
-def _shape(p: Profile) -> str:
-    return (
-        f"{p.head_to_head_leads} leads x {p.calls_per_lead} calls = "
-        f"{p.head_to_head_leads * p.calls_per_lead:,} calls on one day, up to {p.turns_per_call} turns each"
-    )
 
 
 def _dataset_line(description: str, spec_note: str) -> str:
@@ -1132,7 +1124,3 @@ def summary_table(results: Results) -> str:
         ["#", "goal", "measured", "verdict"],
         [[g.scenario, g.goal, g.measured, g.verdict.strip("*")] for g in goals(results)],
     )
-
-
-def now_utc() -> str:
-    return datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")

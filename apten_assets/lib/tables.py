@@ -92,11 +92,6 @@ class TableSpec:
         return tuple(column for column in self.columns if column.name != LOADED_AT)
 
     @property
-    def late_arriving(self) -> frozenset[str]:
-        """Columns a later load never sets back to NULL."""
-        return frozenset(column.name for column in self.columns if column.merge is Merge.COALESCE)
-
-    @property
     def bookkeeping(self) -> frozenset[str]:
         return frozenset(column.name for column in self.columns if column.bookkeeping)
 
