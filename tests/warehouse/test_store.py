@@ -692,6 +692,53 @@ def test_one_batch_of_new_revised_unchanged_and_missing_calls_writes_each_its_ow
     assert store.duplicate_keys(CALL_TRANSCRIPT_TURNS) == 0
 
 
+def test_a_batch_larger_than_a_write_piece_ends_as_if_each_call_were_written_alone(
+    store: Store,
+) -> None:
+    # PostgreSQL writes a batch in pieces (250 calls, then doubling) while it prepares the next
+    # one; every kind of call recurs in every piece, and the counts and rows must still be the
+    # batch's own.
+    first = datetime(2026, 6, 15, 15, 0, tzinfo=UTC)
+    two = [turn("user", f"t{i}", "2026-06-15T14:30:01Z", "2026-06-15T14:30:02Z") for i in range(2)]
+    kinds = ("new", "revised", "unchanged", "gone", "empty")
+    per_kind = 300
+    ids = {kind: [f"{kind}-{i:03d}" for i in range(per_kind)] for kind in kinds}
+    stored = [call_id for kind in ("revised", "unchanged", "gone") for call_id in ids[kind]]
+    store.upsert_calls([warehouse_call_row({"id": c, "transcript": two}, first) for c in stored], now=first)
+
+    later = first + timedelta(minutes=5)
+    row = {
+        "new": lambda c: warehouse_call_row({"id": c, "transcript": two + two}, later),
+        "revised": lambda c: warehouse_call_row({"id": c, "transcript": two[:1]}, later),
+        "unchanged": lambda c: warehouse_call_row({"id": c, "transcript": two, "summary": "late"}, later),
+        "gone": lambda c: not_found_call_row(c, later),
+        "empty": lambda c: warehouse_call_row({"id": c, "transcript": []}, later),
+    }
+    # Interleaved, so that each piece holds every kind.
+    batch = [row[kind](ids[kind][i]) for i in range(per_kind) for kind in kinds]
+    calls, counts = store.upsert_calls(batch, now=later)
+
+    assert (calls.inserted, calls.updated, calls.unchanged) == (2 * per_kind, 3 * per_kind, 0)
+    # Parents: calls with a non-empty transcript among those inserted or changed.
+    assert (counts.parents, counts.parents_replaced, counts.parents_unchanged) == (
+        3 * per_kind,
+        2 * per_kind,
+        per_kind,
+    )
+    assert (counts.deleted, counts.inserted) == (2 * per_kind, 5 * per_kind)
+    per_kind_sql = (
+        "SELECT split_part(call_id, '-', 1), count(DISTINCT call_id), count(*), min(_loaded_at), "
+        "max(_loaded_at) FROM apten.call_transcript_turns GROUP BY 1 ORDER BY 1"
+    )
+    assert query(store, per_kind_sql) == [
+        ("gone", per_kind, 2 * per_kind, first, first),
+        ("new", per_kind, 4 * per_kind, later, later),
+        ("revised", per_kind, per_kind, later, later),
+        ("unchanged", per_kind, 2 * per_kind, first, first),
+    ]
+    assert store.duplicate_keys(CALL_TRANSCRIPT_TURNS) == 0
+
+
 def test_the_end_of_a_call_is_the_same_rule_in_the_store_and_the_model(store: Store) -> None:
     # CALL_END_RULE: created_at + duration, else the latest turn end (the model applies it before
     # storage for summary latency; the store for the sensor and the coverage check).
