@@ -211,12 +211,10 @@ def _call_pieces(rows: Rows) -> list[list[dict[str, Any]]] | None:
     """`rows` in pieces (`FIRST_PIECE_CALLS`, doubling up to `PIECE_CALLS`), or None where pieces
     would not add up to one upsert: rows not given as a list of dicts, none, or a key missing or
     repeated (the last row of a key must win)."""
-    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+    if not isinstance(rows, list) or not rows or not all(isinstance(row, dict) for row in rows):
         return None
     ids = [row.get("call_id") for row in rows]
     if not all(isinstance(call_id, str) for call_id in ids) or len(set(ids)) != len(ids):
-        return None
-    if not rows:
         return None
     pieces, start, size = [], 0, FIRST_PIECE_CALLS
     while start < len(rows):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
+import pyarrow as pa
 import pytest
 
 from apten_assets.lib.models import Call
@@ -48,9 +50,11 @@ def test_pieces_start_small_and_double_up_to_the_piece_size() -> None:
         [],
         [{"call_id": "a"}, {"call_id": "b"}, {"call_id": "a"}],  # a later row of a key must win
         [{"call_id": None}],  # refused by the upsert, as one piece
+        pa.table({"call_id": ["a", "b"]}),  # rows may come as Arrow or pandas too
+        pd.DataFrame({"call_id": ["a", "b"]}),
     ],
 )
-def test_rows_that_pieces_would_not_add_up_for_go_in_as_one_piece(rows: list[dict]) -> None:
+def test_rows_that_pieces_would_not_add_up_for_go_in_as_one_piece(rows: object) -> None:
     assert postgres_store._call_pieces(rows) is None
 
 
