@@ -437,7 +437,8 @@ class ConcurrencyReport:
     diffs: dict[str, TableDiff]
     seconds: float
     # Per pool: how many times two steps of that pool (from any runs) were running at once.
-    pool_overlaps: dict[str, int]
+    # Per pool, for each pair of its steps that overlapped in time: seconds between their starts.
+    pool_overlaps: dict[str, list[float]]
     pool_steps: dict[str, int]
 
     @property
@@ -447,9 +448,10 @@ class ConcurrencyReport:
 
 def _pool_overlaps(
     instance: dg.DagsterInstance, pools: dict[str, str]
-) -> tuple[dict[str, int], dict[str, int]]:
+) -> tuple[dict[str, list[float]], dict[str, int]]:
     """From every run's event log: for each pool, the steps of that pool that ran (STEP_START to
-    STEP_SUCCESS or STEP_FAILURE) and how many pairs of them overlapped in time."""
+    STEP_SUCCESS or STEP_FAILURE), and for each pair of them that overlapped in time, the seconds
+    between their starts."""
     intervals: dict[str, list[tuple[float, float]]] = {pool: [] for pool in set(pools.values())}
     for run in instance.get_runs():
         started: dict[str, float] = {}
@@ -464,9 +466,12 @@ def _pool_overlaps(
     overlaps = {}
     for pool, spans in intervals.items():
         spans.sort()
-        overlaps[pool] = sum(
-            1 for i, (_, end) in enumerate(spans) for start, _ in spans[i + 1 :] if start < end
-        )
+        overlaps[pool] = [
+            later - first
+            for i, (first, end) in enumerate(spans)
+            for later, _ in spans[i + 1 :]
+            if later < end
+        ]
     return overlaps, {pool: len(spans) for pool, spans in intervals.items()}
 
 
