@@ -33,7 +33,7 @@ def test_no_lock_error_escapes(report: ConcurrencyReport) -> None:
 # Dagster 1.13.27 claims a pool's slot in two statements: it selects a free slot, then assigns it
 # by id without checking it is still free (`SqlEventLogStorage._claim_concurrency_slot`). SQLite has
 # no row locks, and dagster-postgres runs those statements in autocommit, so two runs claiming in
-# the same instant can both get the one slot: seen once in CI and once in 17 drills here (13 on a
+# the same instant can both get the one slot: seen once in CI and once in 23 drills here (19 on a
 # machine loaded with CPU burners), the two steps starting 20 ms apart. That race, and only it, may
 # put two steps of a pool side by side.
 CLAIM_RACE_SECONDS = 0.5
