@@ -436,8 +436,8 @@ class ConcurrencyReport:
     lock_messages: int
     diffs: dict[str, TableDiff]
     seconds: float
-    # Per pool: how many times two steps of that pool (from any runs) were running at once.
-    # Per pool, for each pair of its steps that overlapped in time: seconds between their starts.
+    # Per pool, for each pair of its steps (from any runs) that were running at once: the seconds
+    # between their starts.
     pool_overlaps: dict[str, list[float]]
     pool_steps: dict[str, int]
 
