@@ -609,7 +609,8 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 class Decoded(NamedTuple):
     """A JSON body, and whether it holds nothing `models.repair_text` would change: its bytes show
     no escape or byte that could decode to unstorable text (`models.may_need_repair`), and the
-    decoder met no number no warehouse stores (`NaN`, `Infinity`, an integer past 4,300 digits)."""
+    decoder met no number no warehouse stores (`NaN`, `Infinity`, an integer past 4,300 digits, a
+    float past a double's range)."""
 
     body: Any
     honest: bool
@@ -640,8 +641,16 @@ def decode_json(raw: bytes, max_depth: int) -> Decoded:
         non_finite = True
         return float(name)
 
+    def parse_float(text: str) -> float:
+        # Valid JSON past a double's range (`1e400`) reads as an infinity.
+        nonlocal non_finite
+        value = float(text)
+        if not math.isfinite(value):
+            non_finite = True
+        return value
+
     try:
-        body = json.loads(raw, parse_int=parse_int, parse_constant=parse_constant)
+        body = json.loads(raw, parse_int=parse_int, parse_float=parse_float, parse_constant=parse_constant)
     except RecursionError:
         raise _FinalBadBody("JSON nested too deeply to decode") from None
     except ValueError:

@@ -259,6 +259,14 @@ def test_a_body_is_honest_only_when_its_bytes_show_nothing_to_repair(raw: bytes,
         assert repair_text(body)[1] > 0
 
 
+@pytest.mark.parametrize("number", [b"1e400", b"-1.5e999"])
+def test_a_float_past_a_doubles_range_is_not_honest_and_the_repair_counts_it(number: bytes) -> None:
+    # Valid JSON that reads as an infinity: the step must repair (null) and count it, not skip it.
+    body, honest = decode_json(b'{"id": "c1", "score": ' + number + b', "n": 1.5}', 512)
+    assert honest is False
+    assert repair_text(body) == ({"id": "c1", "score": None, "n": 1.5}, 1)
+
+
 def test_map_concurrent_keeps_fetching_ahead_while_the_caller_is_busy() -> None:
     """A caller writing a batch holds the generator; the threads go on with up to `read_ahead`
     items meanwhile, and no further."""
