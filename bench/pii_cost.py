@@ -40,10 +40,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from apten_assets.lib.client import AptenClient, CallFetch
+from apten_assets.lib.client import AptenClient, CallFetch, decode_json
 from apten_assets.lib.config import AptenSettings
 from apten_assets.lib.erasure import ErasedLeads
-from apten_assets.lib.models import may_need_repair
 from apten_assets.lib.pii import PiiPolicy, TranscriptMode, luhn_valid
 from apten_assets.lib.sync import CALL_BATCH_SIZE, CallTargets, StepReport, _write_call_batch
 from apten_assets.sandbox.data import SandboxDataset
@@ -231,9 +230,10 @@ def _pool(profile: Profile, calls: int, share: float) -> tuple[list[dict[str, An
 
 def _replay(pool: list[dict[str, Any]], pii_lines: frozenset[str], calls: int) -> Iterator[list[CallFetch]]:
     """Batches of `pool` under new call ids until `calls` are given; PII lines made unique. Each
-    carries what the client reports for its body as the sandbox sends it (`CallFetch.honest`: new
-    ids and numbers add nothing `may_need_repair` looks for)."""
-    honest = [not may_need_repair(json.dumps(body, ensure_ascii=False).encode()) for body in pool]
+    carries what the client's decoder reports for its body as the sandbox sends it
+    (`CallFetch.honest`: new ids and numbers add nothing it looks for)."""
+    depth = AptenSettings.max_json_depth
+    honest = [decode_json(json.dumps(body, ensure_ascii=False).encode(), depth).honest for body in pool]
     given = 0
     replica = 0
     stamp = 0
