@@ -1,67 +1,47 @@
-"""The calls step's write, replayed without HTTP: N sandbox call bodies through `Call.from_json`,
-`call_rows` and the batch write of `sync._write_call_batch` (`upsert_calls` + the summaries'
-`upsert` in one transaction), on DuckDB and on a throwaway PostgreSQL, back to back.
+"""The calls step's write taken apart: where the store's time goes, on DuckDB and on PostgreSQL.
 
-    uv run --frozen python -m bench.write_replay --calls 25000 --rounds 2
+N sandbox call bodies (`bench.pii_cost`'s pool, replayed under new call ids) go through the
+calls step's transform-and-write (`sync._write_call_batch`, full mode, batches of
+`CALL_BATCH_SIZE`) into an empty DuckDB file and an empty database on a throwaway PostgreSQL, the
+backends alternating by round. Each round writes every batch twice: a first load, then the same
+bodies again (an unchanged re-run). Per phase: the wall time of the transform-and-write and the
+store's own time writing the call tables (`write_s`); with `--statements`, the store's session
+calls summed under their first words.
 
-Each round writes every batch twice: a first load into empty tables, then the same bodies again
-(an unchanged re-run). Only the store calls are timed (`write_s`); per statement, the store's
-session calls are summed under their first words (`--statements`). The machine may be loaded:
-compare rounds, which alternate the backends.
+    uv run --frozen python -m bench.write_replay --calls 25000 --rounds 2 --statements
+
+The full bench's figures come from `bench.pii_cost`, which writes the same way with the targets
+rotating per batch; this tool is for finding out why. The machine may be loaded: compare rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import resource
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from datetime import time as dtime
 from pathlib import Path
 from typing import Any
 
-from apten_assets.lib.models import Call
-from apten_assets.lib.sync import CALL_BATCH_SIZE
-from apten_assets.lib.tables import CALL_SUMMARIES, call_rows
-from apten_assets.sandbox.data import DatasetSpec, SandboxDataset
+from apten_assets.lib.client import AptenClient, CallFetch
+from apten_assets.lib.config import AptenSettings
+from apten_assets.lib.erasure import ErasedLeads
+from apten_assets.lib.pii import PiiPolicy, TranscriptMode
+from apten_assets.lib.sync import CallTargets, _write_call_batch
+from apten_assets.warehouse import WarehouseURL, open_store
 from apten_assets.warehouse import duckdb as duckdb_module
 from apten_assets.warehouse import postgres as postgres_module
 from apten_assets.warehouse.duckdb import DuckDBStore
 from apten_assets.warehouse.postgres import PostgresStore
-from apten_assets.warehouse.url import WarehouseURL
+from bench.contenders._harness import StepTimer
+from bench.pii_cost import _opener, _pool, _replay, _reports, _rows_written, profile_for
 
 _WORDS = re.compile(r"[A-Za-z_]+")
-
-
-class Timer:
-    """Seconds per label, from wrapped functions."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-        self._undo: list[Callable[[], None]] = []
-
-    def wrap(self, owner: Any, name: str, label: Callable[..., str]) -> None:
-        original = getattr(owner, name)
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.seconds[label(*args, **kwargs)] += time.perf_counter() - started
-
-        setattr(owner, name, timed)
-        self._undo.append(lambda: setattr(owner, name, original))
-
-    def restore(self) -> None:
-        for undo in reversed(self._undo):
-            undo()
-        self._undo.clear()
+WRITE = "write"
 
 
 def _statement(sql: str) -> str:
@@ -76,88 +56,62 @@ def _statement(sql: str) -> str:
     return head
 
 
-class Batches:
-    """The call rows and summary rows of each batch of `CALL_BATCH_SIZE`, as `_write_call_batch`
-    builds them; built when asked (untimed), so N calls' bodies are never all in memory."""
-
-    def __init__(self, calls: int, seed: int) -> None:
-        anchor = datetime.combine(datetime.now(UTC).date() - timedelta(days=1), dtime(23, 0), tzinfo=UTC)
-        spec = DatasetSpec(
-            seed=seed,
-            n_leads=max(1, calls // 25),
-            calls_per_lead=25,
-            days=1,
-            anchor=anchor,
-            turns_per_call=50,
-        )
-        self.data = SandboxDataset(spec)
-        self.now = anchor + timedelta(hours=2)
-        ids = sorted(
-            set(self.data.lead_call_ids + self.data.webchat_call_ids) - set(self.data.missing_call_ids)
-        )
-        self.ids = [ids[i : i + CALL_BATCH_SIZE] for i in range(0, min(calls, len(ids)), CALL_BATCH_SIZE)]
-        self.ids[-1] = self.ids[-1][: calls - CALL_BATCH_SIZE * (len(self.ids) - 1)]
-
-    def __iter__(self) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
-        for ids in self.ids:
-            calls_rows, summaries = [], []
-            for call_id in ids:
-                rows = call_rows(Call.from_json(self.data.call_json(call_id, self.now)), self.now)
-                calls_rows.append(rows.call)
-                if rows.summary is not None:
-                    summaries.append(rows.summary)
-            yield calls_rows, summaries
-
-
-@contextmanager
-def _store(backend: str, folder: Path, server: Any) -> Iterator[Any]:
-    if backend == "duckdb":
-        store = DuckDBStore.open(folder / f"replay_{time.monotonic_ns()}.duckdb")
+def _timer(backend: str, statements: bool) -> StepTimer:
+    timer = StepTimer()
+    timer.wrap_call_table_writes(PostgresStore if backend == "postgresql" else DuckDBStore, lambda: WRITE)
+    if not statements:
+        return timer
+    if backend == "postgresql":
+        timer.wrap(PostgresStore, "_execute", lambda self, sql, *a, **k: _statement(sql))
+        timer.wrap(PostgresStore, "_ingest", "adbc_ingest (staging)")
+        timer.wrap(PostgresStore, "_append", "adbc_ingest (turns)")
+        timer.wrap(postgres_module, "transcript_items", "transcript_items (in a thread)")
+        timer.wrap(postgres_module, "to_arrow", "to_arrow")
     else:
-        name = f"replay_{time.monotonic_ns()}"
-        store = PostgresStore.open(WarehouseURL.parse(server.create_database(name)))
-    try:
-        store.ensure_schema()
-        yield store
-    finally:
-        store.close()
-        if backend == "postgresql":
-            server.drop_database(name)
+        timer.wrap(duckdb_module, "_run", lambda con, sql, *a, **k: _statement(sql))
+        timer.wrap(duckdb_module, "to_arrow", "to_arrow")
+    return timer
 
 
-def _replay(backend: str, batches: Batches, folder: Path, server: Any, statements: bool) -> dict[str, Any]:
-    timer = Timer()
-    if statements:
-        if backend == "postgresql":
-            timer.wrap(PostgresStore, "_execute", lambda self, sql, *a, **k: _statement(sql))
-            timer.wrap(PostgresStore, "_ingest", lambda *a, **k: "adbc_ingest (staging)")
-            timer.wrap(PostgresStore, "_append", lambda *a, **k: "adbc_ingest (turns)")
-            timer.wrap(postgres_module, "transcript_items", lambda *a, **k: "transcript_items (in a thread)")
-            timer.wrap(postgres_module, "to_arrow", lambda *a, **k: "to_arrow")
-        else:
-            timer.wrap(duckdb_module, "_run", lambda con, sql, *a, **k: _statement(sql))
-            timer.wrap(duckdb_module, "to_arrow", lambda *a, **k: "to_arrow")
+def _replay_into(
+    url: str, backend: str, pool: list[dict[str, Any]], calls: int, client: AptenClient, statements: bool
+) -> dict[str, Any]:
+    log = logging.getLogger("bench.write_replay")
+    policy = PiiPolicy(TranscriptMode.FULL)
+    warehouse = _opener(url)
+    now = datetime.now(UTC)
+
+    def write(batch: list[CallFetch], reports: dict[str, Any]) -> None:
+        targets = CallTargets([fetch.call_id for fetch in batch], {})
+        _write_call_batch(
+            warehouse, batch, now, targets, ErasedLeads(), timedelta(hours=240), policy, reports, log, client
+        )
+
+    # One-off costs (schema, first imports, the phone metadata) before the clock runs.
+    warm_up = [
+        CallFetch(f"{body['id']}.warm", True, {**body, "id": f"{body['id']}.warm"}) for body in pool[:200]
+    ]
+    write(warm_up, _reports())
     result: dict[str, Any] = {"backend": backend}
+    timer = _timer(backend, statements)
     try:
-        with _store(backend, folder, server) as store:
-            for phase in ("first", "rerun"):
-                seconds = 0.0
-                turns = 0
-                for calls_rows, summaries in batches:
-                    now = datetime.now(UTC)
-                    started = time.perf_counter()
-                    with store.transaction():
-                        _, replaced = store.upsert_calls(calls_rows, now=now)
-                        store.upsert(CALL_SUMMARIES, summaries, now=now)
-                    seconds += time.perf_counter() - started
-                    turns += replaced.inserted
-                result[f"{phase}_s"] = round(seconds, 2)
-                result[f"{phase}_turns"] = turns
-            if backend == "postgresql":
-                ((size,),) = store.test_query("SELECT pg_total_relation_size('apten.calls')")
-                result["calls_mib"] = round(size / 2**20, 1)
+        for phase in ("first", "rerun"):
+            reports = _reports()
+            wall, written = 0.0, timer.seconds.get(WRITE, 0.0)
+            for batch in _replay(pool, frozenset(), calls):
+                started = time.perf_counter()
+                write(batch, reports)
+                wall += time.perf_counter() - started
+            result[f"{phase}_s"] = round(wall, 2)
+            result[f"{phase}_write_s"] = round(timer.seconds.get(WRITE, 0.0) - written, 2)
+            result[f"{phase}_rows"] = _rows_written(reports)
     finally:
         timer.restore()
+    if backend == "postgresql":
+        with open_store(url) as store:
+            ((size,),) = store.test_query("SELECT pg_total_relation_size('apten.calls')")
+        result["calls_mib"] = round(size / 2**20, 1)
+    timer.seconds.pop(WRITE, None)
     result["statements"] = {k: round(v, 2) for k, v in sorted(timer.seconds.items(), key=lambda kv: -kv[1])}
     return result
 
@@ -192,6 +146,18 @@ class ExistingServer:
         self._admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def _round(
+    backend: str, folder: Path, server: Any, pool: list[dict[str, Any]], calls: int, **kw: Any
+) -> dict:
+    name = f"replay_{time.monotonic_ns()}"
+    if backend == "duckdb":
+        return _replay_into(f"duckdb:///{folder / f'{name}.duckdb'}", backend, pool, calls, **kw)
+    try:
+        return _replay_into(server.create_database(name), backend, pool, calls, **kw)
+    finally:
+        server.drop_database(name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=25_000)
@@ -202,20 +168,21 @@ def main() -> None:
     args = parser.parse_args()
     from tests.postgres import PostgresServer
 
-    started = time.perf_counter()
-    batches = Batches(args.calls, seed=7)
-    n_calls = sum(len(ids) for ids in batches.ids)
-    print(
-        f"{n_calls} calls in {len(batches.ids)} batches, built in {time.perf_counter() - started:.1f}s",
-        flush=True,
-    )
+    pool, _ = _pool(profile_for(25, 50), args.calls, 0.0)
+    print(f"{args.calls:,} calls: a pool of {len(pool):,} sandbox bodies, replayed under new ids", flush=True)
     backends = args.backends.split(",")
+    settings = AptenSettings.from_env({"APTEN_API_KEY": "bench", "APTEN_BASE_URL": "http://127.0.0.1:9"})
     server_cm = ExistingServer(args.pg_url) if args.pg_url else PostgresServer()
-    with tempfile.TemporaryDirectory(prefix="replay-") as folder, server_cm as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="replay-") as folder,
+        server_cm as server,
+        AptenClient(settings) as client,
+    ):
         totals: dict[str, list[float]] = defaultdict(list)
         for round_ in range(args.rounds):
             for backend in backends if round_ % 2 == 0 else list(reversed(backends)):
-                result = _replay(backend, batches, Path(folder), server, args.statements)
+                kw = {"client": client, "statements": args.statements}
+                result = _round(backend, Path(folder), server, pool, args.calls, **kw)
                 totals[backend].append(result["first_s"] + result["rerun_s"])
                 print(f"round {round_ + 1}: {result}", flush=True)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
