@@ -85,8 +85,11 @@ def test_filtered_event_pages_can_be_empty_and_are_still_followed(keyed_sandbox:
 
 def test_injected_faults_are_retried_and_change_nothing(sandbox_dataset: SandboxDataset) -> None:
     faults = FaultConfig(p_429=0.1, p_5xx=0.1, p_drop=0.05, p_truncate=0.1, seed=5)
+    # A request is faulted with p = 0.35, drawn in the order requests arrive (8 threads, so not
+    # repeatable). With 8 attempts a call failed all of them with p = 0.35^8 = 2.3e-4, about one run
+    # in 40 over the 120 calls; with 20 it is 0.35^20 = 7.6e-10 per call.
     policy = RetryPolicy(
-        max_attempts=8, base_delay_seconds=0.01, max_delay_seconds=0.05, retry_after_cap_seconds=0.1
+        max_attempts=20, base_delay_seconds=0.01, max_delay_seconds=0.05, retry_after_cap_seconds=0.1
     )
     with (
         SandboxServer(sandbox_dataset, api_key=KEY, faults=faults) as sandbox,
