@@ -8,6 +8,7 @@ what must come of it: stored with a NULL (or U+FFFD) and a counted warning, or q
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,18 @@ HUGE_FLOAT = 1e300
 DIGITS_400 = int("9" * 400)
 # 10 KB of hex: more than PostgreSQL can index as a key, and incompressible.
 LONG_ID = "".join(hashlib.sha256(str(i).encode()).hexdigest() for i in range(160))
+
+
+@dataclass(frozen=True)
+class JsonLiteral:
+    """A JSON token no Python value is written as: `json_text` splices it into the body's text."""
+
+    token: str
+
+
+# `1e400` is valid JSON past a double's range. Python's decoder reads it as an infinity, and no
+# Python value is written back as that token (`json.dumps` writes `Infinity`, which is not JSON).
+BEYOND_DOUBLE = JsonLiteral("1e400")
 NESTED_500: list = []
 for _ in range(499):
     NESTED_500 = [NESTED_500]
@@ -75,6 +88,7 @@ EVENT_CASES = [
     Case("event_duration_400_digits", "number", "events", _set("data", "durationSeconds", value=DIGITS_400), STORED_NULL),
     Case("event_duration_beyond_2_53", "number", "events", _set("data", "durationSeconds", value=BEYOND_2_53), STORED_NULL),
     Case("event_duration_1e300", "number", "events", _set("data", "durationSeconds", value=HUGE_FLOAT), STORED_NULL),
+    Case("event_duration_1e400", "number", "events", _set("data", "durationSeconds", value=BEYOND_DOUBLE), STORED_NULL),
     Case("event_timestamp_year_1", "timestamp", "events", _set("timestamp", value=YEAR_1_WITH_OFFSET), QUARANTINED),
     Case("event_timestamp_year_9999", "timestamp", "events", _set("timestamp", value=YEAR_9999_WITH_OFFSET), QUARANTINED),
 ]  # fmt: skip
@@ -106,7 +120,9 @@ CALL_CASES = [
     # `NaN` (Python's decoder reads it, and integers past 4,300 digits, as non-finite floats) in a
     # field no column reads: no JSON holds it, so raw gets null there, counted.
     Case("call_raw_nan", "number", "calls", _set("metadata", value={"score": float("nan"), "n": 1}), STORED_NULL),
+    Case("call_raw_1e400", "number", "calls", _set("metadata", value={"score": BEYOND_DOUBLE, "n": 1}), STORED_NULL),
     Case("call_duration_1e300", "number", "calls", _set("durationSeconds", value=HUGE_FLOAT), STORED_NULL),
+    Case("call_duration_1e400", "number", "calls", _set("durationSeconds", value=BEYOND_DOUBLE), STORED_NULL),
     Case("call_duration_400_digits", "number", "calls", _set("durationSeconds", value=DIGITS_400), STORED_NULL),
     Case("call_duration_beyond_2_53", "number", "calls", _set("durationSeconds", value=BEYOND_2_53), STORED_NULL),
     Case("call_created_year_9999", "timestamp", "calls", _set("createdAt", value=YEAR_9999_WITH_OFFSET), STORED_NULL),
@@ -128,6 +144,22 @@ DEEP_BODIES = [
     Case("call_transcript_nested_30000_deep", "deep", "call_fetch", None, QUARANTINED),
     Case("lead_events_page_nested_30000_deep", "deep", "lead_events", None, QUARANTINED),
 ]
+
+
+def json_text(body: Any) -> str:
+    """`body` as `json.dumps` writes it, with every `JsonLiteral` written as its token."""
+    tokens: list[str] = []
+
+    def placeholder(value: Any) -> str:
+        if not isinstance(value, JsonLiteral):
+            raise TypeError(f"{type(value).__name__} is not JSON")
+        tokens.append(value.token)
+        return f"\x01literal {len(tokens) - 1}\x01"
+
+    text = json.dumps(body, default=placeholder)
+    for index, token in enumerate(tokens):
+        text = text.replace(f'"\\u0001literal {index}\\u0001"', token)
+    return text
 
 
 def deep_json_text(prefix: str, suffix: str) -> str:
