@@ -33,9 +33,12 @@ def test_no_lock_error_escapes(report: ConcurrencyReport) -> None:
 # Dagster 1.13.27 claims a pool's slot in two statements: it selects a free slot, then assigns it
 # by id without checking it is still free (`SqlEventLogStorage._claim_concurrency_slot`). SQLite has
 # no row locks, and dagster-postgres runs those statements in autocommit, so two runs claiming in
-# the same instant can both get the one slot: seen once in CI and once in 23 drills here (19 on a
-# machine loaded with CPU burners), the two steps starting 20 ms apart. That race, and only it, may
-# put two steps of a pool side by side.
+# the same instant can both get the one slot: seen twice in CI and once in 23 drills here (19 on a
+# machine loaded with CPU burners), the two steps starting 6-20 ms apart. The slot's row then names
+# the later writer only. If that one ends first, the slot is free while the other still runs, and
+# the next step of the pool starts beside it (seen once in CI, 4.9 s after it). That race, and only
+# it, may put two steps of a pool side by side: one pair starting within `CLAIM_RACE_SECONDS`, and
+# every other overlap beside one of those two.
 CLAIM_RACE_SECONDS = 0.5
 
 
@@ -46,9 +49,13 @@ def test_pools_keep_api_and_write_steps_one_at_a_time_across_runs(report: Concur
     assert report.pool_steps[API_POOL] >= 9, report.pool_steps
     assert report.pool_steps[WRITE_POOL] >= 4, report.pool_steps
     assert set(report.pool_overlaps) == {API_POOL, WRITE_POOL}
-    for pool, start_gaps in report.pool_overlaps.items():
-        assert len(start_gaps) <= 1, (pool, start_gaps)
-        assert all(gap < CLAIM_RACE_SECONDS for gap in start_gaps), (pool, start_gaps)
+    for pool, overlaps in report.pool_overlaps.items():
+        if not overlaps:
+            continue
+        races = [o for o in overlaps if o.start_gap < CLAIM_RACE_SECONDS]
+        assert len(races) == 1, (pool, overlaps)
+        shared = set.intersection(*({o.first, o.later} for o in overlaps))
+        assert shared, (pool, overlaps)
 
 
 def test_totals_are_exact(report: ConcurrencyReport) -> None:

@@ -429,6 +429,15 @@ def _opens_cleanly(db: str) -> tuple[bool, int]:
 # --------------------------------------------------------------------------- concurrency
 
 
+@dataclass(frozen=True)
+class PoolOverlap:
+    """Two steps of one pool that ran at once: each named `run id prefix:step key`."""
+
+    first: str
+    later: str
+    start_gap: float  # seconds between their starts
+
+
 @dataclass
 class ConcurrencyReport:
     processes: dict[str, int]  # name -> exit code
@@ -436,9 +445,8 @@ class ConcurrencyReport:
     lock_messages: int
     diffs: dict[str, TableDiff]
     seconds: float
-    # Per pool, for each pair of its steps (from any runs) that were running at once: the seconds
-    # between their starts.
-    pool_overlaps: dict[str, list[float]]
+    # Per pool, each pair of its steps (from any runs) that were running at once.
+    pool_overlaps: dict[str, list[PoolOverlap]]
     pool_steps: dict[str, int]
 
     @property
@@ -448,11 +456,10 @@ class ConcurrencyReport:
 
 def _pool_overlaps(
     instance: dg.DagsterInstance, pools: dict[str, str]
-) -> tuple[dict[str, list[float]], dict[str, int]]:
+) -> tuple[dict[str, list[PoolOverlap]], dict[str, int]]:
     """From every run's event log: for each pool, the steps of that pool that ran (STEP_START to
-    STEP_SUCCESS or STEP_FAILURE), and for each pair of them that overlapped in time, the seconds
-    between their starts."""
-    intervals: dict[str, list[tuple[float, float]]] = {pool: [] for pool in set(pools.values())}
+    STEP_SUCCESS or STEP_FAILURE), and each pair of them that overlapped in time."""
+    intervals: dict[str, list[tuple[float, float, str]]] = {pool: [] for pool in set(pools.values())}
     for run in instance.get_runs():
         started: dict[str, float] = {}
         for record in instance.all_logs(run.run_id):
@@ -462,14 +469,15 @@ def _pool_overlaps(
             if event.event_type_value == "STEP_START":
                 started[event.step_key] = record.timestamp
             elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE") and event.step_key in started:
-                intervals[pools[event.step_key]].append((started.pop(event.step_key), record.timestamp))
+                name = f"{run.run_id[:8]}:{event.step_key}"
+                intervals[pools[event.step_key]].append((started.pop(event.step_key), record.timestamp, name))
     overlaps = {}
     for pool, spans in intervals.items():
         spans.sort()
         overlaps[pool] = [
-            later - first
-            for i, (first, end) in enumerate(spans)
-            for later, _ in spans[i + 1 :]
+            PoolOverlap(name, later_name, later - first)
+            for i, (first, end, name) in enumerate(spans)
+            for later, _, later_name in spans[i + 1 :]
             if later < end
         ]
     return overlaps, {pool: len(spans) for pool, spans in intervals.items()}
