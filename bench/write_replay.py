@@ -6,7 +6,7 @@ calls step's transform-and-write (`sync._write_call_batch`, full mode, batches o
 backends alternating by round. Each round writes every batch twice: a first load, then the same
 bodies again (an unchanged re-run). Per phase: the wall time of the transform-and-write and the
 store's own time writing the call tables (`write_s`); with `--statements`, the store's session
-calls summed under their first words.
+calls summed per phase under their first words.
 
     uv run --frozen python -m bench.write_replay --calls 25000 --rounds 2 --statements
 
@@ -64,7 +64,7 @@ def _timer(backend: str, statements: bool) -> StepTimer:
     if backend == "postgresql":
         timer.wrap(PostgresStore, "_execute", lambda self, sql, *a, **k: _statement(sql))
         timer.wrap(PostgresStore, "_ingest", "adbc_ingest (staging)")
-        timer.wrap(PostgresStore, "_append", "adbc_ingest (turns)")
+        timer.wrap(PostgresStore, "_append", lambda self, spec, data: f"adbc_ingest ({spec.name})")
         timer.wrap(postgres_module, "transcript_items", "transcript_items (in a thread)")
         timer.wrap(postgres_module, "to_arrow", "to_arrow")
     else:
@@ -97,6 +97,7 @@ def _replay_into(
     try:
         for phase in ("first", "rerun"):
             reports = _reports()
+            before = dict(timer.seconds)
             wall, written = 0.0, timer.seconds.get(WRITE, 0.0)
             for batch in _replay(pool, frozenset(), calls):
                 started = time.perf_counter()
@@ -105,14 +106,17 @@ def _replay_into(
             result[f"{phase}_s"] = round(wall, 2)
             result[f"{phase}_write_s"] = round(timer.seconds.get(WRITE, 0.0) - written, 2)
             result[f"{phase}_rows"] = _rows_written(reports)
+            if statements:
+                spent = {k: v - before.get(k, 0.0) for k, v in timer.seconds.items() if k != WRITE}
+                result[f"{phase}_statements"] = {
+                    k: round(v, 2) for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v >= 0.005
+                }
     finally:
         timer.restore()
     if backend == "postgresql":
         with open_store(url) as store:
             ((size,),) = store.test_query("SELECT pg_total_relation_size('apten.calls')")
         result["calls_mib"] = round(size / 2**20, 1)
-    timer.seconds.pop(WRITE, None)
-    result["statements"] = {k: round(v, 2) for k, v in sorted(timer.seconds.items(), key=lambda kv: -kv[1])}
     return result
 
 

@@ -2,14 +2,17 @@
 
 Tables live in schema `apten` with the contract's names; JSON columns are `jsonb`, timestamps
 `timestamptz`. Unlike DuckDB, the primary keys are real constraints: the keys index the joins
-every upsert makes, and they stop a stray writer from adding a duplicate.
+every upsert makes, and they stop a stray writer from adding a duplicate. The turns are the
+exception (`_HASHED_BY`): a hash index on `call_id` finds a call's turns, and their writers keep
+(call_id, turn_index) unique, as on DuckDB.
 
 Writes stage rows through Arrow (`adbc_ingest` into a temp table: binary COPY), then change the
-target tables inside one transaction. Several processes may write at once; each write first takes
-a transaction-scoped advisory lock on its table (calls and their turns share one), so two writers
-of one table queue for the few seconds of a batch instead of racing on the same keys, while
-writers of different tables, and every reader, go on. Merged values are therefore computed
-against rows nobody else is changing, and the counts are exact.
+target tables inside one transaction; rows known to be new (a first load's calls and their
+turns) go straight into their table by binary COPY. Several processes may write at once; each
+write first takes a transaction-scoped advisory lock on its table (calls and their turns share
+one), so two writers of one table queue for the few seconds of a batch instead of racing on the
+same keys, while writers of different tables, and every reader, go on. Merged values are
+therefore computed against rows nobody else is changing, and the counts are exact.
 
 PostgreSQL's `text` and `jsonb` cannot hold U+0000. Records from Apten reach the store with it
 already replaced (`models.repair_text`, counted per run, the same on every backend); for any other
@@ -26,12 +29,13 @@ import logging
 import re
 import uuid
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import adbc_driver_manager
 import numpy as np
@@ -90,14 +94,21 @@ _ARROW_PG_TYPES = {
     pa.float64(): "double precision",
     pa.timestamp("us", tz="UTC"): "timestamptz",
 }
-# Children written with an upsert (a call's turns): called with the classified rows (a relation
-# with the key, `__new` and `__changed`), the staged Arrow and the temp list before the rows are
+# Children written with an upsert (a call's turns): called with the rows the upsert inserts or
+# changes ((key, whether it is new)), the staged Arrow and the temp list before the rows are
 # written; returns what writes the children after them, in the same transaction.
-_Children = Callable[[str, pa.Table, list[str]], Callable[[], None]]
+_Children = Callable[[list[tuple[str, bool]], pa.Table, list[str]], Callable[[], None]]
 # Temp relations (`_temp`) whose names start so are views.
 _VIEW_PREFIX = "__view_"
+# Tables keyed by their writers, not by a constraint: their rows are found through a hash index on
+# the one column named here. A call's turns are written and replaced as a whole, under the calls'
+# lock, and looked up by `call_id` only; the primary key's btree on (call_id, turn_index) was most
+# of the cost of loading them (bench/notes.md, "The turns' index"), as DuckDB's ART index was.
+# The blocking `unique_primary_key` check verifies the key, as it does on DuckDB.
+_HASHED_BY = {CALL_TRANSCRIPT_TURNS.name: "call_id"}
 _QMARK = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\?")
 _NUL = "\x00"
+_JSONB_VERSION = pa.scalar(b"\x01", type=pa.binary())
 _JSON_NUL = "\\u0000"
 
 
@@ -109,6 +120,17 @@ def _numbered(sql: str) -> str:
 
 def _sqlstate(exc: BaseException) -> str:
     return getattr(exc, "sqlstate", None) or ""
+
+
+def _raise_translated(exc: adbc_driver_manager.Error) -> NoReturn:
+    """A failed statement as the store's errors: no tables yet, or the caller's bad value (which
+    the caller isolates); anything else as it is."""
+    state = _sqlstate(exc)
+    if state in _NOT_READY_STATES:
+        raise WarehouseNotReady(f"the warehouse has no apten tables yet ({exc})") from exc
+    if state.startswith(_BAD_VALUE_STATES):
+        raise ValueError(f"a value cannot be stored: {exc}") from exc
+    raise exc
 
 
 def _table_lock_id(spec: TableSpec) -> int:
@@ -195,6 +217,7 @@ def _staging_data(spec: TableSpec, rows: Rows) -> pa.Table:
 # statements cheap beside its rows (measured: 500 to 2,000 calls per piece write alike).
 FIRST_PIECE_CALLS = 250
 PIECE_CALLS = 1000
+PIECES_AHEAD = 2
 
 
 @dataclass(frozen=True)
@@ -242,6 +265,11 @@ def _prepare_calls(rows: Rows, stored: set[str] | None) -> _PreparedCalls:
     return _PreparedCalls(data, transcript_items(calls), calls.column("call_id").combine_chunks())
 
 
+def _hash_index(spec: TableSpec | str) -> str:
+    name = spec if isinstance(spec, str) else spec.name
+    return f"{name}_{_HASHED_BY[name]}_hash"
+
+
 def _column_ddl(column: Column) -> str:
     ddl = f"{quote(column.name)} {_PG_TYPES[column.type]}"
     if column.allowed_values:
@@ -251,7 +279,10 @@ def _column_ddl(column: Column) -> str:
 
 
 def _merged(column: Column, merge: Merge, new: str, old: str) -> str:
-    """The merged value of `column` from the new value `new` and the stored one `old`."""
+    """The merged value of `column` from the new value `new` and the stored one `old`.
+
+    For a new row (`old` NULL) that is `new` itself, but for `Merge.ADD` where `new` is NULL (0):
+    `_new_rows_as_given` says when a batch of new rows can go in without this expression."""
     if merge is Merge.COALESCE:
         return f"COALESCE({new}, {old})"
     if merge is Merge.KEEP_FIRST:
@@ -259,6 +290,28 @@ def _merged(column: Column, merge: Merge, new: str, old: str) -> str:
     if merge is Merge.ADD:
         return f"COALESCE({old}, 0) + COALESCE({new}, 0)"
     return new
+
+
+def _new_rows_as_given(spec: TableSpec, data: pa.Table) -> bool:
+    """Whether `data`, inserted as new rows, is stored as it is: `_merged(..., old="NULL")` is the
+    new value in every column (no NULL where `Merge.ADD` would make it 0)."""
+    return all(data.column(c.name).null_count == 0 for c in spec.data_columns if c.merge is Merge.ADD)
+
+
+def _copy_data(spec: TableSpec, data: pa.Table, loaded_at: datetime) -> pa.Table:
+    """`data` (`_staging_data`) as rows of `spec`'s table for a binary COPY: every column, and
+    `_loaded_at`. A `jsonb` field in binary COPY is a version byte (1) and the JSON text, which
+    the server parses as it would the text cast."""
+    columns, names = [], []
+    for column in spec.data_columns:
+        values = data.column(column.name)
+        if column.type == "JSON":
+            values = pc.binary_join_element_wise(_JSONB_VERSION, values.cast(pa.binary()), b"")
+        columns.append(values)
+        names.append(column.name)
+    columns.append(pa.repeat(pa.scalar(loaded_at, type=ARROW_TYPES["TIMESTAMPTZ"]), data.num_rows))
+    names.append(LOADED_AT)
+    return pa.table(columns, names=names)
 
 
 class PostgresStore(SqlStore):
@@ -323,12 +376,7 @@ class PostgresStore(SqlStore):
         except adbc_driver_manager.Error as exc:
             if not self._depth:
                 self._rollback()
-            state = _sqlstate(exc)
-            if state in _NOT_READY_STATES:
-                raise WarehouseNotReady(f"the warehouse has no apten tables yet ({exc})") from exc
-            if state.startswith(_BAD_VALUE_STATES):
-                raise ValueError(f"a value cannot be stored: {exc}") from exc
-            raise
+            _raise_translated(exc)
         if not self._depth:
             self.con.commit()
         return rows
@@ -402,10 +450,20 @@ class PostgresStore(SqlStore):
             self._execute(f"CREATE SCHEMA IF NOT EXISTS {quote(SCHEMA)}")
             for spec in STORED_TABLES:
                 columns = ", ".join(_column_ddl(column) for column in spec.columns)
-                key = ", ".join(quote(name) for name in spec.primary_key)
-                self._execute(
-                    f"CREATE TABLE IF NOT EXISTS {self._ref(spec)} ({columns}, PRIMARY KEY ({key}))"
-                )
+                if spec.name in _HASHED_BY:
+                    self._execute(f"CREATE TABLE IF NOT EXISTS {self._ref(spec)} ({columns})")
+                    # A table created keyed, before the index: its key's btree goes.
+                    key = quote(f"{spec.name}_pkey")
+                    self._execute(f"ALTER TABLE {self._ref(spec)} DROP CONSTRAINT IF EXISTS {key}")
+                    self._execute(
+                        f"CREATE INDEX IF NOT EXISTS {quote(_hash_index(spec))} ON {self._ref(spec)} "
+                        f"USING hash ({quote(_HASHED_BY[spec.name])})"
+                    )
+                else:
+                    key = ", ".join(quote(name) for name in spec.primary_key)
+                    self._execute(
+                        f"CREATE TABLE IF NOT EXISTS {self._ref(spec)} ({columns}, PRIMARY KEY ({key}))"
+                    )
                 existing = {
                     name
                     for (name,) in self._execute(
@@ -450,6 +508,15 @@ class PostgresStore(SqlStore):
             found.setdefault(table, set()).add(column)
         if not all(columns <= found.get(table, set()) for table, columns in expected.items()):
             return False
+        for name in _HASHED_BY:
+            ((keyed, hashed),) = self._execute(
+                "SELECT COALESCE(bool_or(x.indisprimary), false), COALESCE(bool_or(i.relname = ?), false) "
+                "FROM pg_index AS x JOIN pg_class AS i ON i.oid = x.indexrelid "
+                "WHERE x.indrelid = CAST(? AS regclass)",
+                [_hash_index(name), f"{SCHEMA}.{name}"],
+            )
+            if keyed or not hashed:
+                return False
         _, storage, compression = self._raw_storage()
         return bool(
             self._execute(
@@ -518,8 +585,12 @@ class PostgresStore(SqlStore):
         self._cursor.adbc_ingest(name, data, mode="append", temporary=True)
 
     def _append(self, spec: TableSpec, data: pa.Table) -> None:
-        """Rows (every column, `_loaded_at` included) into a contract table as they are."""
-        self._cursor.adbc_ingest(spec.name, data, mode="append", db_schema_name=spec.schema)
+        """Rows (every column, `_loaded_at` included) into a contract table as they are (binary
+        COPY)."""
+        try:
+            self._cursor.adbc_ingest(spec.name, data, mode="append", db_schema_name=spec.schema)
+        except adbc_driver_manager.Error as exc:
+            _raise_translated(exc)
 
     def _stage(self, spec: TableSpec, data: pa.Table, temps: list[str]) -> tuple[str, pa.Table, int, int]:
         """Rows (`_staging_data`) into a typed temp table deduplicated on the key (the last row wins).
@@ -581,27 +652,32 @@ class PostgresStore(SqlStore):
         derived with its piece (such a call is always new, so the work is never wasted); those of
         a stored call only once the upsert finds it changed. Each piece is upserted as a whole
         batch would be: its keys are unique across pieces, so the counts add up to the batch's.
-        Rows that are not a list, or that repeat a key, go in as one piece.
+        A piece of calls none of which is stored (every first load) goes straight into `calls`
+        by binary COPY (`_insert_new_calls`). Rows that are not a list, or that repeat a key, go
+        in as one piece.
         """
         now = now or datetime.now(UTC)
         pieces = _call_pieces(rows)
         counts, turns = UpsertCounts(), ReplaceCounts()
         with (
             self.transaction(),
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="apten-prepare") as prepare,
+            ThreadPoolExecutor(max_workers=PIECES_AHEAD, thread_name_prefix="apten-prepare") as prepare,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="apten-turns") as derive,
         ):
             if pieces is None:
                 stored: set[str] | None = None
                 pieces = [rows]
             else:
+                # Under the lock (writers of calls queue on it), which calls are stored stays
+                # true until this transaction ends.
+                self._lock(CALLS)
                 stored = self._stored_call_ids([row["call_id"] for piece in pieces for row in piece])
-            ahead = prepare.submit(_prepare_calls, pieces[0], stored)
+            ahead = deque(prepare.submit(_prepare_calls, piece, stored) for piece in pieces[:PIECES_AHEAD])
             for index in range(len(pieces)):
-                piece = ahead.result()
-                if index + 1 < len(pieces):
-                    ahead = prepare.submit(_prepare_calls, pieces[index + 1], stored)
-                piece_counts, piece_turns = self._upsert_prepared_calls(piece, now, derive)
+                piece = ahead.popleft().result()
+                if index + PIECES_AHEAD < len(pieces):
+                    ahead.append(prepare.submit(_prepare_calls, pieces[index + PIECES_AHEAD], stored))
+                piece_counts, piece_turns = self._upsert_prepared_calls(piece, now, derive, stored)
                 counts, turns = counts + piece_counts, turns + piece_turns
         return counts, turns
 
@@ -615,17 +691,16 @@ class PostgresStore(SqlStore):
         }
 
     def _upsert_prepared_calls(
-        self, prepared: _PreparedCalls, now: datetime, derive: ThreadPoolExecutor
+        self, prepared: _PreparedCalls, now: datetime, derive: ThreadPoolExecutor, stored: set[str] | None
     ) -> tuple[UpsertCounts, ReplaceCounts]:
         turns = ReplaceCounts()
 
-        def turns_of(merged: str, data: pa.Table, temps: list[str]) -> Callable[[], None]:
+        def turns_of(
+            candidates: list[tuple[str, bool]], data: pa.Table, temps: list[str]
+        ) -> Callable[[], None]:
             # The calls this upsert inserts or changes are known before it writes them; those
             # whose turns the piece did not bring are read by DuckDB in a thread while PostgreSQL
             # writes the calls (both release the GIL).
-            candidates = self._execute(
-                f"SELECT m.call_id, m.__new FROM {merged} AS m WHERE m.__new OR m.__changed"
-            )
             calls = _calls_to_read(data, candidates)
             parts: list[pa.Table] = []
             if prepared.items is not None:
@@ -648,7 +723,28 @@ class PostgresStore(SqlStore):
 
             return write
 
-        return self._upsert(CALLS, prepared.data, (), now, turns_of), turns
+        data = prepared.data
+        if stored is not None and _new_rows_as_given(CALLS, data):
+            known = pa.array(list(stored), pa.string())
+            if not pc.any(pc.is_in(data.column("call_id"), value_set=known)).as_py():
+                return self._insert_new_calls(data, now, turns_of), turns
+        return self._upsert(CALLS, data, (), now, turns_of), turns
+
+    def _insert_new_calls(self, data: pa.Table, now: datetime, children: _Children) -> UpsertCounts:
+        """Calls none of which is stored (`data`: `_staging_data`, keys unique and not NULL), and
+        their turns: the rows by binary COPY straight into `calls`, as `_merge` would insert them
+        (`_new_rows_as_given`), without the staging table and the `INSERT ... SELECT` that parses
+        the staged text again. The caller looked under the calls lock, which every writer of
+        calls takes; a row stored by hand in between fails the batch on the primary key, and the
+        next run upserts it."""
+        temps: list[str] = []
+        with self.transaction():
+            new = [(call_id, True) for call_id in data.column("call_id").to_pylist()]
+            write_children = children(new, data, temps)
+            self._append(CALLS, _copy_data(CALLS, data, now))
+            write_children()
+            self._drop(temps)
+        return UpsertCounts(inserted=data.num_rows)
 
     def _upsert(
         self,
@@ -709,8 +805,7 @@ class PostgresStore(SqlStore):
             )
             write_children = None
             if children is not None:
-                keys = ", ".join(quote(name) for name in key)
-                new_rows = f"(SELECT {keys}, true AS __new, false AS __changed FROM {staged})"
+                new_rows = self._execute(f"SELECT {quote(key[0])}, true FROM {staged}")
                 write_children = children(new_rows, data, temps)
             ((inserted,),) = self._execute(
                 f"WITH i AS (INSERT INTO {target} ({columns}, {LOADED_AT}) "
@@ -768,7 +863,10 @@ class PostgresStore(SqlStore):
             "SELECT count(*) FILTER (WHERE __new), count(*) FILTER (WHERE __changed), "
             f"count(*) FILTER (WHERE __new OR __changed OR __bookkeeping_changed) FROM {ref}"
         )
-        write_children = children(ref, data, temps) if children is not None else None
+        write_children = None
+        if children is not None:
+            written = self._execute(f"SELECT {quote(key[0])}, __new FROM {ref} WHERE __new OR __changed")
+            write_children = children(written, data, temps)
         if touched:
             non_key = [c for c in spec.data_columns if c.name not in key]
             json_columns = [c for c in non_key if c.type == "JSON"]
@@ -898,11 +996,9 @@ class PostgresStore(SqlStore):
             rows = rows.select(columns)
             return rows.append_column(LOADED_AT, pa.repeat(loaded_at, rows.num_rows))
 
-        # New calls have no stored turns: their turns go in as they are (binary COPY), in key
-        # order, so the primary key's index takes them page by page rather than all over (once
-        # the index outgrows shared_buffers, random inserts made the COPY several times slower).
-        new_turns = items.filter(pc.and_(first_write, items.column("is_object")))
-        new_turns = with_loaded_at(new_turns.sort_by([("call_id", "ascending"), ("turn_index", "ascending")]))
+        # New calls have no stored turns: their turns go in as they are (binary COPY). In any
+        # order: the hash index takes a row wherever its call_id hashes to.
+        new_turns = with_loaded_at(items.filter(pc.and_(first_write, items.column("is_object"))))
         if new_turns.num_rows:
             self._append(CALL_TRANSCRIPT_TURNS, new_turns)
         inserted, deleted, changed = new_turns.num_rows, 0, 0

@@ -30,9 +30,12 @@ def test_a_first_load_stores_every_call_and_a_rerun_stores_nothing(warehouse_url
     for phase in ("first", "rerun"):
         assert 0 < result[f"{phase}_write_s"] <= result[f"{phase}_s"]
     turn_statement = (
-        "adbc_ingest (turns)"
+        "adbc_ingest (call_transcript_turns)"
         if backend == "postgresql"
         else 'INSERT "apten_warehouse"."apten"."call_transcript_turns"'
     )
-    assert result["statements"][turn_statement] > 0
-    assert result["statements"]["to_arrow"] > 0
+    # A first load writes turns; an unchanged re-run writes none, and both stage the calls.
+    assert result["first_statements"][turn_statement] > 0
+    assert turn_statement not in result["rerun_statements"]
+    for phase in ("first", "rerun"):
+        assert result[f"{phase}_statements"]["to_arrow"] > 0

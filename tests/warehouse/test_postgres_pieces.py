@@ -1,6 +1,6 @@
-"""PostgreSQL's pipelined `upsert_calls`: how a batch is cut into pieces, and turns derived ahead
-of the upsert for calls the session believed new, or not derived for calls it believed stored,
-when another writer proved it wrong in between."""
+"""PostgreSQL's pipelined `upsert_calls`: how a batch is cut into pieces, which calls the session
+believes stored (looked up under the calls lock: pieces of new calls go straight in by COPY), and
+what happens when that belief is wrong."""
 
 from __future__ import annotations
 
@@ -65,24 +65,57 @@ def pg_store(postgres_url: str):
         yield session
 
 
-@pytest.mark.parametrize("belief", ["nothing stored", "everything stored"])
-def test_turns_are_right_whatever_the_session_believed_was_stored(
-    pg_store, monkeypatch: pytest.MonkeyPatch, belief: str
+def test_the_session_looks_for_stored_calls_under_the_calls_lock(
+    pg_store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Between the session's look at `calls` and its lock, another writer may have stored a call
-    # (or the look may be stale in the other direction): turns derived ahead for a call that
-    # turns out stored must be compared and replaced, not inserted twice; a call believed stored
-    # that is new must get its turns derived when the upsert finds it new.
+    # What the pipeline believes stored decides which pieces go straight into `calls` by COPY:
+    # the look must come after the lock that every writer of calls takes, so it stays true.
+    statements: list[str] = []
+    execute = postgres_store.PostgresStore._execute
+
+    def record(self, sql, params=None):
+        statements.append(sql)
+        return execute(self, sql, params)
+
+    monkeypatch.setattr(postgres_store.PostgresStore, "_execute", record)
+    pg_store.upsert_calls([row(f"c{i}", "a") for i in range(3)], now=T0)
+
+    lock = next(i for i, sql in enumerate(statements) if "pg_advisory_xact_lock" in sql)
+    look = next(i for i, sql in enumerate(statements) if "= ANY(CAST(? AS text[]))" in sql)
+    assert lock < look
+
+
+def test_a_call_believed_new_but_stored_fails_the_batch_and_writes_nothing(
+    pg_store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only a writer that bypasses the store (and its lock) can make the look wrong this way: the
+    # batch fails on the primary key, nothing of it is written, and the next run upserts it.
+    pg_store.upsert_calls([row(f"s{i}", "a", "b") for i in range(3)], now=T0)
+    monkeypatch.setattr(postgres_store.PostgresStore, "_stored_call_ids", lambda self, ids: set())
+
+    with pytest.raises(Exception, match="duplicate key"):
+        pg_store.upsert_calls([row("n0", "x"), row("s1", "revised")], now=T0 + timedelta(minutes=5))
+
+    assert query(pg_store, "SELECT call_id FROM apten.calls ORDER BY 1") == [("s0",), ("s1",), ("s2",)]
+    assert query(pg_store, "SELECT count(*) FROM apten.call_transcript_turns") == [(6,)]
+    monkeypatch.undo()
+    calls, turns = pg_store.upsert_calls(
+        [row("n0", "x"), row("s1", "revised")], now=T0 + timedelta(minutes=5)
+    )
+    assert (calls.inserted, calls.updated, turns.deleted, turns.inserted) == (1, 1, 2, 2)
+
+
+def test_turns_are_right_when_the_session_believed_new_calls_stored(
+    pg_store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A call believed stored (erased in between, say) that is new gets its turns derived when
+    # the upsert finds it new; a stored one's turns are compared and replaced, not inserted twice.
     pg_store.upsert_calls([row(f"s{i}", "a", "b") for i in range(300)], now=T0)
     later = T0 + timedelta(minutes=5)
     batch = [row(f"s{i}", "a" if i % 2 else "revised") for i in range(300)]
     batch += [row(f"n{i}", "x", "y", "z", at=later) for i in range(300)]
     every_id = {r["call_id"] for r in batch}
-    monkeypatch.setattr(
-        postgres_store.PostgresStore,
-        "_stored_call_ids",
-        lambda self, ids: set() if belief == "nothing stored" else every_id,
-    )
+    monkeypatch.setattr(postgres_store.PostgresStore, "_stored_call_ids", lambda self, ids: every_id)
 
     calls, turns = pg_store.upsert_calls(batch, now=later)
 
@@ -95,3 +128,43 @@ def test_turns_are_right_whatever_the_session_believed_was_stored(
         **{f"n{i}": "x,y,z" for i in range(300)},
     }
     assert pg_store.duplicate_keys(CALL_TRANSCRIPT_TURNS) == 0
+
+
+def test_a_first_load_goes_into_calls_by_copy_and_stores_what_the_upsert_would(
+    pg_store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pieces of new calls skip the staging table and the INSERT ... SELECT; a piece with a NULL
+    # where `Merge.ADD` makes it 0 goes the upsert's way. Both store the same rows.
+    statements: list[str] = []
+    execute = postgres_store.PostgresStore._execute
+
+    def record(self, sql, params=None):
+        statements.append(sql)
+        return execute(self, sql, params)
+
+    monkeypatch.setattr(postgres_store.PostgresStore, "_execute", record)
+    body = {
+        "id": "c0",
+        "transcript": [{"role": "user", "content": "é ☃ \\u0000", "startTime": "x"}],
+        "n": 1e300,
+    }
+    copied = [{**call_rows(Call.from_json({**body, "id": f"c{i}"}), T0).call} for i in range(3)]
+    pg_store.upsert_calls(copied, now=T0)
+    assert not [sql for sql in statements if 'INSERT INTO "apten"."calls"' in sql]
+
+    upserted = [{**row, "call_id": f"u{i}", "fetch_attempts": None} for i, row in enumerate(copied)]
+    pg_store.upsert_calls(upserted, now=T0)
+    assert [sql for sql in statements if 'INSERT INTO "apten"."calls"' in sql]
+
+    columns = [c for c in postgres_store.CALLS.column_names if c != "call_id"]
+    rows = query(pg_store, f"SELECT call_id, {', '.join(columns)} FROM apten.calls ORDER BY call_id")
+    by_id = {r[0]: r[1:] for r in rows}
+    attempts = columns.index("fetch_attempts")
+    for i in range(3):
+        copy, upsert = by_id[f"c{i}"], by_id[f"u{i}"]
+        assert (copy[attempts], upsert[attempts]) == (1, 0)
+        assert [v for k, v in enumerate(copy) if k != attempts] == [
+            v for k, v in enumerate(upsert) if k != attempts
+        ]
+    turns = query(pg_store, "SELECT call_id, content FROM apten.call_transcript_turns ORDER BY call_id")
+    assert [content for _, content in turns] == ["é ☃ \\u0000"] * 6

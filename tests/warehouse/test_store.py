@@ -909,3 +909,49 @@ def test_postgres_stores_new_raw_values_uncompressed_or_lz4_and_keeps_the_stored
         assert (storage, methods["new"]) in (("e", None), ("x", "lz4"))
         stored = query(store, "SELECT CAST(raw AS text) FROM apten.calls ORDER BY call_id")
         assert [json.loads(raw)["transcript"] for (raw,) in stored] == [body["transcript"]] * 2
+
+
+def test_postgres_turns_are_found_by_a_hash_index_and_an_older_keyed_table_is_migrated(
+    postgres_url: str,
+) -> None:
+    # A warehouse from before: the turns keyed by (call_id, turn_index). ensure_schema swaps the
+    # key's btree for the hash index on call_id, keeps the rows, and a changed call's turns are
+    # still replaced as a whole through it.
+    def body(call_id: str, lines: int) -> dict:
+        return {
+            "id": call_id,
+            "transcript": [turn("user", f"line {i}", "14:30:01", "14:30:02") for i in range(lines)],
+        }
+
+    def indexes(store: Store) -> list[tuple]:
+        return query(
+            store,
+            "SELECT CAST(i.relname AS text), x.indisprimary, CAST(a.amname AS text) FROM pg_index AS x "
+            "JOIN pg_class AS i ON i.oid = x.indexrelid JOIN pg_am AS a ON a.oid = i.relam "
+            "WHERE x.indrelid = CAST('apten.call_transcript_turns' AS regclass)",
+        )
+
+    with open_store(postgres_url) as store:
+        store.ensure_schema()
+        assert indexes(store) == [("call_transcript_turns_call_id_hash", False, "hash")]
+        store.test_query("DROP INDEX apten.call_transcript_turns_call_id_hash")
+        store.test_query("ALTER TABLE apten.call_transcript_turns ADD PRIMARY KEY (call_id, turn_index)")
+        store.upsert_calls(
+            [warehouse_call_row(body("a", 3), T0), warehouse_call_row(body("b", 2), T0)], now=T0
+        )
+
+        store.ensure_schema()
+        assert indexes(store) == [("call_transcript_turns_call_id_hash", False, "hash")]
+        _, turns = store.upsert_calls([warehouse_call_row(body("a", 4), T0 + timedelta(minutes=5))], now=T0)
+
+        assert (turns.parents_replaced, turns.deleted, turns.inserted) == (1, 3, 4)
+        rows = query(
+            store,
+            "SELECT call_id, count(*) FROM apten.call_transcript_turns GROUP BY call_id ORDER BY call_id",
+        )
+        assert rows == [("a", 4), ("b", 2)]
+        assert store.unique_primary_key(CALL_TRANSCRIPT_TURNS).passed
+        ((definition,),) = query(
+            store, "SELECT pg_get_indexdef(CAST('apten.call_transcript_turns_call_id_hash' AS regclass))"
+        )
+        assert definition.endswith("USING hash (call_id)")
