@@ -88,14 +88,12 @@ def apply_pii_modes(
         names = list(columns)
         width = len(spec.primary_key)
         json_columns = {name for name in names if spec.column(name).type == "JSON"}
-        after: tuple | None = None
+        after: Any | None = None
         while True:
             with open_warehouse() as store:
                 page = store.read_column_page(spec, names, after=after, limit=page_size)
-            if not page:
-                break
             changed = []
-            for row in page:
+            for row in page.rows:
                 values = zip(names, row[width:], strict=True)
                 old = [json.loads(v) if n in json_columns and v is not None else v for n, v in values]
                 new = [_apply(policy, spec, columns[n], v) for n, v in zip(names, old, strict=True)]
@@ -104,7 +102,9 @@ def apply_pii_modes(
             if changed:
                 with open_warehouse() as store:
                     counts[spec.name] += store.overwrite_columns(spec, names, changed)
-            after = page[-1][:width]
+            if page.after is None:
+                break
+            after = page.after
         log.info(f"PII modes: {counts[spec.name]:,} rows of {spec.qualified_name} rewritten")
     if inbox is not None:
         for delivery in inbox.iter_deliveries():

@@ -35,6 +35,7 @@ __all__ = [
     "POSTGRES",
     "CallEventFacts",
     "CallTransferRecord",
+    "ColumnPage",
     "DaySummary",
     "Erasure",
     "Finding",

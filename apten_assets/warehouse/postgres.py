@@ -58,6 +58,7 @@ from apten_assets.lib.tables import (
 from apten_assets.warehouse.arrow import ARROW_TYPES, to_arrow
 from apten_assets.warehouse.sql import SqlStore, quote
 from apten_assets.warehouse.store import (
+    ColumnPage,
     ReplaceCounts,
     Rows,
     UpsertCounts,
@@ -106,6 +107,9 @@ _VIEW_PREFIX = "__view_"
 # of the cost of loading them (bench/notes.md, "The turns' index"), as DuckDB's ART index was.
 # The blocking `unique_primary_key` check verifies the key, as it does on DuckDB.
 _HASHED_BY = {CALL_TRANSCRIPT_TURNS.name: "call_id"}
+# Rows per 8 KB block to size `read_column_page`'s pages by before the table is analyzed: about a
+# turn's (~170 bytes with its header).
+_ROWS_PER_BLOCK = 45
 _QMARK = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\?")
 _NUL = "\x00"
 _JSONB_VERSION = pa.scalar(b"\x01", type=pa.binary())
@@ -1072,6 +1076,35 @@ class PostgresStore(SqlStore):
     def delete_sync_state(self, name: str) -> None:
         self._execute(f"DELETE FROM {self._sync_state_ref()} WHERE name = ?", [name])
 
+    def read_column_page(
+        self, spec: TableSpec, columns: Sequence[str], *, after: Any | None, limit: int
+    ) -> ColumnPage:
+        """Key order where a key's index gives it. The tables keyed by their writers
+        (`_HASHED_BY`) have none, so their pages are ranges of the table's blocks instead, each one
+        TID range scan of about `limit` rows (a page in key order without the index sorted the
+        whole table: 0.55-1.8 s per 20,000 of 4.2M turns, against 0.17 s by blocks). A row the
+        caller rewrites may move to a later block and come again, so a rewrite must give the same
+        value twice (the PII modes do); none is skipped, as its earlier version was on the page
+        that rewrote it."""
+        if spec.name not in _HASHED_BY:
+            return super().read_column_page(spec, columns, after=after, limit=limit)
+        start = int(after or 0)
+        ((blocks, rows_per_block),) = self._execute(
+            "SELECT pg_relation_size(c.oid) / CAST(current_setting('block_size') AS bigint), "
+            "CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN c.reltuples / c.relpages END "
+            "FROM pg_class AS c WHERE c.oid = CAST(? AS regclass)",
+            [f"{spec.schema}.{spec.name}"],
+        )
+        if start >= blocks:
+            return ColumnPage([], None)
+        end = start + max(1, int(limit / (rows_per_block or _ROWS_PER_BLOCK)))
+        rows = self._execute(
+            f"SELECT {', '.join(self._page_columns(spec, columns))} FROM {self._ref(spec)} "
+            "WHERE ctid >= CAST(? AS tid) AND ctid < CAST(? AS tid)",
+            [f"({start},0)", f"({end},0)"],
+        )
+        return ColumnPage(rows, end)
+
     def overwrite_columns(
         self,
         spec: TableSpec,
@@ -1098,6 +1131,9 @@ class PostgresStore(SqlStore):
         )
         with self.transaction():
             self._ingest(temp, data)
+            # Its row count, so that the UPDATE looks each row up by index (a hash index finds
+            # the turns' rows): unknown, the planner joined against the whole table instead.
+            self._execute(f"ANALYZE pg_temp.{quote(temp)}")
             self._lock(spec)
             ((written,),) = self._execute(
                 f"WITH w AS (UPDATE {self._ref(spec)} AS t SET {assignments}, "

@@ -35,6 +35,7 @@ from apten_assets.warehouse.store import (
     SAMPLE_SIZE,
     CallEventFacts,
     CallTransferRecord,
+    ColumnPage,
     DaySummary,
     Erasure,
     Finding,
@@ -508,22 +509,28 @@ class SqlStore(Store):
     # ------------------------------------------------------------------ metadata
 
     def read_column_page(
-        self, spec: TableSpec, columns: Sequence[str], *, after: Sequence[Any] | None, limit: int
-    ) -> list[tuple]:
+        self, spec: TableSpec, columns: Sequence[str], *, after: Any | None, limit: int
+    ) -> ColumnPage:
+        # In key order, the next page after the last key of this one.
         key = [quote(name) for name in spec.primary_key]
-        selected = [
-            f"CAST({quote(name)} AS VARCHAR)" if spec.column(name).type == "JSON" else quote(name)
-            for name in columns
-        ]
+        selected = self._page_columns(spec, columns)
         where, params = "", []
         if after is not None:
             where = f"WHERE ({', '.join(key)}) > ({', '.join('?' for _ in key)})"
             params = list(after)
-        return self._fetch(
-            f"SELECT {', '.join([*key, *selected])} FROM {self._ref(spec)} {where} "
+        rows = self._fetch(
+            f"SELECT {', '.join(selected)} FROM {self._ref(spec)} {where} "
             f"ORDER BY {', '.join(key)} LIMIT {int(limit)}",
             params,
         )
+        return ColumnPage(rows, tuple(rows[-1][: len(key)]) if len(rows) >= limit else None)
+
+    def _page_columns(self, spec: TableSpec, columns: Sequence[str]) -> list[str]:
+        """What a page of `read_column_page` selects: the key, then `columns` (JSON as text)."""
+        return [quote(name) for name in spec.primary_key] + [
+            f"CAST({quote(name)} AS VARCHAR)" if spec.column(name).type == "JSON" else quote(name)
+            for name in columns
+        ]
 
     def row_count(self, spec: TableSpec) -> int:
         return self._count(f"SELECT count(*) FROM {self._ref(spec)}")

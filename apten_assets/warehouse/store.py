@@ -189,6 +189,16 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class ColumnPage:
+    """A page of `Store.read_column_page`: rows `(primary key..., columns...)`, and where the next
+    page starts (`after`, for the next call), None after the last page. A page before the last
+    may be empty."""
+
+    rows: list[tuple]
+    after: Any | None
+
+
+@dataclass(frozen=True)
 class Preview:
     """The first rows of a table or window, for materialization metadata."""
 
@@ -316,10 +326,13 @@ class Store(ABC):
 
     @abstractmethod
     def read_column_page(
-        self, spec: TableSpec, columns: Sequence[str], *, after: Sequence[Any] | None, limit: int
-    ) -> list[tuple]:
-        """One page of `(primary key..., columns...)` in key order, after key `after` (None: from
-        the start); JSON columns come back as text. Paging by key keeps every page one range scan."""
+        self, spec: TableSpec, columns: Sequence[str], *, after: Any | None, limit: int
+    ) -> ColumnPage:
+        """A page of about `limit` rows `(primary key..., columns...)` of `spec`'s table, starting
+        where the page before it said (`after`; None: from the start); JSON columns come back as
+        text. Every row stored before the first page and not deleted is on a page (a row the
+        caller rewrote may come again on a later one); each page is one range scan (of the key,
+        or of the table's blocks where no index keeps the key's order)."""
 
     @abstractmethod
     def overwrite_columns(

@@ -315,7 +315,9 @@ def test_store_erases_a_leads_rows_and_its_calls_rows_only(store: Store) -> None
     }
     assert store.row_count(REJECTED_RECORDS) == 1
     assert store.row_count(CALLS) == 2 and store.row_count(LEADS) == 1
-    assert [key for (key,) in store.read_column_page(WEBHOOK_DELIVERIES, [], after=None, limit=10)] == ["k3"]
+    assert [key for (key,) in store.read_column_page(WEBHOOK_DELIVERIES, [], after=None, limit=10).rows] == [
+        "k3"
+    ]
     assert store.erase_leads(["lead-a"]).rows == dict.fromkeys(erasure.rows, 0)
 
 
@@ -326,7 +328,9 @@ def test_discarding_deleted_data_keeps_the_rows_that_were_not_erased(store: Stor
     store.discard_deleted_data()
 
     assert store.row_count(CALLS) == 2 and store.row_count(LEADS) == 1
-    assert [key for (key,) in store.read_column_page(WEBHOOK_DELIVERIES, [], after=None, limit=10)] == ["k3"]
+    assert [key for (key,) in store.read_column_page(WEBHOOK_DELIVERIES, [], after=None, limit=10).rows] == [
+        "k3"
+    ]
     store.set_sync_state("after-discard", "writable")
     assert store.get_sync_state("after-discard") == "writable"
 

@@ -955,3 +955,31 @@ def test_postgres_turns_are_found_by_a_hash_index_and_an_older_keyed_table_is_mi
             store, "SELECT pg_get_indexdef(CAST('apten.call_transcript_turns_call_id_hash' AS regclass))"
         )
         assert definition.endswith("USING hash (call_id)")
+
+
+def test_pages_of_a_column_cover_every_row_and_a_rewrite_in_between_skips_none(store: Store) -> None:
+    # How the PII modes rewrite stored text: page by page, each page's changed rows overwritten
+    # before the next is read. On PostgreSQL the turns (no index in key order) page by blocks,
+    # where a rewritten row may move on and come again; every row must be rewritten.
+    lines = [f"turn number {i} of a call, long enough to fill a few blocks of the table" for i in range(12)]
+    body = {"transcript": [turn("user", line, "14:30:01", "14:30:02") for line in lines]}
+    store.upsert_calls([warehouse_call_row({**body, "id": f"c{i:03}"}, T0) for i in range(250)], now=T0)
+    every = {(f"c{i:03}", k) for i in range(250) for k in range(12)}
+
+    seen: list[tuple] = []
+    after, pages = None, 0
+    while True:
+        page = store.read_column_page(CALL_TRANSCRIPT_TURNS, ["content"], after=after, limit=200)
+        pages += 1
+        seen += [row[:2] for row in page.rows]
+        changed = [(*row[:2], row[2].upper()) for row in page.rows if row[2] != row[2].upper()]
+        store.overwrite_columns(CALL_TRANSCRIPT_TURNS, ["content"], changed, now=T0)
+        if page.after is None:
+            break
+        after = page.after
+
+    assert set(seen) == every and pages >= len(every) // 200
+    contents = query(store, "SELECT content FROM apten.call_transcript_turns")
+    assert len(contents) == len(every) and all(content == content.upper() for (content,) in contents)
+    untouched = store.read_column_page(CALL_SUMMARIES, ["summary"], after=None, limit=10)
+    assert (untouched.rows, untouched.after) == ([], None)
