@@ -217,9 +217,11 @@ def _staging_data(spec: TableSpec, rows: Rows) -> pa.Table:
 
 
 # Calls per piece of `upsert_calls`' pipeline. Nothing overlaps the preparation of the first
-# piece, so the pieces start small and double up to `PIECE_CALLS`, which keeps each piece's dozen
-# statements cheap beside its rows (measured: 500 to 2,000 calls per piece write alike).
-FIRST_PIECE_CALLS = 250
+# piece, so the pieces start small and double up to `PIECE_CALLS`, which keeps each piece's
+# statements cheap beside its rows (measured: 500 to 2,000 calls per piece write alike; a first
+# piece of 100 against 250, 100,000 calls: 31.9 / 34.2 s against 33.1 / 37.3 s). Two pieces are
+# prepared ahead, in two threads.
+FIRST_PIECE_CALLS = 100
 PIECE_CALLS = 1000
 PIECES_AHEAD = 2
 

@@ -16,6 +16,9 @@ for the types and for the strings of all its fields at once.
 
 from __future__ import annotations
 
+import os
+import threading
+
 import duckdb
 import pyarrow as pa
 
@@ -65,12 +68,30 @@ def transcript_items_sql(calls: str) -> str:
     return _TRANSCRIPT_ITEMS_SQL.format(calls=calls, start_time=_turn_time(3), end_time=_turn_time(4))
 
 
+# This process's in-memory DuckDB for `transcript_items`, and the process it was made in (a forked
+# child makes its own: DuckDB's threads do not survive a fork).
+_database: tuple[int, duckdb.DuckDBPyConnection] | None = None
+_database_lock = threading.Lock()
+
+
+def _session() -> duckdb.DuckDBPyConnection:
+    """A new session (UTC) on this process's in-memory DuckDB, which is made once: starting a
+    database took 17 ms, a session on it 0.3 ms, and a PostgreSQL write derives turns per piece
+    of ~1,000 calls (bench/notes.md)."""
+    global _database
+    with _database_lock:
+        if _database is None or _database[0] != os.getpid():
+            database = duckdb.connect()
+            database.execute("SET GLOBAL TimeZone = 'UTC'")
+            _database = (os.getpid(), database)
+        return _database[1].cursor()
+
+
 def transcript_items(calls: pa.Table) -> pa.Table:
     """`transcript_items_sql` over `calls` (Arrow: `call_id`, `first_write`, `raw`), run in an
-    in-memory DuckDB; the items as Arrow."""
-    con = duckdb.connect()
+    in-memory DuckDB (any thread may call it); the items as Arrow."""
+    con = _session()
     try:
-        con.execute("SET TimeZone = 'UTC'")
         con.register("calls", calls)
         return con.sql(transcript_items_sql("calls")).to_arrow_table()
     except (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.OutOfRangeException) as exc:
