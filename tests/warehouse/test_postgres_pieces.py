@@ -65,19 +65,23 @@ def pg_store(postgres_url: str):
         yield session
 
 
-def test_the_session_looks_for_stored_calls_under_the_calls_lock(
-    pg_store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # What the pipeline believes stored decides which pieces go straight into `calls` by COPY:
-    # the look must come after the lock that every writer of calls takes, so it stays true.
-    statements: list[str] = []
+@pytest.fixture
+def statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every statement the PostgreSQL store runs from here on, in order."""
+    seen: list[str] = []
     execute = postgres_store.PostgresStore._execute
 
     def record(self, sql, params=None):
-        statements.append(sql)
+        seen.append(sql)
         return execute(self, sql, params)
 
     monkeypatch.setattr(postgres_store.PostgresStore, "_execute", record)
+    return seen
+
+
+def test_the_session_looks_for_stored_calls_under_the_calls_lock(pg_store, statements: list[str]) -> None:
+    # What the pipeline believes stored decides which pieces go straight into `calls` by COPY:
+    # the look must come after the lock that every writer of calls takes, so it stays true.
     pg_store.upsert_calls([row(f"c{i}", "a") for i in range(3)], now=T0)
 
     lock = next(i for i, sql in enumerate(statements) if "pg_advisory_xact_lock" in sql)
@@ -131,18 +135,10 @@ def test_turns_are_right_when_the_session_believed_new_calls_stored(
 
 
 def test_a_first_load_goes_into_calls_by_copy_and_stores_what_the_upsert_would(
-    pg_store, monkeypatch: pytest.MonkeyPatch
+    pg_store, statements: list[str]
 ) -> None:
     # Pieces of new calls skip the staging table and the INSERT ... SELECT; a piece with a NULL
     # where `Merge.ADD` makes it 0 goes the upsert's way. Both store the same rows.
-    statements: list[str] = []
-    execute = postgres_store.PostgresStore._execute
-
-    def record(self, sql, params=None):
-        statements.append(sql)
-        return execute(self, sql, params)
-
-    monkeypatch.setattr(postgres_store.PostgresStore, "_execute", record)
     body = {
         "id": "c0",
         "transcript": [{"role": "user", "content": "é ☃ \\u0000", "startTime": "x"}],
