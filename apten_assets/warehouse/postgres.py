@@ -271,9 +271,9 @@ def _prepare_calls(rows: Rows, stored: set[str] | None) -> _PreparedCalls:
     return _PreparedCalls(data, transcript_items(calls), calls.column("call_id").combine_chunks())
 
 
-def _hash_index(spec: TableSpec | str) -> str:
-    name = spec if isinstance(spec, str) else spec.name
-    return f"{name}_{_HASHED_BY[name]}_hash"
+def _hash_index(table: str) -> str:
+    """The name of a `_HASHED_BY` table's hash index."""
+    return f"{table}_{_HASHED_BY[table]}_hash"
 
 
 def _column_ddl(column: Column) -> str:
@@ -462,7 +462,7 @@ class PostgresStore(SqlStore):
                     key = quote(f"{spec.name}_pkey")
                     self._execute(f"ALTER TABLE {self._ref(spec)} DROP CONSTRAINT IF EXISTS {key}")
                     self._execute(
-                        f"CREATE INDEX IF NOT EXISTS {quote(_hash_index(spec))} ON {self._ref(spec)} "
+                        f"CREATE INDEX IF NOT EXISTS {quote(_hash_index(spec.name))} ON {self._ref(spec)} "
                         f"USING hash ({quote(_HASHED_BY[spec.name])})"
                     )
                 else:
