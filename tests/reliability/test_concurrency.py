@@ -38,7 +38,7 @@ def test_no_lock_error_escapes(report: ConcurrencyReport) -> None:
 # the later writer only. If that one ends first, the slot is free while the other still runs, and
 # the next step of the pool starts beside it (seen once in CI, 4.9 s after it). That race, and only
 # it, may put two steps of a pool side by side: one pair starting within `CLAIM_RACE_SECONDS`, and
-# every other overlap beside one of those two.
+# every overlap sharing one step (the racer the row does not name).
 CLAIM_RACE_SECONDS = 0.5
 
 
