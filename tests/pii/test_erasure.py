@@ -145,7 +145,8 @@ def traces(pipeline: Erasable, leads: list[dict[str, Any]], call_ids: list[str])
     erased = {lead["id"] for lead in leads}
     kept_text = {marker for lead_id, marker in marker_of.items() if lead_id not in erased}
     now = datetime.now(UTC)
-    for call_id in dataset.lead_call_ids:
+    # Every other call, webchat calls included: a line one of them also says is not theirs alone.
+    for call_id in (*dataset.lead_call_ids, *dataset.webchat_call_ids):
         if call_id not in call_ids and (body := dataset.call_json(call_id, now)):
             kept_text.update(turn["content"] for turn in body["transcript"])
             kept_text.add(body.get("summary") or "")
