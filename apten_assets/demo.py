@@ -37,7 +37,7 @@ from apten_assets.lib.serving import ThreadedServer
 from apten_assets.sandbox.data import DatasetSpec
 from apten_assets.sandbox.server import SandboxServer
 from apten_assets.sandbox.webhook_sender import WebhookEmitter
-from apten_assets.warehouse import open_store
+from apten_assets.warehouse import DaySummary, WarehouseURL, open_store
 from apten_assets.webhooks import create_app
 from apten_assets.webhooks.receiver import ROUTE
 
@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         if not result.success:
             print("The run failed; see the Dagster log above.", file=sys.stderr)
             return 1
-        summary = _day_summary(settings, first_day)
+        loaded = _days(max(first_day, settings.start_date), today)
+        summary = _day_summary(settings.warehouse, first_day, loaded)
         print()
         print(markdown_table(SUMMARY_COLUMNS, summary))
         print(
@@ -191,9 +192,18 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def _day_summary(settings: AptenSettings, first_day: date) -> list[tuple]:
-    with open_store(settings.warehouse, read_only=True) as store:
-        return [astuple(day) for day in store.day_summaries(first_day)]
+def _days(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+def _day_summary(warehouse: WarehouseURL, first_day: date, loaded: list[date]) -> list[tuple]:
+    """A row per day with calls from `first_day` on, and one of zeros for each day the run
+    loaded that has none (today, just after midnight UTC)."""
+    with open_store(warehouse, read_only=True) as store:
+        days = {day.day: day for day in store.day_summaries(first_day)}
+    for day in loaded:
+        days.setdefault(day, DaySummary(day, 0, 0, 0, 0, 0, 0, 0, 0))
+    return [astuple(days[day]) for day in sorted(days)]
 
 
 def _serve_ui(port: int, automation_running: bool) -> int:

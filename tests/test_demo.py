@@ -4,8 +4,11 @@ import os
 import re
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
+from apten_assets.demo import _day_summary
+from apten_assets.warehouse import WarehouseURL, open_store
 from apten_assets.warehouse.duckdb import connect
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,3 +52,12 @@ def test_main_job_loads_recent_days_and_prints_a_table_per_day(tmp_path: Path) -
     assert "signature does not match" not in result.stdout + result.stderr
     # The closing hint repeats this dataset for the UI path.
     assert "uv run python -m apten_assets.demo --leads 30 --calls-per-lead 3 --days 2 --ui" in result.stdout
+
+
+def test_a_loaded_day_without_calls_gets_a_row_of_zeros(tmp_path: Path) -> None:
+    # Just after midnight UTC, today may have no call yet; the table still shows every day loaded.
+    url = WarehouseURL.parse(f"duckdb:///{tmp_path / 'apten.duckdb'}")
+    with open_store(url) as store:
+        store.ensure_schema()
+    days = [date(2026, 11, 29), date(2026, 11, 30), date(2026, 12, 1)]
+    assert _day_summary(url, days[0], days) == [(day, 0, 0, 0, 0, 0, 0, 0, 0) for day in days]
