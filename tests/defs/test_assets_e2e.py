@@ -149,13 +149,19 @@ def _settings_env(monkeypatch: pytest.MonkeyPatch, values: dict[str, str]) -> dg
 
 
 def dataset_with_every_kind() -> SandboxDataset:
-    """SPEC's dataset as of now, under the first seed from SPEC's whose calls include every kind the
-    tests need: a 404, a late summary and one that never comes. The draws depend on the anchor (now),
-    so with 48 calls one fixed seed lacked a 404 for an hour a day (21:58-22:58 UTC on 2026-11-30,
-    60 of 1,440 anchors sampled that day)."""
+    """SPEC's dataset as of now, under the first seed from SPEC's whose data include every kind the
+    tests need: a 404, a late summary, one that never comes, and a soft-deleted lead. The draws
+    depend on the anchor's time of day (now): one fixed seed lacked a 404 at 21:57-22:57 UTC, and
+    the next one a deleted lead at 21:57:20-22:02:13 UTC (every second of a day simulated)."""
     for seed in range(SPEC.seed, SPEC.seed + 50):
         dataset = SandboxDataset(dataclasses.replace(SPEC, seed=seed))
-        if dataset.missing_call_ids and dataset.late_summary_call_ids and dataset.never_summary_call_ids:
+        kinds = (
+            dataset.missing_call_ids,
+            dataset.late_summary_call_ids,
+            dataset.never_summary_call_ids,
+            dataset.deleted_lead_ids,
+        )
+        if all(kinds):
             return dataset
     raise AssertionError("no seed gives every kind of call: SPEC's shares are too small")
 
