@@ -105,7 +105,9 @@ def test_ui_path_with_automation_on_keeps_the_tables_agreeing_with_the_sandbox(t
     port = _free_port()
     log = tmp_path / "demo.log"
     command = [sys.executable, "-m", "apten_assets.demo", "--ui", "--ui-port", str(port)]
-    command += ["--leads", "20", "--calls-per-lead", "2", "--days", "0", "--late-summary-delay-seconds", "20"]
+    # A day back too: in the first minutes of a UTC day (to 00:01:33) a today-only dataset has no
+    # ended call yet, so no webhook is sent and the webhook sensor never asks for a run.
+    command += ["--leads", "20", "--calls-per-lead", "2", "--days", "1", "--late-summary-delay-seconds", "20"]
     with log.open("w") as out:
         demo = subprocess.Popen(
             command,
