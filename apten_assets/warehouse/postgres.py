@@ -228,12 +228,14 @@ PIECES_AHEAD = 2
 
 @dataclass(frozen=True)
 class _PreparedCalls:
-    """A piece of `upsert_calls`, ready to write: its staging data, and the transcript items
-    (`turns.transcript_items`) of the calls in `derived` (the ones not stored before)."""
+    """A piece of `upsert_calls`, ready to write: its staging data, the transcript items
+    (`turns.transcript_items`) of the calls in `derived` (the ones not stored before), and whether
+    none of its calls is stored (known: the session looked)."""
 
     data: pa.Table
     items: pa.Table | None
     derived: pa.Array
+    none_stored: bool = False
 
 
 def _call_pieces(rows: Rows) -> list[list[dict[str, Any]]] | None:
@@ -252,23 +254,24 @@ def _call_pieces(rows: Rows) -> list[list[dict[str, Any]]] | None:
     return pieces
 
 
-def _prepare_calls(rows: Rows, stored: set[str] | None) -> _PreparedCalls:
-    """A piece's staging data and, when `stored` is known, the transcript items of its calls not in
-    it (with `raw`): those are new, so the upsert will write their turns. In a thread: no session."""
+def _prepare_calls(rows: Rows, stored: pa.Array | None) -> _PreparedCalls:
+    """A piece's staging data and, when the ids `stored` are known, the transcript items of its
+    calls not among them (with `raw`): those are new, so the upsert will write their turns. In a
+    thread: no session."""
     data = _staging_data(CALLS, rows)
+    none = pa.array([], type=pa.string())
     if stored is None:
-        return _PreparedCalls(data, None, pa.array([], type=pa.string()))
-    ids = data.column("call_id")
-    fresh = pc.and_(
-        pc.invert(pc.is_in(ids, value_set=pa.array(list(stored), type=pa.string()))),
-        pc.is_valid(data.column("raw")),
-    )
-    calls = data.filter(fresh).select(["call_id", "raw"])
+        return _PreparedCalls(data, None, none)
+    new = pc.invert(pc.is_in(data.column("call_id"), value_set=stored))
+    none_stored = pc.all(new).as_py()
+    calls = data.filter(pc.and_(new, pc.is_valid(data.column("raw")))).select(["call_id", "raw"])
     if not calls.num_rows:
-        return _PreparedCalls(data, None, pa.array([], type=pa.string()))
+        return _PreparedCalls(data, None, none, none_stored)
     # Whether each is written for the first time is the upsert's to say (`_upsert_prepared_calls`).
     calls = calls.append_column("first_write", pa.repeat(pa.scalar(True), calls.num_rows))
-    return _PreparedCalls(data, transcript_items(calls), calls.column("call_id").combine_chunks())
+    return _PreparedCalls(
+        data, transcript_items(calls), calls.column("call_id").combine_chunks(), none_stored
+    )
 
 
 def _hash_index(table: str) -> str:
@@ -671,19 +674,20 @@ class PostgresStore(SqlStore):
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="apten-turns") as derive,
         ):
             if pieces is None:
-                stored: set[str] | None = None
+                stored: pa.Array | None = None
                 pieces = [rows]
             else:
                 # Under the lock (writers of calls queue on it), which calls are stored stays
-                # true until this transaction ends.
+                # true until this transaction ends. As Arrow once: every piece looks them up.
                 self._lock(CALLS)
-                stored = self._stored_call_ids([row["call_id"] for piece in pieces for row in piece])
+                ids = [row["call_id"] for piece in pieces for row in piece]
+                stored = pa.array(list(self._stored_call_ids(ids)), type=pa.string())
             ahead = deque(prepare.submit(_prepare_calls, piece, stored) for piece in pieces[:PIECES_AHEAD])
             for index in range(len(pieces)):
                 piece = ahead.popleft().result()
                 if index + PIECES_AHEAD < len(pieces):
                     ahead.append(prepare.submit(_prepare_calls, pieces[index + PIECES_AHEAD], stored))
-                piece_counts, piece_turns = self._upsert_prepared_calls(piece, now, derive, stored)
+                piece_counts, piece_turns = self._upsert_prepared_calls(piece, now, derive)
                 counts, turns = counts + piece_counts, turns + piece_turns
         return counts, turns
 
@@ -697,7 +701,7 @@ class PostgresStore(SqlStore):
         }
 
     def _upsert_prepared_calls(
-        self, prepared: _PreparedCalls, now: datetime, derive: ThreadPoolExecutor, stored: set[str] | None
+        self, prepared: _PreparedCalls, now: datetime, derive: ThreadPoolExecutor
     ) -> tuple[UpsertCounts, ReplaceCounts]:
         turns = ReplaceCounts()
 
@@ -730,10 +734,8 @@ class PostgresStore(SqlStore):
             return write
 
         data = prepared.data
-        if stored is not None and _new_rows_as_given(CALLS, data):
-            known = pa.array(list(stored), pa.string())
-            if not pc.any(pc.is_in(data.column("call_id"), value_set=known)).as_py():
-                return self._insert_new_calls(data, now, turns_of), turns
+        if prepared.none_stored and _new_rows_as_given(CALLS, data):
+            return self._insert_new_calls(data, now, turns_of), turns
         return self._upsert(CALLS, data, (), now, turns_of), turns
 
     def _insert_new_calls(self, data: pa.Table, now: datetime, children: _Children) -> UpsertCounts:
